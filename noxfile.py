@@ -1,0 +1,61 @@
+"""nox sessions: tests, slow, lint, demo, bench. Run `nox -l` to list them.
+
+Every session shares one virtualenv (`.nox/taxabench`): torch alone is ~5 GB, so a venv per session would cost
+minutes and gigabytes. It is created once and reinstalled only when pyproject.toml changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+ROOT = Path(__file__).parent
+ENV = ROOT / ".nox" / "taxabench"
+
+
+def shared_env(session: nox.Session) -> Path:
+    """The shared venv's bin folder, (re)installing the project with its dev extra when pyproject.toml changed."""
+    python = ENV / "bin" / "python"
+    stamp = ENV / ".installed-pyproject-sha256"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not python.exists():
+        session.run(sys.executable, "-m", "venv", str(ENV), external=True)
+    if not stamp.exists() or stamp.read_text() != digest:
+        session.run(str(python), "-m", "pip", "install", "--upgrade", "pip", external=True)
+        session.run(str(python), "-m", "pip", "install", "-e", f"{ROOT}[dev]", external=True)
+        stamp.write_text(digest)
+    return ENV / "bin"
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """The default offline test suite (fast: slow and CUDA tests are excluded)."""
+    bin_ = shared_env(session)
+    session.run(str(bin_ / "pytest"), *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def slow(session: nox.Session) -> None:
+    """Only the tests marked slow (multi-process training, longer end-to-end runs)."""
+    bin_ = shared_env(session)
+    session.run(str(bin_ / "pytest"), "-m", "slow", *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def lint(session: nox.Session) -> None:
+    """ruff over the whole tree."""
+    bin_ = shared_env(session)
+    session.run(str(bin_ / "ruff"), "check", ".", external=True)
+
+
+@nox.session(venv_backend="none")
+def demo(session: nox.Session) -> None:
+    """The main job on the embedded default: SynthTaxa tiny, generated and summarised."""
+    bin_ = shared_env(session)
+    session.run(str(bin_ / "taxabench"), "data", "synth", "--out", "runs/demo/data", "--preset", "tiny", external=True)
+    session.run(str(bin_ / "taxabench"), "data", "stats", "--dataset", "synthtaxa", "--root", "runs/demo/data",
+                external=True)

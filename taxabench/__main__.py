@@ -1,0 +1,3 @@
+from taxabench.cli import cli
+
+cli()

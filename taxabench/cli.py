@@ -1,0 +1,166 @@
+"""The `taxabench` command line: thin typer commands that build a config, call the library, print with rich.
+
+Expected failures (bad config, bad data, missing weights) print one red line; `taxabench --debug ...` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from taxabench.config import DataConfig, ExperimentConfig, load_config
+from taxabench.errors import TaxabenchError
+
+console = Console()
+app = typer.Typer(
+    help="taxabench: train, sample, evaluate and report taxonomy-conditioned species image generators.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Generate SynthTaxa and inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+_state = {"debug": False}
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML (see configs/).")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value, e.g. --set train.batch_size=4 (repeatable)."),
+]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; tests call it in-process with an argument list."""
+    try:
+        app(args=argv, prog_name="taxabench")  # click handles usage errors itself and exits
+    except TaxabenchError as error:
+        if _state["debug"]:
+            raise
+        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        return 1
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    return 0
+
+
+def cli() -> None:
+    """The `taxabench` console script."""
+    sys.exit(main())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# list
+# ---------------------------------------------------------------------------------------------------------------
+
+
+# title -> (module, attribute) of each registry `taxabench list` shows
+REGISTRIES = {
+    "datasets": ("taxabench.data.registry", "DATASETS"),
+}
+
+
+@app.command("list")
+def list_registries() -> None:
+    """Show every registry: datasets, methods, metrics and feature extractors, with a line on each."""
+    import importlib
+
+    for title, (module, attribute) in REGISTRIES.items():
+        registry = getattr(importlib.import_module(module), attribute)
+        table = Table(title=title, title_justify="left", show_header=False, box=None)
+        for name, entry in registry:
+            table.add_row(f"[bold]{name}[/]", getattr(entry, "description", ""))
+        console.print(table)
+        console.print()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the world into (PNGs + metadata.csv).")],
+    preset: Annotated[str, typer.Option(help="World size: tiny (32 species), small (108), inat-like (7 ranks).")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Seed of the world: names, traits, long tail, every pixel.")] = 0,
+) -> None:
+    """Generate a SynthTaxa world: a procedural taxonomy whose ranks own visual traits (DESIGN.md §5)."""
+    from taxabench.data.synthtaxa import generate, spec_for
+
+    root = generate(spec_for(preset, seed), out)
+    info = json.loads((root / "synthtaxa.json").read_text())
+    console.print(f"SynthTaxa [bold]{preset}[/] (seed {seed}): {info['images']} images of {info['species']} species in {root}")
+
+
+@data_app.command("stats")
+def data_stats(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML; uses its data: section.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset adapter name (`taxabench list`).")] = None,
+    root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    annotations: Annotated[Path | None, typer.Option(help="Annotation file, when not the adapter's default.")] = None,
+    split: Annotated[str | None, typer.Option(help="Count only this split.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Count images, species and taxa per rank; summarise the long tail; list what was skipped and why."""
+    from taxabench.data import load_dataset
+
+    if config is not None:
+        if dataset or root or annotations:
+            raise TaxabenchError("give either --config or --dataset/--root/--annotations, not both")
+        data_config = load_config(config).data
+    elif dataset is not None:
+        data_config = DataConfig(dataset=dataset, root=str(root) if root else None,
+                                 annotations=str(annotations) if annotations else None)
+    else:
+        raise TaxabenchError("give --config FILE, or --dataset NAME with --root DIR")
+    if split is not None:
+        data_config.train_split, data_config.eval_split = split, None
+    stats = load_dataset(data_config).stats()
+    if as_json:
+        sys.stdout.write(json.dumps(stats, indent=2) + "\n")
+        return
+    _print_stats(stats)
+
+
+def _print_stats(stats: dict) -> None:
+    console.print(
+        f"[bold]{stats['dataset']}[/]: {stats['images']} images "
+        f"(train {stats['images_per_split']['train']}, eval {stats['images_per_split']['eval']}), "
+        f"{stats['species']} species"
+    )
+    ranks = Table("rank", "taxa", title="taxa per rank", title_justify="left")
+    for rank, count in stats["per_rank"].items():
+        ranks.add_row(rank, str(count))
+    console.print(ranks)
+    tail = stats["long_tail"]
+    console.print(
+        f"training images per species: min {tail['min']}, median {tail['median']}, max {tail['max']}; "
+        f"{tail['rare_species']} rare species (at most {stats['rare_threshold']} images)"
+    )
+    for rank, names in stats["homonyms"].items():
+        console.print(f"[yellow]{rank} names under several parents (kept as separate taxa):[/] "
+                      + ", ".join(f"{name} ×{n}" for name, n in names.items()))
+    if stats["skipped"]:
+        skipped = Table("reason", "records", "first examples", title="skipped", title_justify="left")
+        for reason, count in stats["skipped"].items():
+            skipped.add_row(reason, str(count), "; ".join(stats["skipped_examples"].get(reason, [])))
+        console.print(skipped)
+    for note, count in stats["notes"].items():
+        console.print(f"note: {count} {note}")
+
+
+def experiment_config(config: Path, overrides: list[str] | None) -> ExperimentConfig:
+    return load_config(config, overrides or [])

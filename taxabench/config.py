@@ -1,0 +1,317 @@
+"""The experiment config: one YAML file, validated against these dataclasses.
+
+The dataclasses *are* the schema: every field has its type and default here and nowhere else, the CLI reads its
+defaults from them, and `load_config` rejects unknown keys and wrong types with a message naming the file and the
+dotted key (`data.image_size`). Relative paths in a config are resolved against the working directory; image paths
+inside annotation files are resolved against `data.root`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from taxabench.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SpeciesSubset:
+    """Which species of the dataset take part in the experiment (after the min/max image filters)."""
+
+    mode: Literal["all", "first", "random", "list"] = "all"
+    n: int | None = None  # number of species for `first` / `random`
+    seed: int = 0  # for `random`
+    names: list[str] = field(default_factory=list)  # for `list`: species ids, slugs or unique names
+
+    def validate(self, where: str) -> None:
+        if self.mode in ("first", "random") and (self.n is None or self.n < 1):
+            raise ConfigError(f"{where}.n: mode '{self.mode}' needs a positive n, got {self.n}")
+        if self.mode == "list" and not self.names:
+            raise ConfigError(f"{where}.names: mode 'list' needs at least one species name")
+
+
+@dataclass
+class CsvColumns:
+    """Column names of a generic CSV/TSV dataset (the `csv` adapter); SynthTaxa writes exactly these defaults."""
+
+    image: str = "image"  # image path, relative to data.root
+    split: str | None = "split"  # None: every row is in data.train_split
+    ranks: dict[str, str] = field(default_factory=dict)  # rank -> column; default: the rank name itself
+    bbox: list[str] = field(default_factory=list)  # [x, y, width, height] columns in pixels, optional
+    delimiter: str | None = None  # None: tab for .tsv/.txt, comma otherwise
+
+
+@dataclass
+class SynthTaxaOptions:
+    """Generator settings when `data.dataset` is `synthtaxa` (see taxabench/data/synthtaxa.py).
+
+    Left unset, they accept whatever world `data.root` already holds, and generate `tiny` with seed 0 otherwise.
+    """
+
+    preset: str | None = None
+    seed: int | None = None
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthtaxa"  # registry name: `taxabench list` shows them
+    root: str | None = None  # dataset folder; synthtaxa: default $TAXABENCH_HOME/synthtaxa/<preset>-seed<seed>
+    annotations: str | None = None  # annotation file (CSV/TSV/JSON); default: the adapter's usual file in root
+    ranks: list[str] | None = None  # ranks to use, coarse to fine; default: all the dataset has
+    train_split: str = "train"
+    eval_split: str | None = "test"  # real images that metrics compare against; None: none
+    image_size: int = 64
+    resize: Literal["center-crop", "pad"] = "center-crop"
+    use_bbox: bool = False  # crop to the annotated box first, where the dataset has one
+    unknown_species: Literal["drop", "keep"] = "drop"  # a record whose species is unknown
+    on_missing_image: Literal["error", "skip"] = "error"
+    rare_threshold: int = 5  # species with at most this many training images are "rare"
+    min_images_per_species: int = 1  # species with fewer training images are left out
+    max_images_per_species: int | None = None  # species with more training images are left out
+    few_shot: int | None = None  # cap on training images per species (the first N by path)
+    species_subset: SpeciesSubset = field(default_factory=SpeciesSubset)
+    columns: CsvColumns = field(default_factory=CsvColumns)
+    synthtaxa: SynthTaxaOptions = field(default_factory=SynthTaxaOptions)
+
+    def validate(self, where: str) -> None:
+        _positive(self.image_size, f"{where}.image_size")
+        if self.image_size % 8:
+            raise ConfigError(f"{where}.image_size: must be divisible by 8 (VAE downsampling), got {self.image_size}")
+        _positive(self.min_images_per_species, f"{where}.min_images_per_species")
+        if self.max_images_per_species is not None and self.max_images_per_species < self.min_images_per_species:
+            raise ConfigError(
+                f"{where}.max_images_per_species ({self.max_images_per_species}) is below "
+                f"min_images_per_species ({self.min_images_per_species})"
+            )
+        if self.few_shot is not None:
+            _positive(self.few_shot, f"{where}.few_shot")
+        self.species_subset.validate(f"{where}.species_subset")
+        if self.ranks is not None:
+            from taxabench.taxonomy import check_ranks
+
+            check_ranks(self.ranks, f"{where}.ranks")
+
+
+@dataclass
+class TinyBackbone:
+    """The tiny SD-format backbone taxabench builds itself (taxabench/backbone.py)."""
+
+    vae_steps: int = 300
+    unet_pretrain_steps: int = 300
+    caption_rank: str = "family"  # the UNet is pre-trained on captions down to this rank, not species
+    seed: int = 0
+
+
+@dataclass
+class BackboneConfig:
+    # `tiny`, a local SD-format folder, or a hub id (`runwayml/stable-diffusion-v1-5`) resolved offline-first
+    source: str = "tiny"
+    tiny: TinyBackbone = field(default_factory=TinyBackbone)
+
+
+@dataclass
+class TrainConfig:
+    steps_per_stage: int = 200  # optimizer steps in each stage a method declares
+    batch_size: int = 8  # per process
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-2
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    condition_dropout: float = 0.1  # probability that a rank's name is replaced by "<rank>: None"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    ema_decay: float | None = None  # None: no EMA
+    cache_latents: bool = True  # encode each image with the frozen VAE once
+    cache_text: bool = True  # encode each unique string with the frozen text encoder once
+    checkpoint_every: int = 100  # accelerate state every N steps (resume point)
+    checkpoints_total_limit: int = 2
+    num_workers: int = 0
+
+    def validate(self, where: str) -> None:
+        _positive(self.steps_per_stage, f"{where}.steps_per_stage")
+        _positive(self.batch_size, f"{where}.batch_size")
+        _positive(self.gradient_accumulation_steps, f"{where}.gradient_accumulation_steps")
+        _positive(self.checkpoint_every, f"{where}.checkpoint_every")
+        if not 0.0 <= self.condition_dropout < 1.0:
+            raise ConfigError(f"{where}.condition_dropout: must be in [0, 1), got {self.condition_dropout}")
+
+
+@dataclass
+class SampleConfig:
+    images_per_taxon: int = 8
+    rank: str = "species"  # generate for every taxon of this rank
+    taxa: list[str] = field(default_factory=list)  # restrict to these taxa (ids, slugs or unique names)
+    guidance: Literal["default", "taxonomy", "cfg", "none"] = "default"  # default: the method's own
+    guidance_scale: float = 9.0
+    steps: int = 25
+    scheduler: Literal["ddim", "pndm", "dpm++", "euler"] = "ddim"
+    batch_size: int = 16
+
+    def validate(self, where: str) -> None:
+        _positive(self.images_per_taxon, f"{where}.images_per_taxon")
+        _positive(self.steps, f"{where}.steps")
+        _positive(self.batch_size, f"{where}.batch_size")
+
+
+@dataclass
+class EvalConfig:
+    metrics: list[str] = field(default_factory=lambda: ["fd", "kid", "lpips", "clip_score", "taxa_accuracy"])
+    fd_extractor: str = "synthclip"  # `inception` for the paper's FID on real data
+    clip_model: str = "synthclip"  # `bioclip` on real data
+    weights: dict[str, str] = field(default_factory=dict)  # extractor -> explicit weights path
+    bootstrap: int = 1000  # resamples over taxa for confidence intervals
+    confidence: float = 0.95
+    batch_size: int = 64
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    runs_dir: str = "runs"  # the run folder is <runs_dir>/<name>
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    methods: list[str] = field(default_factory=lambda: ["taxadiffusion"])
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> its own options
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self, where: str) -> None:
+        if not self.name or os.sep in self.name or self.name.strip() != self.name:
+            raise ConfigError(f"{where}.name: must be a plain folder name, got {self.name!r}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self, *sections: str) -> str:
+        """SHA-256 of the config (or of the named top-level sections): what decides whether outputs can be reused."""
+        data = self.to_dict()
+        if sections:
+            data = {name: data[name] for name in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read and validate an experiment YAML. `overrides` are `dotted.key=value` strings (value parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    for override in overrides or []:
+        apply_override(data, override)
+    return config_from_dict(data, source=str(path))
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    return from_dict(ExperimentConfig, data, where=source)
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected dotted.key=value")
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: '{part}' is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and values of the wrong type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} ({data!r})")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(names)})"
+            raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+    obj = cls(**{key: _coerce(value, hints[key], f"{where}.{key}") for key, value in data.items()})
+    if hasattr(obj, "validate"):
+        obj.validate(where)
+    return obj
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where}: may not be null")
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} ({value!r})")
+        return [_coerce(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} ({value!r})")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if value is None:
+            raise ConfigError(f"{where}: may not be null")
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} ({value!r})")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} at {where}")
+
+
+def _positive(value: int, where: str) -> None:
+    if value < 1:
+        raise ConfigError(f"{where}: must be at least 1, got {value}")
+
+
+def taxabench_home() -> Path:
+    """Where taxabench caches what it builds (SynthTaxa, tiny weights, features): $TAXABENCH_HOME or ~/.cache."""
+    return Path(os.environ.get("TAXABENCH_HOME", Path.home() / ".cache" / "taxabench"))

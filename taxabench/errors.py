@@ -1,0 +1,17 @@
+"""The one error type users see: an expected failure with a message that says what to do."""
+
+
+class TaxabenchError(Exception):
+    """An expected failure (bad input, missing weights, bad config). The CLI prints its message, not a traceback."""
+
+
+class ConfigError(TaxabenchError):
+    """An experiment config that does not validate: the message names the file and the key."""
+
+
+class DataError(TaxabenchError):
+    """A dataset that cannot be read as declared: the message names the file, the row and the column."""
+
+
+class WeightsNotFoundError(TaxabenchError):
+    """Pretrained weights that cannot be resolved offline: the message names the file and how to provide it."""

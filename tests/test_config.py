@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from taxabench.config import ExperimentConfig, load_config
+from taxabench.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_values_load(tmp_path):
+    config = load_config(write(tmp_path, "name: fish\ndata:\n  image_size: 128\ntrain:\n  learning_rate: 1\n"))
+    assert config.name == "fish"
+    assert config.data.image_size == 128
+    assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
+    assert config.data.dataset == ExperimentConfig().data.dataset
+    assert config.run_dir == Path("runs/fish")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("data:\n  rezise: pad\n", "unknown key 'rezise' (did you mean 'resize'?)"),
+        ("trian:\n  batch_size: 2\n", "unknown key 'trian' (did you mean 'train'?)"),
+        ("data:\n  image_size: 64px\n", "data.image_size: expected int, got str ('64px')"),
+        ("data:\n  image_size: true\n", "data.image_size: expected int, got bool"),
+        ("data:\n  resize: crop\n", "data.resize: expected one of 'center-crop', 'pad', got 'crop'"),
+        ("data:\n  image_size: 60\n", "data.image_size: must be divisible by 8"),
+        ("methods: taxadiffusion\n", "methods: expected a list"),
+        ("data:\n  species_subset:\n    mode: first\n", "species_subset.n: mode 'first' needs a positive n"),
+        ("data:\n  ranks: [class, family]\n", "ranks must be contiguous"),
+        ("train:\n  condition_dropout: 1.5\n", "train.condition_dropout: must be in [0, 1)"),
+        ("- a\n- b\n", "expected a mapping"),
+    ],
+)
+def test_bad_configs_name_the_file_and_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert message in str(error.value)
+    assert str(path) in str(error.value) or "ranks" in message
+
+
+def test_overrides_are_validated_like_the_file(tmp_path):
+    path = write(tmp_path, "name: a\n")
+    assert load_config(path, ["train.batch_size=3", "data.ranks=[genus, species]"]).train.batch_size == 3
+    with pytest.raises(ConfigError, match="train.batch_size: expected int"):
+        load_config(path, ["train.batch_size=three"])
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        load_config(path, ["train.batch_size"])
+
+
+def test_missing_file_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "data: [unclosed\n"))
+
+
+def test_fingerprint_follows_content(tmp_path):
+    a = load_config(write(tmp_path, "name: a\n"))
+    b = load_config(write(tmp_path, "name: a\ntrain:\n  batch_size: 8\n"))  # the default, written out
+    c = load_config(write(tmp_path, "name: a\ntrain:\n  batch_size: 4\n"))
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+    assert a.fingerprint("data") == c.fingerprint("data")

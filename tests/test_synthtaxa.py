@@ -1,0 +1,87 @@
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from taxabench.config import DataConfig
+from taxabench.data import load_dataset
+from taxabench.data.synthtaxa import (
+    COARSE_TRAITS,
+    SPECIES_TRAITS,
+    SynthTaxaSpec,
+    build_world,
+    generate,
+    spec_for,
+    traits_by_rank,
+)
+from taxabench.errors import DataError
+
+SMALL_SPEC = SynthTaxaSpec(ranks=("family", "genus", "species"), branching=(2, 2, 2), image_size=32,
+                           head_images=4, test_images=1, reference_images=1)
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_same_bytes_other_seed_other_world(tmp_path):
+    a = generate(SMALL_SPEC, tmp_path / "a", show_progress=False)
+    b = generate(SMALL_SPEC, tmp_path / "b", show_progress=False)
+    c = generate(replace(SMALL_SPEC, seed=1), tmp_path / "c", show_progress=False)
+    assert digest(a) == digest(b) != digest(c)
+    assert generate(SMALL_SPEC, a, show_progress=False) == a  # reused, not regenerated
+    with pytest.raises(DataError, match="holds a different SynthTaxa world"):
+        generate(replace(SMALL_SPEC, seed=1), a, show_progress=False)
+
+
+def test_tiny_preset_is_long_tailed_and_read_back_through_csv(tiny_world):
+    table = pd.read_csv(tiny_world / "metadata.csv")
+    as_synthtaxa = load_dataset(DataConfig(dataset="synthtaxa", root=str(tiny_world)))
+    as_csv = load_dataset(DataConfig(dataset="csv", root=str(tiny_world)))
+    assert as_synthtaxa.stats() | {"dataset": "csv"} == as_csv.stats()
+    stats = as_csv.stats()
+    assert 24 <= stats["species"] <= 60
+    assert stats["per_rank"] == {"class": 2, "order": 4, "family": 8, "genus": 16, "species": 32}
+    train_counts = table[table.split == "train"].groupby("species").size()
+    assert train_counts.min() == 1 and (train_counts <= 5).sum() >= 8 and train_counts.max() >= 30
+    assert set(table.split) == {"train", "test", "reference"}
+    assert (table[table.split == "test"].groupby("species").size() == 8).all()
+    assert {f"trait_{t}" for t in COARSE_TRAITS + SPECIES_TRAITS} <= set(table.columns)
+
+
+def test_traits_follow_the_taxonomy():
+    """Coarse traits are shared by a rank's descendants; sibling species differ only in species traits."""
+    world = build_world(spec_for("tiny", 0))
+    owned = traits_by_rank(spec_for("tiny", 0).ranks)
+    for depth, rank in enumerate(("class", "order", "family", "genus")):
+        groups: dict[tuple, set] = {}
+        for species in world:
+            key = species.lineage[: depth + 1]
+            groups.setdefault(key, set()).add(tuple(species.traits[t] for t in owned[rank]))
+        assert all(len(values) == 1 for values in groups.values()), rank
+    by_genus: dict[tuple, list] = {}
+    for species in world:
+        by_genus.setdefault(species.lineage[:-1], []).append(species)
+    for siblings in by_genus.values():
+        coarse = {tuple(s.traits[t] for t in COARSE_TRAITS) for s in siblings}
+        fine = {tuple(s.traits[t] for t in SPECIES_TRAITS) for s in siblings}
+        assert len(coarse) == 1 and len(fine) == len(siblings)
+
+
+@pytest.mark.parametrize("n_ranks", [2, 3, 4, 5, 6, 7])
+def test_every_rank_owns_a_trait(n_ranks):
+    ranks = ("kingdom", "phylum", "class", "order", "family", "genus", "species")[-n_ranks:]
+    owned = traits_by_rank(ranks)
+    assert all(owned[r] for r in ranks) and owned[ranks[-1]] == SPECIES_TRAITS
+    assert sum((list(owned[r]) for r in ranks[:-1]), []) == list(COARSE_TRAITS)
+
+
+def test_unknown_preset():
+    with pytest.raises(DataError, match="unknown synthtaxa preset 'huge'; available: tiny"):
+        spec_for("huge", 0)
