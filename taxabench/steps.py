@@ -1,0 +1,98 @@
+"""Steps of a run, each skipped when it already finished for the same inputs.
+
+A step has a name, a fingerprint (a hash of everything that decides its outputs, including the fingerprints of
+the steps it depends on), an action and a way to remove its outputs. The ledger (`runs/<name>/steps.json`)
+records a step only once its action has returned, so a killed step simply runs again — and every action is
+itself resumable (training from its accelerate state, sampling skipping finished images, evaluation from its
+feature caches), so it picks up where it stopped.
+
+A finished step whose inputs changed is an error, not a silent overwrite: rerun with `--force STEP` (which
+also redoes the steps after it) or use another run name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from taxabench.errors import TaxabenchError
+
+
+def fingerprint(*parts: object) -> str:
+    """A stable hash of JSON-serialisable parts."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class Step:
+    name: str  # "backbone", "train/taxadiffusion", ...
+    fingerprint: str
+    action: Callable[[], None]
+    clean: Callable[[], None]  # removes the step's outputs before a forced rerun
+    after: tuple[str, ...] = ()  # steps whose outputs this one reads
+
+
+class Ledger:
+    """`steps.json`: step name -> fingerprint, wall seconds and finish time of its last completed run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def record(self, step: Step, seconds: float) -> None:
+        self.entries[step.name] = {"fingerprint": step.fingerprint, "seconds": round(seconds, 2),
+                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self._write()
+
+    def forget(self, name: str) -> None:
+        if self.entries.pop(name, None) is not None:
+            self._write()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(f".partial-{os.getpid()}")
+        partial.write_text(json.dumps(self.entries, indent=2))
+        os.replace(partial, self.path)
+
+
+def dependents(steps: Sequence[Step], names: set[str]) -> set[str]:
+    """`names` and every step that (transitively) comes after one of them."""
+    found = set(names)
+    for step in steps:  # steps are in execution order, so one pass suffices
+        if found.intersection(step.after):
+            found.add(step.name)
+    return found
+
+
+def run_steps(steps: Sequence[Step], ledger: Ledger, force: Sequence[str] = (), console: Console | None = None) -> None:
+    """Run each step unless the ledger shows it finished with the same fingerprint."""
+    console = console or Console()
+    names = [step.name for step in steps]
+    unknown = [f for f in force if f not in names and not any(n.startswith(f + "/") for n in names)]
+    if unknown:
+        raise TaxabenchError(f"--force {unknown[0]!r}: no such step; steps are {', '.join(names)}")
+    forced = dependents(steps, {n for n in names for f in force if n == f or n.startswith(f + "/")})
+    for step in steps:
+        entry = ledger.entries.get(step.name)
+        if step.name in forced:
+            step.clean()
+            ledger.forget(step.name)
+        elif entry is not None and entry["fingerprint"] == step.fingerprint:
+            console.print(f"[dim]✓ {step.name}: done earlier ({entry['seconds']} s), skipped[/]")
+            continue
+        elif entry is not None:
+            raise TaxabenchError(
+                f"step {step.name!r} of {ledger.path.parent} finished earlier with other inputs (the config or "
+                f"an earlier step changed); rerun with --force {step.name} to redo it, or use another run name"
+            )
+        console.rule(f"[bold]{step.name}")
+        start = time.perf_counter()
+        step.action()
+        ledger.record(step, time.perf_counter() - start)
