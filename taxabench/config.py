@@ -67,6 +67,42 @@ class SynthTaxaOptions:
 
 
 @dataclass
+class FishNetOptions:
+    """Options of the `fishnet` adapter (taxabench/data/fishnet.py)."""
+
+    # folder of FishNet's box files (bbox.zip): `<bbox_dir>/<Folder>/<image stem>.txt`, one `label x1 y1 x2 y2`
+    # line per fish; the largest box is kept. None: no boxes
+    bbox_dir: str | None = None
+
+
+# BIOSCAN-1M's partition columns; each holds train / validation / test / no_split per row
+BIOSCAN1M_SPLIT_COLUMNS = (
+    "large_diptera_family",
+    "medium_diptera_family",
+    "small_diptera_family",
+    "large_insect_order",
+    "medium_insect_order",
+    "small_insect_order",
+)
+
+
+@dataclass
+class Bioscan1mOptions:
+    """Options of the `bioscan1m` adapter (taxabench/data/bioscan1m.py)."""
+
+    # the partition column that gives each row its split (BIOSCAN1M_SPLIT_COLUMNS); None: every row is in
+    # data.train_split
+    split_column: str | None = "large_insect_order"
+
+    def validate(self, where: str) -> None:
+        if self.split_column is not None and self.split_column not in BIOSCAN1M_SPLIT_COLUMNS:
+            raise ConfigError(
+                f"{where}.split_column: expected one of {', '.join(BIOSCAN1M_SPLIT_COLUMNS)} or null, "
+                f"got {self.split_column!r}"
+            )
+
+
+@dataclass
 class DataConfig:
     dataset: str = "synthtaxa"  # registry name: `taxabench list` shows them
     root: str | None = None  # dataset folder; synthtaxa: default $TAXABENCH_HOME/synthtaxa/<preset>-seed<seed>
@@ -86,6 +122,8 @@ class DataConfig:
     species_subset: SpeciesSubset = field(default_factory=SpeciesSubset)
     columns: CsvColumns = field(default_factory=CsvColumns)
     synthtaxa: SynthTaxaOptions = field(default_factory=SynthTaxaOptions)
+    fishnet: FishNetOptions = field(default_factory=FishNetOptions)
+    bioscan1m: Bioscan1mOptions = field(default_factory=Bioscan1mOptions)
 
     def validate(self, where: str) -> None:
         _positive(self.image_size, f"{where}.image_size")

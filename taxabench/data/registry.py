@@ -21,10 +21,13 @@ def list_datasets() -> list[str]:
 
 
 def _register_builtins() -> None:
+    from taxabench.data.bioscan1m import Bioscan1mAdapter
     from taxabench.data.csv import CsvAdapter
+    from taxabench.data.fishnet import FishNetAdapter
+    from taxabench.data.inat2021 import INat2021Adapter
     from taxabench.data.synthtaxa import SynthTaxaAdapter
 
-    for adapter in (CsvAdapter, SynthTaxaAdapter):
+    for adapter in (CsvAdapter, SynthTaxaAdapter, FishNetAdapter, Bioscan1mAdapter, INat2021Adapter):
         register_dataset(adapter.name, adapter)
 
 
