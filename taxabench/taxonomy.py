@@ -120,6 +120,11 @@ class Taxonomy:
                 if node not in self._taxa:
                     self._taxa[node] = Taxon(node, self.ranks[depth - 1], lineage[:depth], self.ranks[:depth])
                     self._children[taxon_id(lineage[: depth - 1]) or None].append(node)
+                elif self._taxa[node].lineage != lineage[:depth]:  # a name containing "/" can fake a level
+                    raise TaxabenchError(
+                        f"{record.source}: lineages {list(self._taxa[node].lineage)} and {list(lineage[:depth])} "
+                        f"have the same id {node!r}; rename the taxon whose name contains '/'"
+                    )
         for children in self._children.values():
             children.sort()
         slugs = Counter(t.slug for t in self._taxa.values())

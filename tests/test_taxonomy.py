@@ -90,3 +90,9 @@ def test_caption_formats():
     assert bioclip_caption(RANKS, ("A", "B", None, "G", "s")) == "a photo of A B."
     assert species_epithet("Abudefduf", "Abudefduf Saxatilis") == "saxatilis"
     assert species_epithet("Abudefduf", "saxatilis") == "saxatilis"
+
+
+def test_a_slash_in_a_name_cannot_fake_a_level():
+    records = [record("A/B", "C", "F", "G", "s"), record("A", "B", "F", "G", "s")]
+    with pytest.raises(TaxabenchError, match="have the same id 'A/B'"):
+        Taxonomy(RANKS, records)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -80,8 +81,13 @@ def image_under_root(root: Path, relative: str, source: str) -> Path:
     """Join an annotation's image path to the root, refusing paths that leave it (`../`, absolute elsewhere)."""
     if not relative or not relative.strip():
         raise DataError(f"{source}: empty image path")
-    joined = os.path.normpath(os.path.join(root, relative))
-    root_norm = os.path.normpath(root)
-    if os.path.commonpath([os.path.abspath(joined), os.path.abspath(root_norm)]) != os.path.abspath(root_norm):
+    root_abs = _absolute(str(root))
+    joined = os.path.normpath(os.path.join(root_abs, relative))
+    if not joined.startswith(root_abs.rstrip(os.sep) + os.sep):
         raise DataError(f"{source}: image path {relative!r} points outside the data root {root}")
     return Path(joined)
+
+
+@functools.lru_cache(maxsize=64)
+def _absolute(root: str) -> str:
+    return os.path.normpath(os.path.abspath(root))  # called once per root, not per row (2.7M rows for iNat)
