@@ -108,6 +108,7 @@ class DataConfig:
     root: str | None = None  # dataset folder; synthtaxa: default $TAXABENCH_HOME/synthtaxa/<preset>-seed<seed>
     annotations: str | None = None  # annotation file (CSV/TSV/JSON); default: the adapter's usual file in root
     ranks: list[str] | None = None  # ranks to use, coarse to fine; default: all the dataset has
+    lineage_above: list[str] = field(default_factory=list)  # names above the top rank, for BioCLIP captions
     train_split: str = "train"
     eval_split: str | None = "test"  # real images that metrics compare against; None: none
     image_size: int = 64

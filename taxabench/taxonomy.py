@@ -204,12 +204,14 @@ def rank_prompts(ranks: Sequence[str], labels: Sequence[str | None]) -> list[str
     return [f"{rank}: {label if label is not None else UNKNOWN_RANK_TEXT}" for rank, label in zip(ranks, labels)]
 
 
-def bioclip_caption(ranks: Sequence[str], labels: Sequence[str | None]) -> str:
+def bioclip_caption(ranks: Sequence[str], labels: Sequence[str | None], above: Sequence[str] = ()) -> str:
     """BioCLIP's taxonomic caption: `"a photo of Animalia Chordata ... Abudefduf saxatilis."`.
 
     Names from the top rank down to the first unknown one; genus capitalised, species epithet lower-case.
+    `above` names the ranks a dataset lacks above its top one (FishNet: Animalia, Chordata; see
+    `data.lineage_above`), because BioCLIP was trained on full kingdom-to-species captions.
     """
-    names = []
+    names = [_capitalised(name) for name in above]
     for rank, label in zip(ranks, labels):
         if label is None:
             break

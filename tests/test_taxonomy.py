@@ -88,6 +88,9 @@ def test_caption_formats():
     assert species_prompt(ranks, labels) == "a photo of Abudefduf saxatilis"
     assert species_prompt(RANKS, ("A", "B", "Pomacentridae", None, None)) == "a photo of Pomacentridae"
     assert bioclip_caption(RANKS, ("A", "B", None, "G", "s")) == "a photo of A B."
+    assert bioclip_caption(RANKS[-2:], ("Gobius", "niger"), above=("animalia", "Chordata")) == (
+        "a photo of Animalia Chordata Gobius niger."
+    )
     assert species_epithet("Abudefduf", "Abudefduf Saxatilis") == "saxatilis"
     assert species_epithet("Abudefduf", "saxatilis") == "saxatilis"
 
