@@ -1,0 +1,227 @@
+"""From a `data:` config section to checked records, a taxonomy and a count of everything left out.
+
+Every adapter goes through the same steps here, in this order:
+1. the adapter reads its format (malformed input is a `DataError` naming file, row and column);
+2. image files are checked to exist (`on_missing_image`: error, or skip and count);
+3. the ranks are narrowed to `data.ranks`; records whose species is unknown are dropped or kept
+   (`unknown_species`), records with no known rank at all are skipped;
+4. only the train and eval splits are kept;
+5. species are filtered on their training-image counts (min / max), then subset (first / random / list);
+6. training images are capped per species (`few_shot`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from taxabench.config import DataConfig
+from taxabench.data.base import SkipLog
+from taxabench.errors import DataError
+from taxabench.taxonomy import Record, Taxon, Taxonomy, check_ranks
+
+
+@dataclass
+class TaxaData:
+    """A loaded dataset: training and evaluation records over one taxonomy, and what was left out."""
+
+    dataset: str
+    root: Path
+    ranks: tuple[str, ...]
+    train: list[Record]
+    eval: list[Record]
+    taxonomy: Taxonomy  # spanned by the training records
+    skipped: SkipLog
+    notes: dict[str, int] = field(default_factory=dict)  # counted facts that are not skips (kept unknowns...)
+    rare_threshold: int = 5  # species with at most this many training images are rare
+
+    @property
+    def species(self) -> list[Taxon]:
+        return self.taxonomy.taxa("species")
+
+    def fingerprint(self) -> str:
+        """Content hash of what was loaded (paths relative to root, labels, splits): keys caches and checkpoints."""
+        digest = hashlib.sha256(f"{self.dataset}|{','.join(self.ranks)}".encode())
+        for record in [*self.train, *self.eval]:
+            relative = Path(record.image).relative_to(self.root).as_posix()
+            digest.update(f"\n{relative}|{record.split}|{'|'.join(l or '' for l in record.labels)}".encode())
+            if record.bbox:
+                digest.update(repr(record.bbox).encode())
+        return digest.hexdigest()
+
+    def records_of(self, taxon: Taxon, split: str = "train") -> list[Record]:
+        records = self.train if split == "train" else self.eval
+        prefix = taxon.lineage
+        return [r for r in records if r.lineage()[: len(prefix)] == prefix]
+
+    def stats(self) -> dict:
+        """The summary `taxabench data stats` prints: counts per split and rank, the long tail, the skips."""
+        species_counts = sorted(self.taxonomy.image_count(t.id) for t in self.species)
+        return {
+            "dataset": self.dataset,
+            "ranks": list(self.ranks),
+            "images": len(self.train) + len(self.eval),
+            "images_per_split": {"train": len(self.train), "eval": len(self.eval)},
+            "species": len(species_counts),
+            "per_rank": {rank: len(self.taxonomy.taxa(rank)) for rank in self.ranks},
+            "long_tail": _long_tail(species_counts, len(self.taxonomy.rare_species(self.rare_threshold))),
+            "rare_threshold": self.rare_threshold,
+            "homonyms": {
+                rank: {name: len(ids) for name, ids in names.items()}
+                for rank, names in self.taxonomy.homonyms().items()
+            },
+            "skipped": self.skipped.to_dict(),
+            "skipped_examples": {k: v for k, v in self.skipped.examples.items() if v},
+            "notes": dict(self.notes),
+        }
+
+
+def _long_tail(counts: list[int], rare: int) -> dict:
+    if not counts:
+        return {"min": 0, "median": 0, "max": 0, "rare_species": 0}
+    return {"min": counts[0], "median": counts[len(counts) // 2], "max": counts[-1], "rare_species": rare}
+
+
+def load_dataset(config: DataConfig) -> TaxaData:
+    """Read, check and filter the dataset a `data:` section describes (see the module docstring for the steps)."""
+    from taxabench.data.registry import get_adapter
+
+    adapter = get_adapter(config.dataset)
+    root = adapter.prepare(config)
+    annotations = adapter.annotations_path(config, root)
+    skipped = SkipLog()
+    output = adapter.read(config, root, annotations, skipped)
+    records, ranks = output.records, output.ranks
+    notes: Counter[str] = Counter()
+
+    # 2. image files exist
+    present = []
+    for record in records:
+        if Path(record.image).is_file():
+            present.append(record)
+        elif config.on_missing_image == "skip":
+            skipped.add("missing image file", f"{record.source}: {record.image}")
+        else:
+            raise DataError(
+                f"{record.source}: image file not found: {record.image} "
+                "(set data.on_missing_image: skip to count and skip such rows)"
+            )
+
+    # 3. ranks, unknown labels
+    if config.ranks is not None:
+        wanted = check_ranks(config.ranks, "data.ranks")
+        missing = [r for r in wanted if r not in ranks]
+        if missing:
+            raise DataError(
+                f"data.ranks asks for {missing[0]!r}, which dataset '{config.dataset}' does not have "
+                f"(it has {', '.join(ranks)})"
+            )
+        offset = ranks.index(wanted[0])
+        present = [_narrow(r, offset, len(wanted)) for r in present]
+        ranks = wanted
+    kept = []
+    for record in present:
+        lineage = record.lineage()
+        if not lineage:
+            skipped.add("no known rank", record.source)
+        elif len(lineage) < len(ranks):
+            if config.unknown_species == "keep" and ranks[-1] == "species":
+                notes["kept with unknown species"] += 1
+                kept.append(record)
+            else:
+                skipped.add("unknown species" if ranks[-1] == "species" else "unknown finest rank", record.source)
+        else:
+            kept.append(record)
+        if any(label is not None for label in record.labels[len(lineage) :]) and lineage:
+            notes["labels below an unknown rank (ignored)"] += 1
+
+    # 4. splits
+    train = [r for r in kept if r.split == config.train_split]
+    evaluation = [r for r in kept if config.eval_split is not None and r.split == config.eval_split]
+    other = len(kept) - len(train) - len(evaluation)
+    if other:
+        used = " or ".join(s for s in (config.train_split, config.eval_split) if s)
+        notes[f"in other splits (not {used})"] = other
+    if not train:
+        splits = ", ".join(sorted({r.split for r in kept})) or "none"
+        raise DataError(
+            f"dataset '{config.dataset}' ({annotations}) has no training images in split "
+            f"{config.train_split!r} (splits present: {splits})"
+        )
+
+    # 5. species filters and subset, on full-lineage training counts
+    counts = Counter(r.lineage() for r in train if len(r.lineage()) == len(ranks))
+    selected = sorted(
+        lineage
+        for lineage, n in counts.items()
+        if n >= config.min_images_per_species
+        and (config.max_images_per_species is None or n <= config.max_images_per_species)
+    )
+    selected = _subset(selected, config, ranks)
+    if not selected:
+        raise DataError(
+            f"dataset '{config.dataset}': no species left after the filters "
+            f"(min_images_per_species={config.min_images_per_species}, "
+            f"max_images_per_species={config.max_images_per_species}, species_subset={config.species_subset.mode})"
+        )
+    chosen = set(selected)
+    ancestors = {lineage[:depth] for lineage in selected for depth in range(1, len(lineage))}
+
+    def in_scope(record: Record) -> bool:
+        lineage = record.lineage()
+        return lineage in chosen if len(lineage) == len(ranks) else lineage in ancestors
+
+    dropped_by_filter = sum(not in_scope(r) for r in train)
+    if dropped_by_filter:
+        notes["training images of species left out by filters"] = dropped_by_filter
+    train = [r for r in train if in_scope(r)]
+    evaluation = [r for r in evaluation if in_scope(r)]
+
+    # 6. few-shot cap
+    if config.few_shot is not None:
+        per_species: Counter[tuple[str, ...]] = Counter()
+        capped = []
+        for record in sorted(train, key=lambda r: str(r.image)):
+            per_species[record.lineage()] += 1
+            if per_species[record.lineage()] <= config.few_shot:
+                capped.append(record)
+        notes["training images above the few-shot cap"] = len(train) - len(capped)
+        train = capped
+
+    return TaxaData(
+        dataset=config.dataset,
+        root=root,
+        ranks=tuple(ranks),
+        train=train,
+        eval=evaluation,
+        taxonomy=Taxonomy(ranks, train),
+        skipped=skipped,
+        notes=dict(notes),
+        rare_threshold=config.rare_threshold,
+    )
+
+
+def _narrow(record: Record, offset: int, length: int) -> Record:
+    return Record(
+        image=record.image,
+        labels=record.labels[offset : offset + length],
+        split=record.split,
+        source=record.source,
+        bbox=record.bbox,
+        extra=record.extra,
+    )
+
+
+def _subset(lineages: list[tuple[str, ...]], config: DataConfig, ranks: tuple[str, ...]) -> list[tuple[str, ...]]:
+    subset = config.species_subset
+    if subset.mode == "all":
+        return lineages
+    if subset.mode == "first":
+        return lineages[: subset.n]
+    if subset.mode == "random":
+        return sorted(random.Random(subset.seed).sample(lineages, min(subset.n, len(lineages))))
+    taxonomy = Taxonomy(ranks, [Record(Path(), lineage, "", "") for lineage in lineages])
+    return sorted({taxonomy.resolve(name, rank="species").lineage for name in subset.names})

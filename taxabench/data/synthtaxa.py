@@ -1,0 +1,405 @@
+"""`synthtaxa`: a procedural world with a known taxonomy, the embedded default dataset (DESIGN.md §5).
+
+A tree of pseudo-Latin taxa is drawn from a seed. Each rank owns visual traits that its descendants inherit:
+the coarse ranks decide big things (body plan, base colour, proportions), the fine ranks subtle ones (pattern
+type, then, for sibling species, only the pattern's scale and a small mark's position and tint). Pose, scale,
+position, background, lighting and pixel noise vary independently of the taxonomy. Training images per species
+follow a long tail (about half the species have 1–5 images); every species has the same number of held-out
+`test` images (the real set metrics compare against) and `reference` images (training data for the synthclip
+metric model, never seen by the generators).
+
+The world is written as PNGs plus `metadata.csv` in the generic `csv` format, with the ground-truth traits as
+extra columns, and read back through the `csv` adapter like any user dataset.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from rich.progress import Progress
+
+from taxabench.config import DataConfig, taxabench_home
+from taxabench.data.base import AdapterOutput, SkipLog
+from taxabench.data.csv import CsvAdapter
+from taxabench.errors import DataError
+from taxabench.taxonomy import check_ranks
+
+FORMAT_VERSION = 1  # bump when the rendering changes: cached worlds of another version are rebuilt elsewhere
+
+# Traits owned by the coarse ranks, coarse to fine, spread over all ranks but the last (see `traits_by_rank`).
+COARSE_TRAITS = ("silhouette", "hue", "proportions", "fin_colour", "pattern_colour", "pattern")
+# Traits owned by the species rank: what tells sibling species apart.
+SPECIES_TRAITS = ("pattern_scale", "mark")
+
+SILHOUETTES = ("fish", "beetle", "ray", "moth", "eel")
+COLOUR_RULES = ("dark", "light", "complement", "black", "white")
+PATTERNS = ("stripes", "spots", "bands", "checker", "chevrons", "rings")
+PATTERN_SCALES = (1.6, 2.4, 3.4, 4.6, 6.0)  # cycles per body length
+MARK_POSITIONS = {"head": (-0.5, 0.0), "centre": (0.0, 0.0), "rear": (0.4, 0.0), "upper": (0.0, -0.5), "lower": (0.0, 0.5)}
+MARK_TINTS = {"red": (0.9, 0.1, 0.1), "yellow": (1.0, 0.9, 0.1), "white": (1.0, 1.0, 1.0), "blue": (0.1, 0.3, 1.0), "black": (0.05, 0.05, 0.05)}
+
+_SYLLABLES = ("ca", "lo", "mi", "ra", "ti", "ve", "no", "xa", "pe", "su", "do", "ri", "ka", "the", "ly", "mo", "sta",
+              "bu", "gla", "phy", "cri", "dri", "zo", "que", "ne", "ar", "el", "or", "um", "os")
+_SUFFIXES = {
+    "kingdom": ("alia", "ota"), "phylum": ("opoda", "ata"), "class": ("opsida", "ea", "ia"),
+    "order": ("iformes", "ida", "optera"), "family": ("idae",), "genus": ("us", "a", "ops", "ichthys", "um"),
+    "species": ("ensis", "atus", "ica", "ii", "oides", "alis", "ina"),
+}
+
+
+@dataclass(frozen=True)
+class SynthTaxaSpec:
+    """Everything that decides the world; two equal specs give byte-identical files."""
+
+    ranks: tuple[str, ...] = ("class", "order", "family", "genus", "species")
+    branching: tuple[int, ...] = (2, 2, 2, 2, 2)  # children per node at each rank; the first: top-rank taxa
+    image_size: int = 64
+    head_images: int = 40  # training images of the most common species; the rarest has 1 (see `build_world`)
+    test_images: int = 8  # held-out real images per species (what metrics compare against)
+    reference_images: int = 24  # per species, for training the synthclip metric model
+    seed: int = 0
+
+    def check(self) -> None:
+        check_ranks(self.ranks, "synthtaxa ranks")
+        if len(self.branching) != len(self.ranks) or min(self.branching) < 1:
+            raise DataError(f"synthtaxa: branching {self.branching} must give one positive count per rank {self.ranks}")
+        if self.image_size % 8 or self.image_size < 16:
+            raise DataError(f"synthtaxa: image_size must be a multiple of 8, at least 16, got {self.image_size}")
+
+
+PRESETS: dict[str, SynthTaxaSpec] = {
+    # 32 species, ~350 training images: generated in seconds, the demo and the tests
+    "tiny": SynthTaxaSpec(),
+    # 108 species, ~1,500 training images: the controlled benchmark
+    "small": SynthTaxaSpec(branching=(2, 3, 2, 3, 3), head_images=60, test_images=16,
+                           reference_images=32),
+    # 7 ranks like iNaturalist, 128 species, 128 px
+    "inat-like": SynthTaxaSpec(ranks=("kingdom", "phylum", "class", "order", "family", "genus", "species"),
+                               branching=(1, 2, 2, 2, 2, 2, 4), image_size=128, head_images=80, test_images=16,
+                               reference_images=32),
+}
+
+
+def spec_for(preset: str, seed: int) -> SynthTaxaSpec:
+    if preset not in PRESETS:
+        raise DataError(f"unknown synthtaxa preset {preset!r}; available: {', '.join(PRESETS)}")
+    return replace(PRESETS[preset], seed=seed)
+
+
+def traits_by_rank(ranks: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Which traits each rank decides: the coarse traits in contiguous blocks over all ranks but the last.
+
+    With 5 ranks: class -> silhouette; order -> hue, proportions; family -> fin and pattern colour;
+    genus -> pattern; species -> pattern scale and mark.
+    """
+    coarse = len(ranks) - 1
+    if coarse == 0:
+        return {ranks[0]: COARSE_TRAITS + SPECIES_TRAITS}
+    base, extra = divmod(len(COARSE_TRAITS), coarse)
+    # extra traits go to the ranks just below the top one, so that the top rank decides the body plan alone
+    first = 1 if coarse > extra else 0
+    sizes = [base + int(first <= i < first + extra) for i in range(coarse)]
+    owned, start = {}, 0
+    for rank, size in zip(ranks[:-1], sizes):
+        owned[rank] = COARSE_TRAITS[start : start + size]
+        start += size
+    owned[ranks[-1]] = SPECIES_TRAITS
+    return owned
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tree
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Species:
+    lineage: tuple[str, ...]
+    traits: dict[str, object]
+    train_images: int
+
+
+def build_world(spec: SynthTaxaSpec) -> list[Species]:
+    """The species of the world, each with its lineage, inherited traits and number of training images."""
+    spec.check()
+    rng = np.random.default_rng([spec.seed, 7])
+    owned = traits_by_rank(spec.ranks)
+    used_names: set[str] = set()
+    leaves: list[tuple[tuple[str, ...], dict[str, object]]] = []
+
+    def grow(depth: int, lineage: tuple[str, ...], traits: dict[str, object]) -> None:
+        if depth == len(spec.ranks):
+            leaves.append((lineage, traits))
+            return
+        rank, count = spec.ranks[depth], spec.branching[depth]
+        values = {trait: _sibling_values(trait, count, rng) for trait in owned[rank]}
+        for child in range(count):
+            name = _new_name(rank, rng, used_names, genus=lineage[-1] if rank == "species" else None)
+            grow(depth + 1, (*lineage, name), {**traits, **{t: v[child] for t, v in values.items()}})
+
+    grow(0, (), {})
+    # A log-linear long tail from `head_images` down to 1: about half the species have 5 images or fewer.
+    # Which species is common and which rare is shuffled over the tree.
+    order = rng.permutation(len(leaves))
+    last = max(1, len(leaves) - 1)
+    counts = {int(leaf): max(1, round(spec.head_images ** (1 - rank / last))) for rank, leaf in enumerate(order)}
+    return [Species(lineage, traits, counts[i]) for i, (lineage, traits) in enumerate(leaves)]
+
+
+def _sibling_values(trait: str, count: int, rng: np.random.Generator) -> list[object]:
+    """Distinct values for `count` siblings (continuous traits evenly spaced, categorical ones permuted)."""
+    if trait == "hue":
+        offset = rng.uniform(0, 1)
+        return [round((offset + i / count) % 1.0, 4) for i in range(count)]
+    if trait == "proportions":  # half-height of the body relative to its half-length
+        low, high = (0.32, 0.62) if count > 1 else (0.47, 0.47)
+        values = np.linspace(low, high, count)
+        return [round(float(v), 4) for v in rng.permutation(values)]
+    if trait == "pattern_scale":
+        scales = list(PATTERN_SCALES) if count <= len(PATTERN_SCALES) else list(np.geomspace(1.4, 7.0, count))
+        chosen = rng.choice(len(scales), size=count, replace=False)
+        return [round(float(scales[i]), 3) for i in chosen]
+    if trait == "mark":
+        positions = list(rng.permutation(list(MARK_POSITIONS)))
+        tints = list(rng.permutation(list(MARK_TINTS)))
+        return [f"{positions[i % len(positions)]}/{tints[(i + i // len(positions)) % len(tints)]}" for i in range(count)]
+    options = {"silhouette": SILHOUETTES, "fin_colour": COLOUR_RULES, "pattern_colour": COLOUR_RULES,
+               "pattern": PATTERNS}[trait]
+    picks = list(rng.permutation(len(options)))
+    while len(picks) < count:
+        picks += list(rng.permutation(len(options)))
+    return [options[i] for i in picks[:count]]
+
+
+def _new_name(rank: str, rng: np.random.Generator, used: set[str], genus: str | None) -> str:
+    for _ in range(1000):
+        stem = "".join(rng.choice(_SYLLABLES) for _ in range(int(rng.integers(2, 4))))
+        name = stem + rng.choice(_SUFFIXES[rank])
+        name = name.lower() if rank == "species" else name.capitalize()
+        key = f"{genus}/{name}" if rank == "species" else name
+        if key not in used:
+            used.add(key)
+            return name
+    raise DataError(f"synthtaxa: ran out of distinct {rank} names; lower the branching")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _colour(rule: str, base: np.ndarray, hue: float) -> np.ndarray:
+    if rule == "dark":
+        return base * 0.4
+    if rule == "light":
+        return base * 0.35 + 0.65
+    if rule == "complement":
+        return np.array(colorsys.hsv_to_rgb((hue + 0.5) % 1.0, 0.75, 0.85))
+    return np.zeros(3) + (0.06 if rule == "black" else 0.97)
+
+
+def _ellipse(x, y, cx, cy, rx, ry):
+    return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
+
+
+def _segment(x, y, x0, y0, x1, y1, width):
+    dx, dy = x1 - x0, y1 - y0
+    t = np.clip(((x - x0) * dx + (y - y0) * dy) / (dx * dx + dy * dy), 0, 1)
+    return (x - x0 - t * dx) ** 2 + (y - y0 - t * dy) ** 2 <= width**2
+
+
+def _body_plan(silhouette: str, x: np.ndarray, y: np.ndarray, a: float):
+    """Masks in the body frame (length along x in about [-1, 1]): body, appendages (fin colour), eyes."""
+    none = np.zeros_like(x, dtype=bool)
+    if silhouette == "fish":
+        body = _ellipse(x, y, -0.1, 0.0, 0.78, a)
+        tail = (x > 0.5) & (x < 1.0) & (np.abs(y) <= 0.08 + (x - 0.5) * 1.3 * a)
+        fins = tail | _ellipse(x, y, -0.05, -a * 0.95, 0.32, 0.2) | _ellipse(x, y, 0.05, a * 0.9, 0.22, 0.14)
+        return body, fins, _ellipse(x, y, -0.62, -a * 0.25, 0.07, 0.07)
+    if silhouette == "beetle":
+        body = _ellipse(x, y, 0.15, 0.0, 0.72, a + 0.08)
+        legs = none.copy()
+        for lx in (-0.25, 0.1, 0.45):
+            for side in (-1, 1):
+                legs |= _segment(x, y, lx, 0.0, lx + 0.2, side * (a + 0.4), 0.045)
+        head = _ellipse(x, y, -0.68, 0.0, 0.22, 0.2)
+        antennae = _segment(x, y, -0.8, 0.0, -1.05, 0.3, 0.03) | _segment(x, y, -0.8, 0.0, -1.05, -0.3, 0.03)
+        return body, legs | head | antennae, _ellipse(x, y, -0.75, 0.1, 0.05, 0.05) | _ellipse(x, y, -0.75, -0.1, 0.05, 0.05)
+    if silhouette == "ray":
+        body = np.abs(x + 0.15) / 0.75 + np.abs(y) / (a + 0.38) <= 1.0
+        tail = _segment(x, y, 0.5, 0.0, 1.05, 0.0, 0.035)
+        return body, tail, _ellipse(x, y, -0.45, 0.13, 0.05, 0.05) | _ellipse(x, y, -0.45, -0.13, 0.05, 0.05)
+    if silhouette == "moth":
+        wings = _ellipse(x, y, -0.15, -(a + 0.12), 0.42, a + 0.1) | _ellipse(x, y, -0.15, a + 0.12, 0.42, a + 0.1)
+        hind = _ellipse(x, y, 0.35, -0.55 * a - 0.1, 0.3, 0.6 * a + 0.05) | _ellipse(x, y, 0.35, 0.55 * a + 0.1, 0.3, 0.6 * a + 0.05)
+        thorax = _ellipse(x, y, 0.0, 0.0, 0.72, 0.12)
+        return wings, (hind & ~wings) | thorax, _ellipse(x, y, -0.68, 0.0, 0.06, 0.06)
+    # eel: a long sinuous band with a dorsal ridge
+    centre = 0.12 * np.sin(4.0 * x)
+    half = a * 0.42 * np.clip(1 - x**2, 0, 1) ** 0.35
+    body = (np.abs(x) < 1.0) & (np.abs(y - centre) <= half)
+    ridge = (np.abs(x) < 0.8) & (y - centre < -half) & (y - centre > -half - 0.07)
+    return body, ridge, _ellipse(x, y, -0.8, 0.12 * np.sin(-3.2), 0.05, 0.05)
+
+
+def _pattern(kind: str, x: np.ndarray, y: np.ndarray, f: float, phase: float) -> np.ndarray:
+    two_pi = 2 * np.pi
+    if kind == "stripes":
+        return np.sin(two_pi * (f / 2) * x + phase) > 0.3
+    if kind == "bands":
+        return np.sin(two_pi * (f / 2) * 1.6 * y + phase) > 0.3
+    if kind == "spots":
+        u, v = (x * f / 2 + phase / two_pi) % 1.0 - 0.5, (y * f / 2 + 0.25) % 1.0 - 0.5
+        return u * u + v * v < 0.06
+    if kind == "checker":
+        return np.sin(two_pi * (f / 2) * x + phase) * np.sin(two_pi * (f / 2) * y) > 0
+    if kind == "chevrons":
+        return np.sin(two_pi * (f / 2) * (x + 0.9 * np.abs(y)) + phase) > 0.3
+    return np.sin(two_pi * (f / 2) * np.hypot(x + 0.1, y) + phase) > 0.3  # rings
+
+
+def render(traits: dict[str, object], size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
+    """One image (uint8 HxWx3) of a species with these traits, and the nuisance values that were drawn."""
+    n = size * 2  # supersampled, then averaged down, for anti-aliased edges
+    nuisance = {
+        "pose_angle": float(rng.uniform(-35, 35)),
+        "pose_flip": float(rng.integers(0, 2)),
+        "scale": float(rng.uniform(0.55, 0.8)),
+        "offset_x": float(rng.uniform(-0.12, 0.12)),
+        "offset_y": float(rng.uniform(-0.12, 0.12)),
+        "brightness": float(rng.uniform(0.8, 1.15)),
+        "pattern_phase": float(rng.uniform(0, 1.2)),
+    }
+    coords = (np.arange(n) + 0.5) / n * 2 - 1
+    cy, cx = np.meshgrid(coords, coords, indexing="ij")
+    # canvas -> body frame: translate, scale, rotate, flip
+    px, py = (cx - nuisance["offset_x"]) / nuisance["scale"], (cy - nuisance["offset_y"]) / nuisance["scale"]
+    theta = np.deg2rad(nuisance["pose_angle"])
+    x = np.cos(theta) * px + np.sin(theta) * py
+    y = -np.sin(theta) * px + np.cos(theta) * py
+    if nuisance["pose_flip"]:
+        x = -x
+
+    # background: a muted vertical gradient with soft blobs
+    top, bottom = (np.array(colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.1, 0.35), rng.uniform(0.35, 0.85)))
+                   for _ in range(2))
+    t = (cy[..., None] + 1) / 2
+    image = top * (1 - t) + bottom * t
+    for _ in range(3):
+        bx, by, radius, gain = rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(0.2, 0.6), rng.uniform(-0.12, 0.12)
+        image = image + gain * np.exp(-((cx - bx) ** 2 + (cy - by) ** 2) / radius**2)[..., None]
+
+    hue, a = float(traits["hue"]), float(traits["proportions"])
+    base = np.array(colorsys.hsv_to_rgb(hue, 0.7, 0.85))
+    body, appendages, eyes = _body_plan(str(traits["silhouette"]), x, y, a)
+    pattern = body & _pattern(str(traits["pattern"]), x, y, float(traits["pattern_scale"]), nuisance["pattern_phase"])
+    position, tint = str(traits["mark"]).split("/")
+    mx, my = MARK_POSITIONS[position]
+    mark = body & _ellipse(x, y, mx, my * a, 0.13, 0.13)
+
+    shade = np.clip(1 - 0.28 * (y / (a + 0.2)) ** 2, 0.6, 1)[..., None]  # rounded-body shading
+    image = np.where(appendages[..., None], _colour(str(traits["fin_colour"]), base, hue) * shade, image)
+    image = np.where(body[..., None], base * shade, image)
+    image = np.where(pattern[..., None], _colour(str(traits["pattern_colour"]), base, hue) * shade, image)
+    image = np.where(mark[..., None], np.array(MARK_TINTS[tint]), image)
+    image = np.where(eyes[..., None], np.array([0.03, 0.03, 0.03]), image)
+
+    # lighting: overall gain, a directional gradient and a slight colour cast
+    light_angle = rng.uniform(0, 2 * np.pi)
+    light = nuisance["brightness"] * (1 + 0.12 * (np.cos(light_angle) * cx + np.sin(light_angle) * cy))
+    image = image * light[..., None] * (1 + rng.uniform(-0.05, 0.05, size=3))
+    image = image.reshape(size, 2, size, 2, 3).mean(axis=(1, 3))
+    image = image + rng.normal(0, 0.015, size=image.shape)
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), nuisance
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing and reading
+# ---------------------------------------------------------------------------------------------------------------
+
+SPEC_FILE = "synthtaxa.json"
+METADATA_FILE = "metadata.csv"
+SPLIT_SEEDS = {"train": 0, "test": 1, "reference": 2}
+
+
+def generate(spec: SynthTaxaSpec, out: Path, show_progress: bool = True) -> Path:
+    """Write the world to `out` (PNGs + metadata.csv + synthtaxa.json); reuse it when `out` already holds it.
+
+    The folder appears atomically (built beside it, then renamed), so a killed run leaves no half world.
+    """
+    out = Path(out)
+    wanted = {"format_version": FORMAT_VERSION, "spec": _spec_json(spec)}
+    if (out / SPEC_FILE).is_file():
+        found = json.loads((out / SPEC_FILE).read_text())
+        if {k: found.get(k) for k in wanted} == wanted:
+            return out
+        raise DataError(
+            f"{out} holds a different SynthTaxa world ({out / SPEC_FILE}); delete it or choose another folder"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out} exists and is not a SynthTaxa folder; choose an empty or new folder")
+
+    world = build_world(spec)
+    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    rows = []
+    jobs = [(i, split, j) for i, sp in enumerate(world)
+            for split, count in (("train", sp.train_images), ("test", spec.test_images),
+                                 ("reference", spec.reference_images))
+            for j in range(count)]
+    with Progress(disable=not show_progress, transient=True) as progress:
+        task = progress.add_task(f"SynthTaxa: rendering {len(jobs)} images", total=len(jobs))
+        for i, split, j in jobs:
+            species = world[i]
+            rng = np.random.default_rng([spec.seed, i, SPLIT_SEEDS[split], j])
+            pixels, nuisance = render(species.traits, spec.image_size, rng)
+            relative = f"images/{split}/{'.'.join(species.lineage)}/{j:04d}.png"
+            (partial / relative).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(partial / relative, format="PNG", compress_level=6)
+            rows.append({"image": relative, "split": split, **dict(zip(spec.ranks, species.lineage)),
+                         **{f"trait_{k}": v for k, v in species.traits.items()},
+                         **{k: round(v, 4) for k, v in nuisance.items()}})
+            progress.advance(task)
+    pd.DataFrame(rows).to_csv(partial / METADATA_FILE, index=False)
+    summary = {**wanted, "images": len(rows), "species": len(world),
+               "traits_by_rank": {r: list(t) for r, t in traits_by_rank(spec.ranks).items()}}
+    (partial / SPEC_FILE).write_text(json.dumps(summary, indent=2))
+    if out.exists():
+        out.rmdir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial.rename(out)
+    return out
+
+
+def _spec_json(spec: SynthTaxaSpec) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
+
+
+def default_root(preset: str, seed: int) -> Path:
+    return taxabench_home() / "synthtaxa" / f"{preset}-seed{seed}-v{FORMAT_VERSION}"
+
+
+class SynthTaxaAdapter(CsvAdapter):
+    name = "synthtaxa"
+    description = "SynthTaxa, the procedural world taxabench generates itself (presets: " + ", ".join(PRESETS) + ")."
+    default_ranks = PRESETS["tiny"].ranks
+    default_annotations = METADATA_FILE
+
+    def prepare(self, config: DataConfig) -> Path:
+        preset, seed = config.synthtaxa.preset, config.synthtaxa.seed
+        root = Path(config.root) if config.root else default_root(preset or "tiny", seed or 0)
+        if (root / SPEC_FILE).is_file() and preset is None and seed is None:
+            return root  # whatever world the folder holds
+        return generate(spec_for(preset or "tiny", seed or 0), root)
+
+    def read(self, config: DataConfig, root: Path, annotations: Path, skipped: SkipLog) -> AdapterOutput:
+        # SynthTaxa always writes the default columns, whatever a user set for their own CSV
+        return super().read(replace(config, columns=type(config.columns)()), root, annotations, skipped)
