@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Generate SynthTaxa and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+backbone_app = typer.Typer(help="Build or inspect the SD-format backbone methods start from.", no_args_is_help=True)
+app.add_typer(backbone_app, name="backbone")
 
 _state = {"debug": False}
 
@@ -69,6 +71,7 @@ def cli() -> None:
 # title -> (module, attribute) of each registry `taxabench list` shows
 REGISTRIES = {
     "datasets": ("taxabench.data.registry", "DATASETS"),
+    "methods": ("taxabench.methods", "METHODS"),
 }
 
 
@@ -164,3 +167,51 @@ def _print_stats(stats: dict) -> None:
 
 def experiment_config(config: Path, overrides: list[str] | None) -> ExperimentConfig:
     return load_config(config, overrides or [])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# backbone, train
+# ---------------------------------------------------------------------------------------------------------------
+
+MethodOption = Annotated[str, typer.Option("--method", "-m", help="Registered method name (`taxabench list`).")]
+RunOption = Annotated[
+    Path | None, typer.Option("--run", help="Run folder; default: <runs_dir>/<name> from the config.")
+]
+
+
+@backbone_app.command("tiny")
+def backbone_tiny(
+    data: Annotated[Path, typer.Option("--data", help="Experiment YAML: its data: and backbone.tiny: sections.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Copy the built SD-format folder here.")] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Build the tiny SD-format backbone (VAE, UNet, CLIP text encoder + tokenizer) offline from the dataset."""
+    import shutil
+
+    from taxabench.backbone import ensure_tiny_backbone
+    from taxabench.data import load_dataset
+
+    config = experiment_config(data, overrides)
+    loaded = load_dataset(config.data)
+    folder, identity = ensure_tiny_backbone(loaded, config.data, config.backbone.tiny)
+    if out is not None:
+        if out.exists() and any(out.iterdir()):
+            raise TaxabenchError(f"--out {out} exists and is not empty")
+        shutil.copytree(folder, out, dirs_exist_ok=True)
+        folder = out
+    report = json.loads((folder / "build.json").read_text())
+    console.print(
+        f"tiny backbone [bold]{identity}[/] in {folder}: VAE reconstruction PSNR "
+        f"{report['vae']['reconstruction_psnr_db']} dB (MSE {report['vae']['reconstruction_mse']}) on "
+        f"{report['vae']['eval_images']} held-out images; UNet pre-trained to '{report['unet']['caption_rank']}' "
+        f"captions, final loss {report['unet']['final_loss']}; built in {report['seconds']} s"
+    )
+
+
+@app.command("train")
+def train(config: ConfigOption, method: MethodOption, run: RunOption = None, overrides: SetOption = None) -> None:
+    """Train every stage of a method; the same command resumes a killed run (accelerate state per stage)."""
+    from taxabench.train import train_method
+
+    folder = train_method(experiment_config(config, overrides), method, run)
+    console.print(f"[bold]{method}[/] trained: {folder}")

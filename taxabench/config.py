@@ -153,6 +153,32 @@ class TinyBackbone:
     unet_pretrain_steps: int = 300
     caption_rank: str = "family"  # the UNet is pre-trained on captions down to this rank, not species
     seed: int = 0
+    batch_size: int = 16
+    vae_lr: float = 2e-3
+    unet_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    max_images: int = 2048  # training images used to build it (a seeded subset of larger datasets)
+    # architecture (SD 1.5: VAE 128-256-512-512, 4 latent channels, UNet 320-640-1280-1280, CLIP width 768, 77 tokens)
+    vae_channels: list[int] = field(default_factory=lambda: [16, 32, 32])  # 3 levels: 4x downsampling
+    latent_channels: int = 8
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64])
+    text_width: int = 64  # a multiple of 8: TaxaDiffusion's per-rank modules have 8 heads
+    text_layers: int = 2
+    max_length: int = 32  # tokenizer / text-encoder sequence length
+
+    def validate(self, where: str) -> None:
+        _positive(self.batch_size, f"{where}.batch_size")
+        _positive(self.max_images, f"{where}.max_images")
+        if self.vae_steps < 0 or self.unet_pretrain_steps < 0:
+            raise ConfigError(f"{where}: vae_steps and unet_pretrain_steps may not be negative")
+        if len(self.vae_channels) < 1 or len(self.unet_channels) < 1:
+            raise ConfigError(f"{where}: vae_channels and unet_channels need at least one level each")
+        if any(c % 8 for c in [*self.vae_channels, *self.unet_channels]):
+            raise ConfigError(f"{where}: vae_channels and unet_channels must be multiples of 8 (group norm)")
+        if self.text_width % 8 or self.text_width < 8:
+            raise ConfigError(f"{where}.text_width: must be a positive multiple of 8, got {self.text_width}")
+        if self.max_length < 8:
+            raise ConfigError(f"{where}.max_length: must be at least 8, got {self.max_length}")
 
 
 @dataclass
@@ -164,12 +190,14 @@ class BackboneConfig:
 
 @dataclass
 class TrainConfig:
-    steps_per_stage: int = 200  # optimizer steps in each stage a method declares
+    steps_per_stage: int = 200  # optimizer steps in each stage a method declares (single-stage methods: x ranks)
+    epochs_per_stage: float | None = None  # instead of steps: passes over the training images per stage
     batch_size: int = 8  # per process
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
     weight_decay: float = 1e-2
     lr_warmup_steps: int = 0
+    lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"  # after the warm-up
     max_grad_norm: float = 1.0
     condition_dropout: float = 0.1  # probability that a rank's name is replaced by "<rank>: None"
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
@@ -187,6 +215,14 @@ class TrainConfig:
         _positive(self.checkpoint_every, f"{where}.checkpoint_every")
         if not 0.0 <= self.condition_dropout < 1.0:
             raise ConfigError(f"{where}.condition_dropout: must be in [0, 1), got {self.condition_dropout}")
+        if self.epochs_per_stage is not None and self.epochs_per_stage <= 0:
+            raise ConfigError(f"{where}.epochs_per_stage: a stage budget must be positive, got {self.epochs_per_stage}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"{where}.ema_decay: must be in (0, 1), got {self.ema_decay}")
+        if self.lr_warmup_steps < 0 or self.max_grad_norm < 0 or self.num_workers < 0:
+            raise ConfigError(f"{where}: lr_warmup_steps, max_grad_norm and num_workers may not be negative")
+        if self.checkpoints_total_limit < 1:
+            raise ConfigError(f"{where}.checkpoints_total_limit: keep at least 1, got {self.checkpoints_total_limit}")
 
 
 @dataclass

@@ -38,3 +38,52 @@ def write_png(path: Path, colour: tuple[int, int, int] = (120, 80, 40), size: tu
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, colour).save(path)
     return path
+
+
+# the tiny backbone the tests share: the real architecture, trained for a handful of steps (built once, ~15 s)
+TEST_BACKBONE = {"vae_steps": 8, "unet_pretrain_steps": 8}
+
+
+def experiment(world: Path, runs_dir: Path, **sections):
+    """An experiment config on the tiny world with the test backbone and small training/sampling budgets;
+    `sections` override nested keys, e.g. `train={"steps_per_stage": 3}`."""
+    from taxabench.config import config_from_dict
+
+    data = {
+        "name": "test",
+        "runs_dir": str(runs_dir),
+        "data": {"root": str(world)},
+        "backbone": {"tiny": dict(TEST_BACKBONE)},
+        "train": {"steps_per_stage": 2, "batch_size": 4, "checkpoint_every": 1},
+        "sample": {"images_per_taxon": 2, "steps": 3, "batch_size": 8},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict) and isinstance(data.get(section), dict):
+            merged = dict(data[section])
+            for key, value in values.items():
+                if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                    merged[key] = {**merged[key], **value}
+                else:
+                    merged[key] = value
+            data[section] = merged
+        else:
+            data[section] = values
+    return config_from_dict(data)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_world: Path):
+    """The tiny world loaded with the default data config."""
+    from taxabench.config import DataConfig
+    from taxabench.data import load_dataset
+
+    return load_dataset(DataConfig(root=str(tiny_world)))
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tiny_world: Path, tiny_data, tmp_path_factory: pytest.TempPathFactory):
+    """(folder, identity) of the test tiny backbone, built once per session into the session's TAXABENCH_HOME."""
+    from taxabench.backbone import ensure_tiny_backbone
+
+    config = experiment(tiny_world, tmp_path_factory.mktemp("runs"))
+    return ensure_tiny_backbone(tiny_data, config.data, config.backbone.tiny, show_progress=False)

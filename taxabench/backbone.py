@@ -1,0 +1,471 @@
+"""The Stable-Diffusion-format backbone every method starts from: VAE, UNet, frozen text encoder, tokenizer, noise
+schedule — loaded from an SD folder, a hub id, or the tiny one taxabench builds itself (DESIGN.md §4, §5).
+
+Three sources, one loader (`load_sd_folder`, each component's `from_pretrained`):
+- a local SD-format folder (`model_index.json`, `vae/`, `unet/`, `text_encoder/`, `tokenizer/`, `scheduler/`);
+- a hub id such as `runwayml/stable-diffusion-v1-5`, resolved offline-first by `taxabench.weights` (offline with
+  no local copy, it fails within a second saying what to download and where to put it);
+- `tiny`: a small SD-format folder built offline from the dataset's training images (`build_tiny_backbone`) and
+  cached under `$TAXABENCH_HOME/backbones/` by a hash of everything that decides its weights.
+
+The tiny backbone plays SD 1.5's role on a CPU: its VAE is trained briefly on the world's images (reconstruction
+error reported in `build.json`), its text encoder is a frozen random-init CLIP text transformer behind the real
+CLIP BPE tokenizer, and its UNet is pre-trained as a text-to-image model on captions that stop at a coarse rank
+(`backbone.tiny.caption_rank`), so it knows the look of the world but not its species.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from taxabench.config import DataConfig, ExperimentConfig, TinyBackbone, taxabench_home
+from taxabench.errors import ConfigError, TaxabenchError
+from taxabench.taxonomy import bioclip_caption
+
+TINY_FORMAT_VERSION = 1  # bump when the tiny build changes: cached tiny backbones of another version are rebuilt
+SD_COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+SD_BACKBONE_WEIGHTS = "sd-backbone"  # weights-spec name: $TAXABENCH_SD_BACKBONE_WEIGHTS points at a folder
+
+# Stable Diffusion 1.5's noise schedule (its scheduler/scheduler_config.json): every tiny backbone uses it too.
+SD15_SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+}
+
+
+@dataclass
+class Backbone:
+    """An SD-format pipeline's parts, plus where they came from (`identity` names the weights in reports)."""
+
+    vae: torch.nn.Module  # diffusers AutoencoderKL
+    unet: torch.nn.Module  # diffusers UNet2DConditionModel
+    text_encoder: torch.nn.Module  # transformers CLIPTextModel, frozen
+    tokenizer: object  # transformers CLIPTokenizer
+    noise_scheduler: object  # diffusers DDPMScheduler with the backbone's own schedule
+    path: Path  # the SD-format folder
+    source: str  # as the config gave it: `tiny`, a folder or a hub id
+    identity: str  # `tiny@1a2b3c4d5e6f7a8b` or `runwayml/stable-diffusion-v1-5@sha256:…`
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def text_width(self) -> int:
+        return int(self.text_encoder.config.hidden_size)
+
+    @property
+    def cross_attention_dim(self) -> int:
+        return int(self.unet.config.cross_attention_dim)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @torch.no_grad()
+    def encode_text(self, strings: list[str]) -> torch.Tensor:
+        """The frozen text encoder's last hidden states, `len(strings) x max_length x width`, as SD uses them."""
+        ids = self.tokenizer(
+            strings, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.text_encoder.device)
+        return self.text_encoder(ids)[0]
+
+    def latent_distribution(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of the VAE posterior for images in [-1, 1] (unscaled; see `scaled_latents`)."""
+        posterior = self.vae.encode(pixel_values).latent_dist
+        return posterior.mean, posterior.std
+
+    def scaled_latents(self, mean: torch.Tensor, std: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """A posterior sample `mean + std * noise`, scaled as SD does (`* vae.config.scaling_factor`)."""
+        return (mean + std * noise) * self.vae.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (scaled) to images in [-1, 1]."""
+        return self.vae.decode(latents / self.vae.config.scaling_factor).sample
+
+    def freeze(self) -> Backbone:
+        for module in (self.vae, self.unet, self.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+        return self
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Backbone:
+        for module in (self.vae, self.unet, self.text_encoder):
+            module.to(device=device, dtype=dtype)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_backbone(config: ExperimentConfig, data=None, show_progress: bool = True) -> Backbone:
+    """The backbone `config.backbone.source` names (the tiny one is built from `data` on first use), frozen, on CPU."""
+    path, identity = resolve_backbone(config, data, show_progress=show_progress)
+    return load_sd_folder(path, identity=identity, source=config.backbone.source)
+
+
+def resolve_backbone(config: ExperimentConfig, data=None, show_progress: bool = True) -> tuple[Path, str]:
+    """The SD-format folder and the identity string of the backbone `config.backbone.source` names."""
+    source = config.backbone.source
+    if source == "tiny":
+        if data is None:
+            raise TaxabenchError("backbone.source 'tiny' is built from the dataset; load the dataset first")
+        return ensure_tiny_backbone(data, config.data, config.backbone.tiny, show_progress=show_progress)
+    from taxabench.weights import WeightsSpec, folder_sha256, resolve_weights
+
+    if Path(source).exists():
+        path = Path(source)
+        _check_sd_folder(path, source)
+        return path, f"{path.name}@sha256:{folder_sha256(path)[:12]}"
+    if source.count("/") != 1 or source.startswith((".", "/")):
+        raise ConfigError(
+            f"backbone.source: {source!r} is neither an existing folder nor a hub id like "
+            "'runwayml/stable-diffusion-v1-5' (nor 'tiny')"
+        )
+    spec = WeightsSpec(
+        name=SD_BACKBONE_WEIGHTS,
+        description=f"the Stable-Diffusion-format pipeline {source} (folders {', '.join(SD_COMPONENTS)})",
+        hf_repo=source,
+        hf_files=("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json"),
+    )
+    resolved = resolve_weights(spec)
+    _check_sd_folder(resolved.path, source)
+    return resolved.path, resolved.identity(source)
+
+
+def _check_sd_folder(path: Path, source: str) -> None:
+    missing = [name for name in SD_COMPONENTS if not (path / name).is_dir()]
+    if missing:
+        raise TaxabenchError(
+            f"backbone {source!r}: {path} is not a Stable-Diffusion-format folder: it lacks {', '.join(missing)}/ "
+            f"(expected {', '.join(SD_COMPONENTS)}, as `StableDiffusionPipeline.save_pretrained` writes)"
+        )
+
+
+def quiet_hub_progress() -> None:
+    """diffusers / transformers print a progress bar per weight file; taxabench shows its own progress."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_sd_folder(path: Path, identity: str, source: str) -> Backbone:
+    """Each component of an SD-format folder through its own `from_pretrained`, frozen."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    quiet_hub_progress()
+    path = Path(path)
+    _check_sd_folder(path, source)
+    backbone = Backbone(
+        vae=AutoencoderKL.from_pretrained(path, subfolder="vae"),
+        unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet"),
+        text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
+        # the training noise schedule is the backbone's own (the authors' code trained with another one)
+        noise_scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler"),
+        path=path,
+        source=source,
+        identity=identity,
+    )
+    return backbone.freeze()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tiny backbone
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tiny_backbone_key(data, data_config: DataConfig, tiny: TinyBackbone) -> str:
+    """Hash of everything that decides the tiny backbone's weights: the data, how images are read, the tiny config."""
+    images = {"size": data_config.image_size, "resize": data_config.resize, "bbox": data_config.use_bbox}
+    blob = json.dumps(
+        {"format": TINY_FORMAT_VERSION, "data": data.fingerprint(), "images": images, "tiny": asdict(tiny)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def ensure_tiny_backbone(
+    data, data_config: DataConfig, tiny: TinyBackbone, show_progress: bool = True
+) -> tuple[Path, str]:
+    """The cached tiny backbone for this data and config, built first if missing: (folder, identity)."""
+    key = tiny_backbone_key(data, data_config, tiny)
+    folder = taxabench_home() / "backbones" / f"tiny-{key[:16]}"
+    if not (folder / "build.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
+        try:
+            build_tiny_backbone(data, data_config, tiny, staging, show_progress=show_progress)
+            if (folder / "build.json").is_file():  # another process finished first: keep its copy
+                shutil.rmtree(staging)
+            else:
+                if folder.exists():
+                    shutil.rmtree(folder)
+                os.replace(staging, folder)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+    return folder, f"tiny@{key[:16]}"
+
+
+def build_tiny_backbone(
+    data, data_config: DataConfig, tiny: TinyBackbone, out: Path, show_progress: bool = True
+) -> Path:
+    """Build the tiny SD-format backbone into `out` from `data`'s training images; deterministic from `tiny.seed`.
+
+    Steps: (1) the CLIP tokenizer from open_clip's BPE vocabulary; (2) a random-init CLIP text encoder, frozen;
+    (3) a small AutoencoderKL trained on the images, its latent scale measured as SD's `scaling_factor` is;
+    (4) a small UNet pre-trained as text-to-image on captions down to `tiny.caption_rank`; (5) everything written
+    with `save_pretrained` as a `StableDiffusionPipeline` folder, with `build.json` reporting the VAE's
+    reconstruction error and the UNet's loss.
+    """
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from taxabench.data.images import TaxaImageDataset
+
+    if tiny.caption_rank not in data.ranks:
+        raise ConfigError(
+            f"backbone.tiny.caption_rank: {tiny.caption_rank!r} is not a rank of the dataset ({', '.join(data.ranks)})"
+        )
+    image_size = data_config.image_size
+    down = 2 ** (len(tiny.vae_channels) - 1)
+    if image_size % down:
+        raise ConfigError(f"data.image_size {image_size} is not divisible by the tiny VAE's downsampling {down}")
+    quiet_hub_progress()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(tiny.seed)
+
+    # 1. tokenizer: the real CLIP BPE, as SD 1.5 ships it (vocab.json + merges.txt)
+    tokenizer_dir = out / "tokenizer"
+    write_clip_tokenizer(tokenizer_dir, tiny.max_length)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+
+    # 2. text encoder: random init, frozen (it only has to give distinct names distinct embeddings)
+    torch.manual_seed(tiny.seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=tiny.text_width, intermediate_size=4 * tiny.text_width,
+            num_hidden_layers=tiny.text_layers, num_attention_heads=max(1, tiny.text_width // 32),
+            max_position_embeddings=tiny.max_length, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+    ).eval().requires_grad_(False)
+
+    # 3. VAE
+    records = data.train
+    if len(records) > tiny.max_images:
+        keep = torch.randperm(len(records), generator=generator)[: tiny.max_images].sort().values.tolist()
+        records = [records[i] for i in keep]
+    dataset = TaxaImageDataset(records, image_size, data_config.resize, data_config.use_bbox)
+    images = torch.stack([dataset[i]["pixel_values"] for i in range(len(dataset))])
+    held_out = data.eval[: tiny.max_images] if data.eval else []
+    eval_images = (
+        torch.stack([item["pixel_values"] for item in TaxaImageDataset(held_out, image_size, data_config.resize, data_config.use_bbox)]) if held_out else images
+    )
+    torch.manual_seed(tiny.seed + 1)
+    n_blocks = len(tiny.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n_blocks,
+        up_block_types=("UpDecoderBlock2D",) * n_blocks, block_out_channels=tuple(tiny.vae_channels),
+        layers_per_block=1, latent_channels=tiny.latent_channels, norm_num_groups=8, sample_size=image_size,
+        mid_block_add_attention=False,  # fully convolutional, so it can train on crops
+    )
+    vae_report = _train_vae(vae, images, eval_images, tiny, generator, show_progress)
+
+    # 4. UNet, pre-trained as text-to-image down to the caption rank
+    torch.manual_seed(tiny.seed + 2)
+    n_unet = len(tiny.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=image_size // down, in_channels=tiny.latent_channels, out_channels=tiny.latent_channels,
+        layers_per_block=1, block_out_channels=tuple(tiny.unet_channels),
+        down_block_types=("CrossAttnDownBlock2D",) * n_unet, up_block_types=("CrossAttnUpBlock2D",) * n_unet,
+        cross_attention_dim=tiny.text_width, attention_head_dim=8, norm_num_groups=8,
+    )
+    scheduler = PNDMScheduler(**SD15_SCHEDULER)
+    depth = data.ranks.index(tiny.caption_rank) + 1
+    captions = [bioclip_caption(data.ranks[:depth], r.labels[:depth]) for r in records]
+    unet_report = _pretrain_unet(
+        unet, vae, text_encoder, tokenizer, scheduler, images, captions, tiny, generator, show_progress
+    )
+
+    # 5. write it as SD 1.5 is written
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(out)
+    write_clip_tokenizer(tokenizer_dir, tiny.max_length)  # keep CLIP's own files next to what transformers wrote
+    report = {
+        "format": TINY_FORMAT_VERSION,
+        "data_fingerprint": data.fingerprint(),
+        "image_size": image_size,
+        "tiny": asdict(tiny),
+        "train_images": len(records),
+        "vae": vae_report,
+        "unet": {**unet_report, "caption_rank": tiny.caption_rank, "example_caption": captions[0]},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (out / "build.json").write_text(json.dumps(report, indent=2) + "\n")
+    return out
+
+
+def write_clip_tokenizer(folder: Path, max_length: int) -> None:
+    """CLIP's tokenizer files (vocab.json, merges.txt) built from the BPE vocabulary open_clip ships.
+
+    Same construction as CLIP's `SimpleTokenizer`: the 256 byte symbols, the same with an end-of-word marker, the
+    first 48,894 merges, then `<|startoftext|>` and `<|endoftext|>`: 49,408 tokens, the ids SD 1.5's tokenizer has.
+    """
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode
+
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    with gzip.open(bpe) as handle:
+        merges = handle.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    symbols = list(bytes_to_unicode().values())
+    vocab = [*symbols, *(s + "</w>" for s in symbols), *("".join(m.split()) for m in merges)]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    config.update({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+    })
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _cosine_with_warmup(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 20):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+
+
+def _train_vae(vae, images, eval_images, tiny: TinyBackbone, generator, show_progress: bool) -> dict:
+    """Reconstruction (MSE) + a tiny KL term, on random crops of half the image size (the VAE is convolutional)."""
+    from taxabench.progress import progress_bar
+
+    # start with a near-deterministic posterior (std e^-5) so that early steps learn reconstruction, not noise
+    with torch.no_grad():
+        vae.quant_conv.weight[tiny.latent_channels :].zero_()
+        vae.quant_conv.bias[tiny.latent_channels :].fill_(-10.0)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=tiny.vae_lr, weight_decay=0.0)
+    schedule = _cosine_with_warmup(optimizer, tiny.vae_steps)
+    size = images.shape[-1]
+    crop = size // 2 if size >= 64 else size
+    started = time.perf_counter()
+    vae.train()
+    with progress_bar("tiny backbone: VAE", tiny.vae_steps, show_progress) as advance:
+        for _ in range(tiny.vae_steps):
+            batch = images[torch.randint(0, len(images), (tiny.batch_size,), generator=generator)]
+            top, left = torch.randint(0, size - crop + 1, (2,), generator=generator).tolist()
+            batch = batch[:, :, top : top + crop, left : left + crop]
+            posterior = vae.encode(batch).latent_dist
+            reconstruction = vae.decode(posterior.sample(generator=generator)).sample
+            loss = F.mse_loss(reconstruction, batch) + tiny.vae_kl_weight * posterior.kl().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            advance(loss=loss.item())
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(64)])
+        # SD's scaling_factor makes the latents roughly unit-variance (LDM paper, arXiv 2112.10752 §4.3.2)
+        vae.register_to_config(scaling_factor=float(1.0 / means.std()))
+        reconstructions = torch.cat(
+            [vae.decode(vae.encode(chunk).latent_dist.mean).sample for chunk in eval_images.split(64)]
+        )
+        mse = F.mse_loss(reconstructions.clamp(-1, 1), eval_images).item()
+    return {
+        "steps": tiny.vae_steps,
+        "seconds": round(time.perf_counter() - started, 1),
+        "eval_images": len(eval_images),
+        "reconstruction_mse": round(mse, 6),  # on images in [-1, 1]
+        "reconstruction_psnr_db": round(10 * math.log10(4.0 / mse), 2),  # peak-to-peak range 2
+        "scaling_factor": vae.config.scaling_factor,
+    }
+
+
+def _pretrain_unet(unet, vae, text_encoder, tokenizer, scheduler, images, captions, tiny, generator, show_progress):
+    """Text-to-image pre-training: predict the noise added to the latents, captions dropped 10% of the time."""
+    from diffusers import DDPMScheduler
+
+    from taxabench.progress import progress_bar
+
+    noise_scheduler = DDPMScheduler.from_config(scheduler.config)
+    with torch.no_grad():
+        moments = [vae.encode(chunk).latent_dist for chunk in images.split(64)]
+        mean = torch.cat([m.mean for m in moments])
+        std = torch.cat([m.std for m in moments])
+        unique = [*sorted(set(captions)), ""]
+        ids = tokenizer(unique, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        embeddings = dict(zip(unique, text_encoder(ids)[0]))
+    caption_index = torch.tensor([unique.index(c) for c in captions])
+    table = torch.stack([embeddings[c] for c in unique])
+    empty = len(unique) - 1
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=tiny.unet_lr, weight_decay=1e-2)
+    schedule = _cosine_with_warmup(optimizer, tiny.unet_pretrain_steps)
+    scale = vae.config.scaling_factor
+    started, losses = time.perf_counter(), []
+    unet.train()
+    with progress_bar("tiny backbone: UNet", tiny.unet_pretrain_steps, show_progress) as advance:
+        for _ in range(tiny.unet_pretrain_steps):
+            index = torch.randint(0, len(images), (tiny.batch_size,), generator=generator)
+            latents = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)) * scale
+            noise = torch.randn(latents.shape, generator=generator)
+            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator)
+            dropped = torch.rand(len(index), generator=generator) < 0.1  # so that classifier-free guidance works
+            context = table[torch.where(dropped, empty, caption_index[index])]
+            prediction = unet(noise_scheduler.add_noise(latents, noise, timesteps), timesteps, context).sample
+            loss = F.mse_loss(prediction, noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            advance(loss=losses[-1])
+    unet.eval().requires_grad_(False)
+    tail = losses[-50:]
+    return {
+        "steps": tiny.unet_pretrain_steps,
+        "seconds": round(time.perf_counter() - started, 1),
+        "final_loss": round(sum(tail) / len(tail), 5),  # mean of the last 50 steps
+        "captions": len(unique) - 1,
+    }

@@ -1,0 +1,652 @@
+"""One training loop for every method, on HF accelerate (CPU, one GPU, `accelerate launch` / `torchrun` multi-GPU).
+
+It follows the order of diffusers' `train_text_to_image_lora.py`: accelerator → backbone → freeze everything →
+the method marks this stage's trainable parameters → frozen weights to the mixed-precision dtype, trainable ones in
+float32 → optimizer over the trainable parameters → `prepare` and state hooks → resume → the loop under
+`accumulate`, counting optimizer steps on `sync_gradients` → checkpoint rotation. The stages are a loop over what
+the method declares; the loop never reads a method's name.
+
+Determinism: which training sample a micro-batch holds, and every random draw for it (posterior sample, noise,
+timestep, condition dropout), are functions of (seed, stage, position in the sample stream) — not of call order,
+batch size or process count. So a killed run that restarts from its last accelerate state ends with the same
+weights as an uninterrupted one, and `P` processes of batch `b` train on the same global batches as one process of
+batch `P·b` (disjoint shards of it).
+
+Layout, under `<run>/checkpoints/<method>/`:
+    manifest.json        method, options, stages, config fingerprint, backbone identity; `completed` stages
+    taxonomy.json        the ranks and training taxa the method was trained on (for sampling outside the run)
+    config.yaml          the experiment config of the run
+    loss.csv             stage, step, loss, lr, images/s, seconds per step
+    stage-<k>/           the trained parts after stage k (method.json + safetensors / diffusers LoRA / unet/)
+    state/stage-<k>/checkpoint-<step>/   accelerate state while stage k trains (removed when it completes)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from taxabench import __version__
+from taxabench.config import ExperimentConfig
+from taxabench.errors import TaxabenchError
+from taxabench.methods import Method, Stage, TrainingDraws, build_method, get_method
+from taxabench.progress import progress_bar
+from taxabench.seeds import derive_seed, generator
+
+MANIFEST = "manifest.json"
+STAGE_FILE = "method.json"
+TAXONOMY_FILE = "taxonomy.json"
+LOSS_LOG = "loss.csv"
+TRAINABLE_STATE = "trainable.safetensors"
+STEP_FILE = "training_state.json"
+# train fields that change how a run is executed, not what it learns: they may change between restarts
+OPERATIONAL_KEYS = ("checkpoint_every", "checkpoints_total_limit", "num_workers", "cache_latents", "cache_text")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def method_dir(run_dir: str | os.PathLike[str], method_name: str) -> Path:
+    """`<run>/checkpoints/<method>`: where a method's stages, manifest and loss log live."""
+    return Path(run_dir) / "checkpoints" / method_name
+
+
+def train_method(
+    config: ExperimentConfig,
+    method_name: str,
+    run_dir: str | os.PathLike[str] | None = None,
+    *,
+    data=None,
+    show_progress: bool = True,
+) -> Path:
+    """Train every stage of `method_name` (resuming whatever a previous run of the same config left).
+
+    Returns the method's checkpoint folder (`<run>/checkpoints/<method>`); `load_trained` reads it. Raises
+    `TaxabenchError` for an unknown method, a zero stage budget, ranks the method needs but the dataset lacks,
+    and a checkpoint folder that was trained with another config.
+    """
+    from accelerate import PartialState
+
+    from taxabench.backbone import load_backbone
+    from taxabench.data import load_dataset
+
+    cls = get_method(method_name)  # an unknown name, bad options or missing ranks fail before anything heavy loads
+    options = cls.parse_options(config.method_options.get(method_name), f"method_options.{method_name}")
+    run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+    state = PartialState(cpu=cpu_only())
+    if data is None:
+        data = load_dataset(config.data)
+    cls.check_dataset_ranks(options, data.ranks)
+    with state.main_process_first():  # the tiny backbone is built once, by the main process
+        backbone = load_backbone(config, data, show_progress=show_progress and state.is_main_process)
+    species = [data.taxonomy.labels_of(t) for t in data.taxonomy.taxa(data.ranks[-1])]
+    method = build_method(method_name, config, data.ranks, species, backbone)
+    steps_per_stage = _steps_per_stage(config, len(data.train), state.num_processes)
+    stages = method.stages(steps_per_stage)
+    for stage in stages:
+        if stage.steps < 1:
+            raise TaxabenchError(f"method '{method_name}' {stage.name}: a stage budget must be at least 1 step")
+
+    root = method_dir(run_dir, method_name)
+    fingerprint = training_fingerprint(config, method, data, backbone.identity)
+    manifest = _open_manifest(root, method, stages, fingerprint, backbone, config, data, state.is_main_process)
+    state.wait_for_everyone()
+
+    for stage in stages:
+        final = root / stage.name
+        if (final / STAGE_FILE).is_file():
+            method.load(final)
+            continue
+        _train_stage(config, method, stage, data, backbone, root, show_progress and state.is_main_process)
+        if state.is_main_process:
+            manifest["completed"].append(stage.name)
+            _write_json(root / MANIFEST, manifest)
+        state.wait_for_everyone()
+    return root
+
+
+@dataclass
+class TrainedMethod:
+    """A method with its trained parts loaded on its backbone, ready to sample."""
+
+    method: Method
+    backbone: Any  # taxabench.backbone.Backbone
+    stage: Stage | None  # the stage whose weights are loaded; None for a method without stages
+    checkpoint: Path  # the stage folder (or the method folder for a method without stages)
+    taxonomy: Any  # taxabench.taxonomy.Taxonomy of the training taxa
+    manifest: dict
+
+
+def load_trained(
+    run_dir: str | os.PathLike[str],
+    method_name: str,
+    stage: int | None = None,
+    backbone_path: str | os.PathLike[str] | None = None,
+) -> TrainedMethod:
+    """Load `<run>/checkpoints/<method>` (its last stage, or `stage`) on the backbone it was trained on.
+
+    `backbone_path` overrides where the SD-format folder is looked for (the manifest records the path used in
+    training); its identity must match the one the checkpoint was trained on.
+    """
+    return load_checkpoint(method_dir(run_dir, method_name), stage, backbone_path, expect_method=method_name)
+
+
+def load_checkpoint(
+    folder: str | os.PathLike[str],
+    stage: int | None = None,
+    backbone_path: str | os.PathLike[str] | None = None,
+    expect_method: str | None = None,
+) -> TrainedMethod:
+    """Load a method checkpoint folder (`<run>/checkpoints/<method>`) by itself, e.g. outside any run."""
+    from taxabench.backbone import load_sd_folder
+    from taxabench.weights import folder_sha256
+
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise TaxabenchError(
+            f"{folder} is not a trained method folder (no {MANIFEST}); train it first with "
+            f"`taxabench train --config FILE --method {expect_method or '<name>'}`"
+        )
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if expect_method is not None and manifest["method"] != expect_method:
+        raise TaxabenchError(
+            f"{folder} holds a checkpoint of method '{manifest['method']}', not '{expect_method}'"
+        )
+    cls = get_method(manifest["method"])
+    stages = [Stage(s["index"], s["steps"], s["description"]) for s in manifest["stages"]]
+    missing = [s.name for s in stages if s.name not in manifest["completed"]]
+    if stage is None and missing:
+        raise TaxabenchError(
+            f"{folder}: method '{manifest['method']}' has not finished training ({', '.join(missing)} missing); "
+            "rerun the same `taxabench train` command to resume it"
+        )
+    chosen = stages[-1] if stages and stage is None else None
+    if stage is not None:
+        names = {s.index: s for s in stages}
+        if stage not in names or names[stage].name not in manifest["completed"]:
+            done = ", ".join(manifest["completed"]) or "none"
+            raise TaxabenchError(f"{folder}: no trained stage {stage} (completed: {done})")
+        chosen = names[stage]
+
+    recorded = manifest["backbone"]
+    path = Path(backbone_path) if backbone_path is not None else Path(recorded["path"])
+    if not path.is_dir():
+        raise TaxabenchError(
+            f"backbone folder {path} (recorded in {folder / MANIFEST}) not found; rebuild it with the run's config "
+            "(`taxabench backbone tiny` or `taxabench train`) or pass its location as backbone_path"
+        )
+    if backbone_path is not None and recorded["source"] != "tiny":
+        identity = f"{recorded['identity'].split('@')[0]}@sha256:{folder_sha256(path)[:12]}"
+        if identity != recorded["identity"]:
+            raise TaxabenchError(f"backbone {path} ({identity}) is not the one {folder} was trained on "
+                                 f"({recorded['identity']})")
+    backbone = load_sd_folder(path, identity=recorded["identity"], source=recorded["source"])
+    taxonomy = read_taxonomy(folder / TAXONOMY_FILE)
+    species = [taxonomy.labels_of(t) for t in taxonomy.taxa(taxonomy.ranks[-1])]
+    options = cls.parse_options(manifest["options"], f"{folder / MANIFEST}: options")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(manifest["seed"])
+        method = cls(options, taxonomy.ranks, species, backbone)
+    checkpoint = folder
+    if chosen is not None:
+        checkpoint = folder / chosen.name
+        method.load(checkpoint)
+    method.conditioner.eval()
+    return TrainedMethod(method, backbone, chosen, checkpoint, taxonomy, manifest)
+
+
+def training_fingerprint(config: ExperimentConfig, method: Method, data, backbone_identity: str) -> dict[str, Any]:
+    """What decides a method's trained weights; a checkpoint folder only resumes under the same values."""
+    train = {k: v for k, v in asdict(config.train).items() if k not in OPERATIONAL_KEYS}
+    return {
+        "seed": config.seed,
+        "data": data.fingerprint(),
+        "images": {"size": config.data.image_size, "resize": config.data.resize, "bbox": config.data.use_bbox},
+        "backbone": backbone_identity,
+        "train": train,
+        "method_options": method.options_dict(),
+    }
+
+
+def read_taxonomy(path: Path):
+    """The taxonomy a checkpoint was trained on (written as ranks + the lineages of its finest-rank taxa)."""
+    from taxabench.taxonomy import Record, Taxonomy
+
+    saved = json.loads(path.read_text())
+    ranks = saved["ranks"]
+    records = [Record(Path(), tuple(lineage) + (None,) * (len(ranks) - len(lineage)), "train", f"{path}")
+               for lineage in saved["taxa"]]
+    return Taxonomy(ranks, records)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Manifest
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _steps_per_stage(config: ExperimentConfig, n_train: int, num_processes: int) -> int:
+    train = config.train
+    if train.epochs_per_stage is None:
+        return train.steps_per_stage
+    global_batch = train.batch_size * num_processes * train.gradient_accumulation_steps
+    return max(1, math.ceil(train.epochs_per_stage * n_train / global_batch))
+
+
+def _open_manifest(root, method, stages, fingerprint, backbone, config, data, is_main) -> dict:
+    """Read the manifest of an earlier run (same config required) or write a fresh one."""
+    path = root / MANIFEST
+    if path.is_file():
+        manifest = json.loads(path.read_text())
+        differences = _differences(manifest.get("fingerprint", {}), fingerprint)
+        if manifest.get("method") != method.name or differences:
+            what = "; ".join(differences[:4]) or f"method {manifest.get('method')!r}"
+            raise TaxabenchError(
+                f"{root} holds a checkpoint trained with another config ({what}); train into another run folder "
+                "(--run DIR) or remove that folder to retrain"
+            )
+        return manifest
+    manifest = {
+        "method": method.name,
+        "class": type(method).__qualname__,
+        "taxabench_version": __version__,
+        "options": method.options_dict(),
+        "seed": config.seed,
+        "ranks": list(data.ranks),
+        "stages": [{"index": s.index, "name": s.name, "steps": s.steps, "description": s.description}
+                   for s in stages],
+        "completed": [],
+        "backbone": {"source": backbone.source, "path": str(Path(backbone.path).resolve()),
+                     "identity": backbone.identity},
+        "fingerprint": fingerprint,
+    }
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        taxa = [list(t.lineage) for t in data.taxonomy.taxa(data.ranks[-1])]
+        _write_json(root / TAXONOMY_FILE, {"ranks": list(data.ranks), "taxa": taxa})
+        (root / "config.yaml").write_text(config.to_yaml())
+        _write_json(path, manifest)
+    return manifest
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new)):
+            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return found
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Atomic: a reader sees the old file or the new one, never half of one."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Frozen work: the sample stream, VAE latents, text embeddings
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class SampleStream:
+    """The training samples in order: one seeded permutation of the records per epoch, concatenated.
+
+    Micro-batch m of the run covers stream positions [m·G, (m+1)·G) with G = batch size × processes; process p
+    takes the p-th slice of `batch_size`, so the processes' shards are disjoint and cover the global batch.
+    """
+
+    def __init__(self, size: int, batch_size: int, num_processes: int, process_index: int, seed: int, stage: int):
+        self.size, self.batch_size = size, batch_size
+        self.num_processes, self.process_index = num_processes, process_index
+        self.seed, self.stage = seed, stage
+
+    def positions(self, micro_batch: int) -> range:
+        start = (micro_batch * self.num_processes + self.process_index) * self.batch_size
+        return range(start, start + self.batch_size)
+
+    def record_index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.size)
+        return int(self._permutation(epoch)[offset])
+
+    @lru_cache(maxsize=4)  # noqa: B019 - one stream per stage; a few epochs are live at a time
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.size, generator=generator(self.seed, "train-order", self.stage, epoch))
+
+
+class LatentCache:
+    """VAE posterior mean and std per training image: computed on first use and kept (`cache=True`), or
+    recomputed for every batch (`cache=False`, for measuring). Both give the same latents: a posterior sample is
+    drawn afterwards from the sample's own generator, `mean + std · ε`."""
+
+    def __init__(self, records, data_config, backbone, cache: bool, workers: int):
+        self.records, self.data_config, self.backbone = records, data_config, backbone
+        self.cache = cache
+        self.stored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.pool = ThreadPoolExecutor(workers) if workers > 0 else None
+
+    def moments(self, indices: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = sorted({i for i in indices if i not in self.stored}) if self.cache else list(indices)
+        if missing:
+            mean, std = self._encode(missing, device)
+            if not self.cache:
+                return mean, std
+            for i, m, s in zip(missing, mean.cpu(), std.cpu()):
+                self.stored[i] = (m, s)
+        means = torch.stack([self.stored[i][0] for i in indices]).to(device)
+        stds = torch.stack([self.stored[i][1] for i in indices]).to(device)
+        return means, stds
+
+    @torch.no_grad()
+    def _encode(self, indices: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        from taxabench.data.images import load_image, to_tensor
+
+        config = self.data_config
+
+        def read(i: int) -> torch.Tensor:
+            return to_tensor(load_image(self.records[i], config.image_size, config.resize, config.use_bbox))
+
+        images = list(self.pool.map(read, indices)) if self.pool else [read(i) for i in indices]
+        pixels = torch.stack(images).to(device=device, dtype=self.backbone.vae.dtype)
+        mean, std = self.backbone.latent_distribution(pixels)
+        return mean.float(), std.float()
+
+
+class TextCache:
+    """Frozen text-encoder embeddings per unique string (`cache=True`), or encoded every time (`cache=False`)."""
+
+    def __init__(self, backbone, cache: bool):
+        self.backbone, self.cache = backbone, cache
+        self.stored: dict[str, torch.Tensor] = {}
+
+    def __call__(self, strings: list[str]) -> torch.Tensor:
+        if not self.cache:
+            return self.backbone.encode_text(strings).float()
+        missing = sorted(set(strings) - set(self.stored))
+        if missing:
+            self.stored.update(zip(missing, self.backbone.encode_text(missing).float()))
+        return torch.stack([self.stored[s] for s in strings])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One stage
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Denoiser(nn.Module):
+    """The trainable forward pass: the method's condition modules, then the UNet (what accelerate/DDP wraps)."""
+
+    def __init__(self, unet: nn.Module, method: Method, stage: Stage):
+        super().__init__()
+        self.unet = unet
+        self.conditioner = method.conditioner
+        self.method, self.stage = method, stage  # plain attributes, not submodules
+
+    def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        context = self.method.encoder_hidden_states(inputs, self.stage)
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=context).sample
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters (`train.ema_decay`); the stage saves the average."""
+
+    def __init__(self, params: list[nn.Parameter], decay: float):
+        self.params, self.decay = params, decay
+        self.shadow = [p.detach().float().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for shadow, param in zip(self.shadow, self.params):
+            shadow.lerp_(param.detach().float(), 1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for shadow, param in zip(self.shadow, self.params):
+            param.copy_(shadow)
+
+
+def _mixed_precision(setting: str, device: torch.device) -> str:
+    if setting == "auto":
+        return "bf16" if device.type == "cuda" else "no"
+    return setting
+
+
+def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Path, show_progress: bool) -> None:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    from diffusers.optimization import get_scheduler
+    from safetensors.torch import load_file, save_file
+
+    train = config.train
+    accelerator = Accelerator(
+        cpu=cpu_only(),
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        mixed_precision=_mixed_precision(train.mixed_precision, _default_device()),
+        # a method may leave some trainable modules out of a step (the random-rank ablation)
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    device = accelerator.device
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+
+    # freeze everything, then let the method mark what trains in this stage
+    backbone.freeze()
+    method.conditioner.requires_grad_(False)
+    params = method.trainable_parameters(stage)
+    for param in params:
+        param.requires_grad_(True)
+    # frozen backbone weights in the compute dtype; trainable and method-owned weights stay float32
+    owned = {id(p) for p in method.owned_parameters()} | {id(p) for p in params}
+    for module in (backbone.vae, backbone.text_encoder, backbone.unet):
+        for param in module.parameters():
+            param.data = param.data.float() if id(param) in owned else param.data.to(weight_dtype)
+        module.to(device)
+    method.conditioner.to(device)
+
+    model = Denoiser(backbone.unet, method, stage).train()
+    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
+    schedule_name = "constant_with_warmup" if train.lr_scheduler == "constant" else train.lr_scheduler
+    lr_scheduler = get_scheduler(  # the prepared scheduler steps once per process: scale as diffusers does
+        schedule_name, optimizer, num_warmup_steps=train.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=stage.steps * accelerator.num_processes,
+    )
+    ema = EMA(params, train.ema_decay) if train.ema_decay is not None else None
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+
+    # accelerate state holds only what trains (and its EMA), as safetensors, not the whole UNet
+    def save_trainable(models, weights, output_dir):
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(models[0])
+            state = {n: p.detach().float().cpu().contiguous() for n, p in unwrapped.named_parameters()
+                     if p.requires_grad}
+            if ema is not None:
+                names = [n for n, p in unwrapped.named_parameters() if p.requires_grad]
+                state.update({f"ema.{n}": s.cpu().contiguous() for n, s in zip(names, ema.shadow)})
+            save_file(state, Path(output_dir) / TRAINABLE_STATE)
+        weights.clear()
+
+    def load_trainable(models, input_dir):
+        unwrapped = accelerator.unwrap_model(models.pop())
+        state = load_file(Path(input_dir) / TRAINABLE_STATE)
+        named = [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
+        with torch.no_grad():
+            for i, (name, param) in enumerate(named):
+                param.copy_(state[name])
+                if ema is not None:
+                    ema.shadow[i].copy_(state[f"ema.{name}"])
+
+    accelerator.register_save_state_pre_hook(save_trainable)
+    accelerator.register_load_state_pre_hook(load_trainable)
+
+    state_dir = root / "state" / stage.name
+    start = _resume(accelerator, state_dir)
+    loss_log = root / LOSS_LOG
+    if accelerator.is_main_process:
+        _truncate_log(loss_log, stage.index, start)
+
+    stream = SampleStream(
+        len(data.train), train.batch_size, accelerator.num_processes, accelerator.process_index, config.seed,
+        stage.index,
+    )
+    latents = LatentCache(data.train, config.data, backbone, train.cache_latents, train.num_workers)
+    text = TextCache(backbone, train.cache_text)
+    noise_scheduler = backbone.noise_scheduler
+    num_timesteps = noise_scheduler.config.num_train_timesteps
+    accumulation = train.gradient_accumulation_steps
+    global_batch = train.batch_size * accelerator.num_processes * accumulation
+
+    with progress_bar(f"{method.name} {stage.name}: {stage.description}", stage.steps, show_progress,
+                      completed=start) as advance:
+        for step in range(start, stage.steps):
+            started = time.perf_counter()
+            losses = []
+            for micro in range(accumulation):
+                micro_batch = step * accumulation + micro
+                positions = stream.positions(micro_batch)
+                indices = [stream.record_index(p) for p in positions]
+                draws = TrainingDraws(
+                    per_sample=[generator(config.seed, "train-sample", stage.index, p) for p in positions],
+                    per_step=generator(config.seed, "train-step", stage.index, micro_batch),
+                    dropout=train.condition_dropout,
+                )
+                # randomness inside modules (dropout layers) also follows the step, not the call history
+                torch.manual_seed(derive_seed(config.seed, "train-modules", stage.index, micro_batch,
+                                              accelerator.process_index))
+                with accelerator.accumulate(model):
+                    mean, std = latents.moments(indices, device)
+                    shape = mean.shape[1:]
+                    posterior = torch.stack([torch.randn(shape, generator=g) for g in draws.per_sample])
+                    noise = torch.stack([torch.randn(shape, generator=g) for g in draws.per_sample])
+                    timesteps = torch.stack(
+                        [torch.randint(0, num_timesteps, (), generator=g) for g in draws.per_sample]
+                    ).to(device)
+                    clean = backbone.scaled_latents(mean, std, posterior.to(device))
+                    noise = noise.to(device)
+                    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+                    if noise_scheduler.config.prediction_type == "v_prediction":
+                        target = noise_scheduler.get_velocity(clean, noise, timesteps)
+                    else:
+                        target = noise
+                    labels = [data.train[i].labels for i in indices]
+                    inputs = _to_device(method.condition_inputs(labels, stage, text, draws), device)
+                    prediction = model(noisy, timesteps, inputs)
+                    loss = F.mse_loss(prediction.float(), target.float())
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and train.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(params, train.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.detach())
+            if ema is not None:
+                ema.update()
+            step_loss = accelerator.gather(torch.stack(losses).mean().reshape(1)).mean().item()
+            seconds = time.perf_counter() - started
+            if accelerator.is_main_process:
+                _log(loss_log, stage.index, step + 1, step_loss, lr_scheduler.get_last_lr()[0],
+                     global_batch / seconds, seconds)
+            advance(loss=step_loss, **{"img/s": global_batch / seconds})
+            done = step + 1
+            if done % train.checkpoint_every == 0 and done < stage.steps:
+                _save_state(accelerator, state_dir, done, train.checkpoints_total_limit)
+
+    if ema is not None:
+        ema.copy_to_params()
+    final = root / stage.name
+    if accelerator.is_main_process:
+        staging = root / f".{stage.name}.partial"
+        if staging.exists():
+            shutil.rmtree(staging)
+        files = method.save(staging)
+        _write_json(staging / STAGE_FILE, {
+            "method": method.name, "stage": {"index": stage.index, "name": stage.name, "steps": stage.steps,
+                                             "description": stage.description},
+            "files": files, "taxabench_version": __version__,
+        })
+        os.replace(staging, final)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the state folder goes once no stage is in progress
+            state_dir.parent.rmdir()
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+
+
+def cpu_only() -> bool:
+    """Without CUDA, run on CPU explicitly: accelerate then treats `torchrun`/`accelerate launch` processes as a
+    gloo process group (`MULTI_CPU`) instead of as independent single-process runs."""
+    return not torch.cuda.is_available()
+
+
+def _default_device() -> torch.device:
+    from accelerate import PartialState
+
+    return PartialState(cpu=cpu_only()).device
+
+
+def _to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def _resume(accelerator, state_dir: Path) -> int:
+    """Load the latest complete accelerate state of this stage; return the optimizer step it was saved at."""
+    done = sorted(
+        (int(p.name.split("-")[1]), p) for p in state_dir.glob("checkpoint-*") if (p / STEP_FILE).is_file()
+    ) if state_dir.is_dir() else []
+    if not done:
+        return 0
+    step, path = done[-1]
+    accelerator.load_state(str(path))
+    return step
+
+
+def _save_state(accelerator, state_dir: Path, step: int, keep: int) -> None:
+    """Save the accelerate state as `checkpoint-<step>` (complete once its step file exists); keep the last `keep`."""
+    target = state_dir / f"checkpoint-{step}"
+    accelerator.save_state(str(target))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_json(target / STEP_FILE, {"step": step})
+        finished = sorted((int(p.name.split("-")[1]), p) for p in state_dir.glob("checkpoint-*"))
+        for _, old in finished[: max(0, len(finished) - keep)]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+LOG_COLUMNS = ("stage", "step", "loss", "lr", "images_per_s", "seconds")
+
+
+def _log(path: Path, stage: int, step: int, loss: float, lr: float, rate: float, seconds: float) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(LOG_COLUMNS)
+        writer.writerow([stage, step, f"{loss:.6f}", f"{lr:.3e}", f"{rate:.2f}", f"{seconds:.4f}"])
+
+
+def _truncate_log(path: Path, stage: int, step: int) -> None:
+    """Drop log rows that a resumed run will write again (this stage's steps after `step`)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) < stage or (int(r[0]) == stage and int(r[1]) <= step)]
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+
