@@ -90,6 +90,7 @@ class Method:
     guidance_kinds: ClassVar[tuple[str, ...]] = ("cfg", "none")
     trains_full_unet: ClassVar[bool] = False  # saved as a diffusers `unet/` folder
     required_ranks: ClassVar[tuple[str, ...]] = ()
+    ablation_of: ClassVar[str | None] = None  # the method this one ablates (reports group them together)
 
     def __init__(self, options: Any, ranks: Sequence[str], species: Sequence[Labels], backbone) -> None:
         """`ranks`: the dataset's ranks; `species`: every training species' labels, sorted (the label space)."""

@@ -167,6 +167,7 @@ class TaxaDiffusion(Method):
 
 class TaxaDiffusionJoint(TaxaDiffusion):
     description = "TaxaDiffusion ablation: every rank module and the LoRA trained at once, in one stage"
+    ablation_of = "taxadiffusion"
 
     def stages(self, steps_per_stage: int) -> list[Stage]:
         # the same total budget as the progressive schedule: one stage's budget per rank
