@@ -47,7 +47,7 @@ class TaxaData:
         digest = hashlib.sha256(f"{self.dataset}|{','.join(self.ranks)}".encode())
         for record in [*self.train, *self.eval]:
             relative = Path(record.image).relative_to(self.root).as_posix()
-            digest.update(f"\n{relative}|{record.split}|{'|'.join(l or '' for l in record.labels)}".encode())
+            digest.update(f"\n{relative}|{record.split}|{'|'.join(label or '' for label in record.labels)}".encode())
             if record.bbox:
                 digest.update(repr(record.bbox).encode())
         return digest.hexdigest()
