@@ -38,3 +38,24 @@ def write_png(path: Path, colour: tuple[int, int, int] = (120, 80, 40), size: tu
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, colour).save(path)
     return path
+
+
+def fabricate_samples(run_dir: Path, method: str, data, taxa, per_taxon: int = 4, split: str = "train",
+                      relabel: dict | None = None) -> Path:
+    """A sample folder in the evaluator's contract made of real images: up to `per_taxon` images of each taxon from
+    `split`, filed under `relabel.get(taxon, taxon)` (to fabricate wrongly labelled samples)."""
+    import shutil
+
+    from taxabench.metrics.samples import METADATA_FILE, samples_folder, write_metadata_line
+
+    folder = samples_folder(run_dir, method)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / METADATA_FILE, "w") as handle:
+        for taxon in taxa:
+            label = (relabel or {}).get(taxon, taxon)
+            for index, record in enumerate(data.records_of(taxon, split)[:per_taxon]):
+                target = folder / label.slug / f"{index:04d}.png"
+                target.parent.mkdir(exist_ok=True)
+                shutil.copyfile(record.image, target)
+                write_metadata_line(handle, target, folder, label, seed=index, method=method)
+    return folder
