@@ -186,9 +186,14 @@ def eval_command(
 
     Writes <run>/metrics/<method>.json and replaces the method's rows in <run>/metrics/all.csv.
     """
-    from taxabench.metrics import evaluate
+    import warnings
 
-    result = evaluate(experiment_config(config, overrides), method, run)
+    from taxabench.metrics import evaluate
+    from taxabench.metrics.evaluation import SmallSampleWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallSampleWarning)  # printed below, once, with the table
+        result = evaluate(experiment_config(config, overrides), method, run)
     table = Table("metric", "value", "95% CI", "N real / generated", "weights", title=f"{method}: overall",
                   title_justify="left")
     for m in result.headline():

@@ -174,7 +174,7 @@ class SynthClipConfig:
     split: str = "reference"  # real images it trains on; SynthTaxa's reference split is never seen by generators
     steps: int = 400  # optimizer steps; about a minute on two CPU cores
     batch_size: int = 64
-    learning_rate: float = 2e-3  # peak of a one-cycle schedule
+    learning_rate: float = 1.5e-3  # peak of a one-cycle schedule
     weight_decay: float = 0.05
     seed: int = 0
 

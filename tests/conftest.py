@@ -59,3 +59,18 @@ def fabricate_samples(run_dir: Path, method: str, data, taxa, per_taxon: int = 4
                 shutil.copyfile(record.image, target)
                 write_metadata_line(handle, target, folder, label, seed=index, method=method)
     return folder
+
+
+@pytest.fixture(scope="session")
+def random_clip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained synthclip-tiny model as an open_clip local-dir folder: the loading path, without training."""
+    import open_clip
+    import torch
+
+    from taxabench.metrics.synthclip import ARCHITECTURE, register_architecture, save_open_clip_folder
+
+    register_architecture()
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("clip") / "random-synthclip"
+    save_open_clip_folder(open_clip.create_model(ARCHITECTURE), folder)
+    return folder

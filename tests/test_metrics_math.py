@@ -6,7 +6,12 @@ import scipy.linalg
 import torch
 
 from taxabench.metrics.aggregate import Resampling
-from taxabench.metrics.metric_fd import FDStatistics, fd_features_to_statistics, fd_from_features, fd_statistics_to_metric
+from taxabench.metrics.metric_fd import (
+    FDStatistics,
+    fd_features_to_statistics,
+    fd_from_features,
+    fd_statistics_to_metric,
+)
 from taxabench.metrics.metric_kid import kid_bootstrap, kid_features_to_metric, mmd2_unbiased
 
 
@@ -56,7 +61,7 @@ def test_fd_of_gaussians_matches_the_closed_form():
     assert got == pytest.approx(expected, rel=1e-8)
 
     # sampled: a shifted set lands on the analytic value within sampling error
-    samples = fd_from_features(rng.normal(size=(20000, 4)), rng.normal(size=(20000, 4)) + [1.0, 0, 0, 0])
+    samples = fd_from_features(rng.normal(size=(20000, 4)), rng.normal(size=(20000, 4)) + np.array([1.0, 0, 0, 0]))
     assert samples == pytest.approx(1.0, abs=0.02)
 
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import fabricate_samples
+
 from taxabench.config import DataConfig
 from taxabench.data import load_dataset
 from taxabench.metrics.samples import METADATA_FILE, SamplesError, read_samples

@@ -59,14 +59,13 @@ class LpipsVggExtractor(FeatureExtractor):
     def load(cls, config) -> LpipsVggExtractor:
         size = config.eval.lpips_size or config.data.image_size
         mode = config.eval.lpips_backbone
-        try:
-            backbone = resolve_weights(VGG16_WEIGHTS, config.eval.weights.get(cls.name))
-        except WeightsNotFoundError:
-            if mode != "auto":
-                raise
-            backbone = None
-        if mode == "untrained":
-            backbone = None
+        backbone = None
+        if mode != "untrained":
+            try:
+                backbone = resolve_weights(VGG16_WEIGHTS, config.eval.weights.get(cls.name))
+            except WeightsNotFoundError:
+                if mode == "pretrained":
+                    raise
         return cls(backbone, size=size, seed=config.eval.seed)
 
     def __init__(self, backbone: ResolvedWeights | None, size: int, seed: int = 0):

@@ -15,7 +15,7 @@ import numpy as np
 from taxabench.metrics.aggregate import ScopeValue, summarise_set_metric, weighted_bootstrap
 
 if TYPE_CHECKING:
-    from taxabench.metrics.evaluate import EvalContext
+    from taxabench.metrics.evaluation import EvalContext
 
 
 @dataclass

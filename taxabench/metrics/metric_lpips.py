@@ -16,6 +16,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from taxabench.metrics.aggregate import summarise_per_image
+from taxabench.metrics.cache import load_features, save_features
 from taxabench.metrics.extractor_lpips_vgg import pairwise_lpips
 from taxabench.metrics.metric_base import Measurement, Metric
 
@@ -29,16 +30,7 @@ class Lpips(Metric):
     def compute(self, context) -> list[Measurement]:
         settings, sets = context.config.eval, context.sets
         extractor = context.extractor(EXTRACTOR)
-        real_images, generated_images = context.real_images, context.generated_images
-        fidelity = np.full(len(sets.gen_unit), np.nan)
-        diversity = np.full(len(sets.gen_unit), np.nan)
-        state = PartialState()
-        with state.split_between_processes(list(range(len(sets.units)))) as my_units:
-            results = [self._unit(unit, extractor, context, real_images, generated_images) for unit in my_units]
-        if state.num_processes > 1:
-            results = gather_object(results)
-        for gen_rows, unit_fidelity, unit_diversity in results:
-            fidelity[gen_rows], diversity[gen_rows] = unit_fidelity, unit_diversity
+        fidelity, diversity = self._per_image(context, extractor)
         trained = extractor.trained
         label = "VGG" if trained else "VGG, untrained backbone"
         protocol = {**context.image_protocol(EXTRACTOR), "max_real": settings.lpips_max_real,
@@ -52,6 +44,30 @@ class Lpips(Metric):
             for scope in summarise_per_image(per_rank, sets, context.resampling, uses_real=uses_real):
                 measurements.append(Measurement(metric, name, scope, EXTRACTOR, extractor.identity, higher, protocol))
         return measurements
+
+    def _per_image(self, context, extractor) -> tuple[np.ndarray, np.ndarray]:
+        """Fidelity and diversity of every generated image, cached like features (same kind of key)."""
+        settings, sets, data = context.config.eval, context.sets, context.config.data
+        fields = {"extractor": EXTRACTOR, "weights": extractor.identity, "protocol": extractor.protocol,
+                  "data": context.data.fingerprint(), "split": data.eval_split, "samples": sets.generated.manifest,
+                  "image_size": data.image_size, "resize": data.resize, "use_bbox": data.use_bbox,
+                  "max_real": settings.lpips_max_real, "seed": settings.seed}
+        cached = load_features("lpips", fields, len(sets.gen_unit))
+        if cached is not None:
+            return cached["fidelity"], cached["diversity"]
+        fidelity = np.full(len(sets.gen_unit), np.nan)
+        diversity = np.full(len(sets.gen_unit), np.nan)
+        real_images, generated_images = context.real_images, context.generated_images
+        state = PartialState()
+        with state.split_between_processes(list(range(len(sets.units)))) as my_units:
+            results = [self._unit(unit, extractor, context, real_images, generated_images) for unit in my_units]
+        if state.num_processes > 1:
+            results = gather_object(results)
+        for gen_rows, unit_fidelity, unit_diversity in results:
+            fidelity[gen_rows], diversity[gen_rows] = unit_fidelity, unit_diversity
+        if state.is_main_process:
+            save_features("lpips", fields, {"fidelity": fidelity, "diversity": diversity})
+        return fidelity, diversity
 
     def _unit(self, unit, extractor, context, real_images, generated_images):
         """(generated rows, fidelity per row, diversity per row) of one evaluated taxon."""

@@ -253,7 +253,7 @@ def write_csv_rows(path: Path, method: str, measurements: list[Measurement]) -> 
 def _small_sample_warnings(measurements: list[Measurement]) -> list[str]:
     notes = []
     for m in measurements:
-        if m.metric in ("fd", "kid") and m.scope.scope == SCOPE_OVERALL:
+        if m.metric == "fd" and m.scope.scope == SCOPE_OVERALL:
             smallest = min(m.scope.n_real, m.scope.n_generated)
             if smallest < FD_MIN_IMAGES:
                 notes.append(
