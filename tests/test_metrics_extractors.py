@@ -102,15 +102,12 @@ def test_lpips_auto_falls_back_to_a_labelled_untrained_backbone(monkeypatch, tmp
 
 
 def test_lpips_loads_a_torchvision_vgg16_file(lpips_extractor, images, tmp_path):
-    """The pretrained path reads a torchvision-format file strictly (here: the untrained weights, saved)."""
+    """The pretrained path reads a torchvision-format file (here: the untrained weights, saved) strictly."""
     from taxabench.weights import ResolvedWeights
 
     path = tmp_path / "vgg16.pth"
-    full = {**backbone_state(lpips_extractor)}
-    import torchvision
-
-    full.update({k: v for k, v in torchvision.models.vgg16(weights=None).state_dict().items() if k not in full})
-    torch.save(full, path)
+    classifier = {"classifier.0.weight": torch.zeros(2, 2)}  # torchvision's file holds the classifier too
+    torch.save({**backbone_state(lpips_extractor), **classifier}, path)
     loaded = LpipsVggExtractor(ResolvedWeights(path, "explicit", "0" * 64), size=64)
     assert loaded.trained and "vgg16:sha256:000000000000 (explicit)" in loaded.identity
     torch.testing.assert_close(loaded(images)["lpips"], lpips_extractor(images)["lpips"])

@@ -49,7 +49,10 @@ def test_fd_of_gaussians_matches_the_closed_form():
     """N(0, I) vs N(mu, s^2 I): FD = ||mu||^2 + d (1 - s)^2; and a non-commuting pair against scipy's sqrtm."""
     d = 16
     mu = np.linspace(-1, 1, d)
-    exact = fd_statistics_to_metric(FDStatistics(np.zeros(d), np.eye(d), 1e9), FDStatistics(mu, 4 * np.eye(d), 1e9))
+    def stats(mean, covariance):
+        return FDStatistics(torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(covariance), 1e9)
+
+    exact = fd_statistics_to_metric(stats(np.zeros(d), np.eye(d)), stats(mu, 4 * np.eye(d)))
     assert exact == pytest.approx(mu @ mu + d * (1 - 2) ** 2, rel=1e-10)
 
     rng = np.random.default_rng(1)
@@ -57,7 +60,7 @@ def test_fd_of_gaussians_matches_the_closed_form():
     sigma_1, sigma_2 = a @ a.T + np.eye(d), b @ b.T + 0.5 * np.eye(d)
     trace_sqrt = np.trace(scipy.linalg.sqrtm(sigma_1 @ sigma_2)).real
     expected = mu @ mu + np.trace(sigma_1) + np.trace(sigma_2) - 2 * trace_sqrt
-    got = fd_statistics_to_metric(FDStatistics(np.zeros(d), sigma_1, 1e9), FDStatistics(mu, sigma_2, 1e9))
+    got = fd_statistics_to_metric(stats(np.zeros(d), sigma_1), stats(mu, sigma_2))
     assert got == pytest.approx(expected, rel=1e-8)
 
     # sampled: a shifted set lands on the analytic value within sampling error
@@ -82,8 +85,8 @@ def test_weighted_statistics_equal_repeated_rows(feature_sets):
     repeated = np.repeat(real, weights, axis=0)
     weighted = fd_features_to_statistics(real, weights)
     plain = fd_features_to_statistics(repeated)
-    np.testing.assert_allclose(weighted.mean, plain.mean, rtol=1e-12)
-    np.testing.assert_allclose(weighted.covariance, plain.covariance, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(weighted.mean, plain.mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(weighted.covariance, plain.covariance, rtol=1e-10, atol=1e-12)
 
 
 def test_kid_equals_torchmetrics_and_clean_fid(feature_sets):
@@ -129,5 +132,6 @@ def test_resampling_is_seeded_per_scope():
     assert counts.shape == (200, 10) and (counts.sum(1) == 10).all()
     np.testing.assert_array_equal(counts, Resampling(200, 0.9, seed=3).counts(10, "genus"))
     assert not np.array_equal(counts, resampling.counts(10, "species"))
-    low, high = resampling.interval(np.arange(101.0))
+    low, high = resampling.interval(np.arange(101.0), estimate=50.0)
     assert (low, high) == pytest.approx((5.0, 95.0))
+    assert resampling.interval(np.arange(101.0), estimate=40.0) == pytest.approx((-5.0, 85.0))  # re-centred

@@ -5,8 +5,8 @@ import random
 
 import pandas as pd
 import pytest
-
 from conftest import fabricate_samples
+
 from taxabench.config import config_from_dict
 from taxabench.data import load_dataset
 from taxabench.metrics import build_synthclip, evaluate, weights_table
@@ -55,6 +55,8 @@ def test_build_is_cached_reported_and_listed(sanity):
     again = build_synthclip(config, show_progress=False)
     assert again.seconds is None and again.report == build.report  # from the cache, not retrained
     assert {row.component: row.found for row in weights_table(config)}["synthclip"] is True
+    evaluated = json.loads((config.run_dir / "metrics" / "right.json").read_text())
+    assert evaluated["extractors"]["synthclip"]["build"]["zero_shot_top1"] == report["zero_shot_top1"]
 
 
 def test_right_species_score_better_than_shuffled_labels(sanity):

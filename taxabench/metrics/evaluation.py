@@ -106,6 +106,11 @@ class EvalContext:
     _text: dict[tuple[str, tuple[str, ...]], np.ndarray] = field(default_factory=dict)
 
     @property
+    def device(self):
+        """Where extractors run and set metrics (FD, KID) compute: `eval.device`."""
+        return resolve_device(self.config.eval.device)
+
+    @property
     def resampling(self) -> Resampling:
         return Resampling(self.config.eval.bootstrap, self.config.eval.confidence, self.config.eval.seed)
 
@@ -131,7 +136,7 @@ class EvalContext:
             cls = EXTRACTORS.get(name)
             with PartialState().main_process_first():  # one process builds or downloads, the others read it
                 extractor = cls.load(self.config)
-            self._extractors[name] = extractor.to(resolve_device(self.config.eval.device))
+            self._extractors[name] = extractor.to(self.device)
         return self._extractors[name]
 
     def features(self, name: str, side: str) -> dict[str, np.ndarray]:
@@ -220,7 +225,7 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
 
     if PartialState().is_main_process:
         report = _json_report(method, config, data, context, measurements, notes)
-        atomic_write_bytes(json_path, json.dumps(report, indent=2).encode())
+        atomic_write_bytes(json_path, json.dumps(report, indent=2, allow_nan=False).encode())
         write_csv_rows(csv_path, method, measurements)
     return EvalResult(method, measurements, json_path, csv_path, notes)
 
@@ -277,13 +282,16 @@ def _json_report(method: str, config: ExperimentConfig, data: TaxaData, context:
                  "rare_threshold": data.rare_threshold},
         "samples": {"folder": str(sets.generated.folder), "manifest": sets.generated.manifest,
                     "images": len(sets.generated.images)},
-        "extractors": {name: {"weights": e.identity, "protocol": e.protocol} for name, e in context._extractors.items()},
+        "extractors": {name: {"weights": e.identity, "protocol": e.protocol,
+                              "build": getattr(e, "build_report", None)} for name, e in context._extractors.items()},
         "eval": {"bootstrap": config.eval.bootstrap, "bootstrap_set_metrics": config.eval.bootstrap_set_metrics,
-                 "confidence": config.eval.confidence, "seed": config.eval.seed},
+                 "confidence": config.eval.confidence, "seed": config.eval.seed,
+                 "ci_method": "percentile bootstrap over taxa, re-centred on the estimate"},
         "warnings": notes,
         "measurements": [
             {**{k: _finite(v) for k, v in row.items() if k != KEY_METHOD}, "protocol": m.protocol,
-             "n_bootstrap": m.scope.n_bootstrap, "per_taxon": m.scope.per_taxon,
+             "n_bootstrap": m.scope.n_bootstrap,
+             "per_taxon": {k: _finite(v) for k, v in m.scope.per_taxon.items()} if m.scope.per_taxon else None,
              "skipped_taxa": m.scope.skipped_taxa}
             for row, m in zip(csv_rows(method, measurements), measurements)
         ],

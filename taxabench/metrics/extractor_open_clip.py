@@ -48,6 +48,8 @@ class OpenClipExtractor(TextImageExtractor):
         self.register_buffer("std", torch.tensor(preprocess.get("std", OPENAI_STD)).view(1, 3, 1, 1))
         self.identity = weights.identity(self.name)
         self.protocol = f"open_clip:{self.interpolation}-{self.image_size},mean-std"
+        build = folder / "synthclip_build.json"  # a model taxabench built records how, and how good it is
+        self.build_report = json.loads(build.read_text()) if build.is_file() else None
         self.freeze()
 
     def extract(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

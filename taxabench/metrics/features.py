@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,19 @@ def generated_images(paths: Sequence[Path], data: DataConfig) -> ImageSet:
         return image if image.size == (data.image_size, data.image_size) else square(image, data.image_size, data.resize)
 
     return ImageSet(paths, load)
+
+
+@contextmanager
+def one_cpu_thread():
+    """Run small CPU linear algebra on one thread. Bootstrap loops do thousands of 128x128 eigendecompositions;
+    with two threads on a shared 2-core machine each one was 100x slower (thread synchronisation), and one
+    thread also keeps results independent of the machine's core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def resolve_device(name: str) -> torch.device:

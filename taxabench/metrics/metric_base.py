@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from taxabench.metrics.aggregate import ScopeValue, summarise_set_metric, weighted_bootstrap
+from taxabench.metrics.features import one_cpu_thread
 
 if TYPE_CHECKING:
     from taxabench.metrics.evaluation import EvalContext
@@ -57,13 +58,14 @@ class SetMetric(Metric):
         raise NotImplementedError
 
     def weighted_value(self, real: np.ndarray, generated: np.ndarray, real_weights: np.ndarray,
-                       generated_weights: np.ndarray) -> float:
+                       generated_weights: np.ndarray, context: EvalContext) -> float:
         """The metric with each image counted `weight` times (bootstrap resamples of taxa)."""
         raise NotImplementedError
 
     def bootstrap(self, context: EvalContext):
         """(real, generated, real unit, generated unit, counts) -> one value per resample; default: recompute."""
-        return weighted_bootstrap(self.weighted_value)
+        return weighted_bootstrap(lambda real, generated, real_weights, generated_weights: self.weighted_value(
+            real, generated, real_weights, generated_weights, context))
 
     def protocol(self, context: EvalContext) -> dict[str, Any]:
         return {}
@@ -74,10 +76,11 @@ class SetMetric(Metric):
         feature = extractor.feature_for(self.key)
         real = context.features(extractor_name, "real")[feature]
         generated = context.features(extractor_name, "generated")[feature]
-        scopes = summarise_set_metric(
-            lambda r, g: self.value(r, g, context), self.bootstrap(context), real, generated, context.sets,
-            context.resampling, context.pooled_resampling, self.min_per_side,
-        )
+        with one_cpu_thread():  # no-op for the math when it runs on CUDA
+            scopes = summarise_set_metric(
+                lambda r, g: self.value(r, g, context), self.bootstrap(context), real, generated, context.sets,
+                context.resampling, context.pooled_resampling, self.min_per_side,
+            )
         protocol = {**context.image_protocol(extractor_name), "feature": feature, **self.protocol(context)}
         return [
             Measurement(self.key, self.display_name(extractor_name), scope, extractor_name, extractor.identity,

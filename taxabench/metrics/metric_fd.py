@@ -19,21 +19,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from taxabench.metrics.metric_base import SetMetric
 
 
 @dataclass(frozen=True)
 class FDStatistics:
-    mean: np.ndarray  # (d,)
-    covariance: np.ndarray  # (d, d), unbiased (divided by n - 1)
+    mean: torch.Tensor  # (d,) float64
+    covariance: torch.Tensor  # (d, d) float64, unbiased (divided by n - 1)
     count: float  # number of images (sum of the weights)
 
 
-def fd_features_to_statistics(features: np.ndarray, weights: np.ndarray | None = None) -> FDStatistics:
-    """Mean and unbiased covariance of `features` (n, d); `weights` (n,) counts each row that many times."""
-    x = np.asarray(features, dtype=np.float64)
-    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
+def fd_features_to_statistics(
+    features: np.ndarray | torch.Tensor, weights: np.ndarray | None = None, device: torch.device | str | None = None
+) -> FDStatistics:
+    """Mean and unbiased covariance of `features` (n, d), in float64 on `device`; `weights` (n,) counts each row
+    that many times (a bootstrap resample of taxa)."""
+    x = torch.as_tensor(features, dtype=torch.float64, device=device)
+    w = torch.ones(len(x), dtype=torch.float64, device=x.device) if weights is None else torch.as_tensor(
+        weights, dtype=torch.float64, device=x.device)
     count = float(w.sum())
     if count < 2:
         raise ValueError(f"FD needs at least 2 images on each side, got {count:g}")
@@ -45,20 +50,22 @@ def fd_features_to_statistics(features: np.ndarray, weights: np.ndarray | None =
 
 def fd_statistics_to_metric(real: FDStatistics, generated: FDStatistics) -> float:
     """The Fréchet distance between two Gaussians (see the module docstring for the trace term)."""
-    difference = real.mean - generated.mean
-    trace_sqrt = np.linalg.svd(_psd_factor(real.covariance).T @ _psd_factor(generated.covariance), compute_uv=False)
-    value = difference @ difference + np.trace(real.covariance) + np.trace(generated.covariance) - 2 * trace_sqrt.sum()
-    return float(max(value, 0.0))  # rounding can leave -1e-12 for identical sets
+    difference = real.mean - generated.mean.to(real.mean.device)
+    cross = _psd_factor(real.covariance).T @ _psd_factor(generated.covariance.to(real.mean.device))
+    trace_sqrt = torch.linalg.svdvals(cross).sum()
+    value = difference @ difference + real.covariance.trace() + generated.covariance.trace() - 2 * trace_sqrt
+    return max(float(value), 0.0)  # rounding can leave -1e-12 for identical sets
 
 
-def fd_from_features(real: np.ndarray, generated: np.ndarray) -> float:
-    return fd_statistics_to_metric(fd_features_to_statistics(real), fd_features_to_statistics(generated))
+def fd_from_features(real, generated, device: torch.device | str | None = None) -> float:
+    return fd_statistics_to_metric(fd_features_to_statistics(real, device=device),
+                                   fd_features_to_statistics(generated, device=device))
 
 
-def _psd_factor(covariance: np.ndarray) -> np.ndarray:
+def _psd_factor(covariance: torch.Tensor) -> torch.Tensor:
     """L with L L^T = covariance, for a symmetric positive semi-definite matrix."""
-    eigenvalues, eigenvectors = np.linalg.eigh((covariance + covariance.T) / 2)
-    return eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
+    eigenvalues, eigenvectors = torch.linalg.eigh((covariance + covariance.T) / 2)
+    return eigenvectors * eigenvalues.clamp_min(0.0).sqrt()
 
 
 class FrechetDistance(SetMetric):
@@ -73,9 +80,8 @@ class FrechetDistance(SetMetric):
         return "FID" if extractor == "inception" else f"FD ({extractor})"
 
     def value(self, real, generated, context) -> float:
-        return fd_from_features(real, generated)
+        return fd_from_features(real, generated, context.device)
 
-    def weighted_value(self, real, generated, real_weights, generated_weights) -> float:
-        return fd_statistics_to_metric(
-            fd_features_to_statistics(real, real_weights), fd_features_to_statistics(generated, generated_weights)
-        )
+    def weighted_value(self, real, generated, real_weights, generated_weights, context) -> float:
+        return fd_statistics_to_metric(fd_features_to_statistics(real, real_weights, context.device),
+                                       fd_features_to_statistics(generated, generated_weights, context.device))

@@ -3,8 +3,9 @@
 KID is the unbiased estimate of the squared MMD between real and generated features under the cubic polynomial
 kernel k(x, y) = (x.y / d + 1)^3. The headline follows torchmetrics / clean-fid: the mean over `eval.kid_subsets`
 random subsets of `m = min(eval.kid_subset_size, n_real, n_generated)` images from each side, drawn with a seeded
-generator (clean-fid draws them unseeded). When m covers both sets, every subset is the full set and one
-evaluation is exact.
+generator (clean-fid draws them unseeded). When neither set is larger than `eval.kid_subset_size`, the full-set
+U-statistic is used instead: it is the exact expectation of the subset average (Gretton et al.'s unbiased MMD^2
+allows unequal set sizes), so small sets (per-taxon KID) get no subset noise.
 
 Bootstrap CIs over taxa use the full-set U-statistic, which is the expectation of the subset protocol: the kernel
 is summed once into taxon-by-taxon blocks, after which each resample costs O(taxa^2) instead of O(images^2 d).
@@ -13,76 +14,81 @@ is summed once into taxon-by-taxon blocks, after which each resample costs O(tax
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from taxabench.metrics.metric_base import SetMetric
 
 
-def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def polynomial_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
-def mmd2_unbiased(real: np.ndarray, generated: np.ndarray) -> float:
-    """The unbiased squared MMD (U-statistic) between two feature sets with the polynomial kernel."""
-    n, m = len(real), len(generated)
-    k_rr, k_gg, k_rg = polynomial_kernel(real, real), polynomial_kernel(generated, generated), polynomial_kernel(
-        real, generated)
-    return float((k_rr.sum() - np.trace(k_rr)) / (n * (n - 1)) + (k_gg.sum() - np.trace(k_gg)) / (m * (m - 1))
-                 - 2 * k_rg.mean())
+def mmd2_unbiased(real, generated, device: torch.device | str | None = None) -> float:
+    """The unbiased squared MMD (U-statistic) between two feature sets with the polynomial kernel (float64)."""
+    x = torch.as_tensor(real, dtype=torch.float64, device=device)
+    y = torch.as_tensor(generated, dtype=torch.float64, device=x.device)
+    n, m = len(x), len(y)
+    k_xx, k_yy, k_xy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+    value = ((k_xx.sum() - k_xx.trace()) / (n * (n - 1)) + (k_yy.sum() - k_yy.trace()) / (m * (m - 1))
+             - 2 * k_xy.mean())
+    return float(value)
 
 
 def kid_features_to_metric(
-    real: np.ndarray, generated: np.ndarray, subsets: int, subset_size: int, seed: int
+    real, generated, subsets: int, subset_size: int, seed: int, device: torch.device | str | None = None
 ) -> tuple[float, float]:
-    """KID as the mean (and standard deviation) over seeded subsets of `min(subset_size, n_real, n_generated)`."""
-    real, generated = np.asarray(real, np.float64), np.asarray(generated, np.float64)
-    m = min(subset_size, len(real), len(generated))
-    if m < 2:
-        raise ValueError(f"KID needs at least 2 images on each side, got {len(real)} real and {len(generated)}")
-    if m == len(real) == len(generated):
-        return mmd2_unbiased(real, generated), 0.0
+    """KID as the mean (and standard deviation) over seeded subsets of `min(subset_size, n_real, n_generated)`
+    images per side; when neither set exceeds `subset_size`, the full-set U-statistic (the subsets' expectation)."""
+    x = torch.as_tensor(real, dtype=torch.float64, device=device)
+    y = torch.as_tensor(generated, dtype=torch.float64, device=x.device)
+    if min(len(x), len(y)) < 2:
+        raise ValueError(f"KID needs at least 2 images on each side, got {len(x)} real and {len(y)} generated")
+    if max(len(x), len(y)) <= subset_size:
+        return mmd2_unbiased(x, y), 0.0
+    m = min(subset_size, len(x), len(y))
     rng = np.random.default_rng(seed)
     values = [
-        mmd2_unbiased(real[rng.choice(len(real), m, replace=False)], generated[rng.choice(len(generated), m, replace=False)])
+        mmd2_unbiased(x[torch.from_numpy(rng.choice(len(x), m, replace=False)).to(x.device)],
+                      y[torch.from_numpy(rng.choice(len(y), m, replace=False)).to(x.device)])
         for _ in range(subsets)
     ]
     return float(np.mean(values)), float(np.std(values))
 
 
-def kid_bootstrap(real, generated, real_unit, gen_unit, counts) -> np.ndarray:
+def kid_bootstrap(real, generated, real_unit, gen_unit, counts, device: torch.device | str | None = None) -> np.ndarray:
     """Full-set unbiased MMD^2 for each resample of units (`counts`: resamples x units multiplicities).
 
     With per-unit kernel block sums S[t, u] and diagonal sums D[t], a resample in which unit t appears c_t times
     has sum over ordered pairs of distinct draws c^T S c - c.D, over n(n-1) pairs where n = sum_t c_t n_t.
     """
     units = counts.shape[1]
-    blocks_rr, diag_rr = _block_sums(real, real, real_unit, real_unit, units)
-    blocks_gg, diag_gg = _block_sums(generated, generated, gen_unit, gen_unit, units)
-    blocks_rg, _ = _block_sums(real, generated, real_unit, gen_unit, units)
-    n_real = counts @ np.bincount(real_unit, minlength=units)
-    n_gen = counts @ np.bincount(gen_unit, minlength=units)
+    x = torch.as_tensor(real, dtype=torch.float64, device=device)
+    y = torch.as_tensor(generated, dtype=torch.float64, device=x.device)
+    blocks_xx, diag_xx = _block_sums(x, x, real_unit, real_unit, units)
+    blocks_yy, diag_yy = _block_sums(y, y, gen_unit, gen_unit, units)
+    blocks_xy, _ = _block_sums(x, y, real_unit, gen_unit, units)
     c = counts.astype(np.float64)
-    pairs_rr = np.einsum("bt,tu,bu->b", c, blocks_rr, c) - c @ diag_rr
-    pairs_gg = np.einsum("bt,tu,bu->b", c, blocks_gg, c) - c @ diag_gg
-    cross = np.einsum("bt,tu,bu->b", c, blocks_rg, c)
+    n_real = c @ np.bincount(real_unit, minlength=units)
+    n_gen = c @ np.bincount(gen_unit, minlength=units)
+    pairs_xx = np.einsum("bt,tu,bu->b", c, blocks_xx, c) - c @ diag_xx
+    pairs_yy = np.einsum("bt,tu,bu->b", c, blocks_yy, c) - c @ diag_yy
+    cross = np.einsum("bt,tu,bu->b", c, blocks_xy, c)
     with np.errstate(invalid="ignore", divide="ignore"):
-        value = pairs_rr / (n_real * (n_real - 1.0)) + pairs_gg / (n_gen * (n_gen - 1.0)) - 2 * cross / (n_real * n_gen)
+        value = pairs_xx / (n_real * (n_real - 1.0)) + pairs_yy / (n_gen * (n_gen - 1.0)) - 2 * cross / (n_real * n_gen)
     value[(n_real < 2) | (n_gen < 2)] = np.nan
     return value
 
 
-def _block_sums(x, y, x_unit, y_unit, units, chunk: int = 1024):
+def _block_sums(x: torch.Tensor, y: torch.Tensor, x_unit: np.ndarray, y_unit: np.ndarray, units: int,
+                chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """S[t, u] = sum of k(x_i, y_j) over i in unit t, j in unit u; D[t] = sum of k(x_i, x_i) over i in unit t."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    x_onehot = np.zeros((len(x), units))
-    x_onehot[np.arange(len(x)), x_unit] = 1
-    y_onehot = np.zeros((len(y), units))
-    y_onehot[np.arange(len(y)), y_unit] = 1
-    blocks = np.zeros((units, units))
+    x_onehot = torch.nn.functional.one_hot(torch.as_tensor(x_unit, device=x.device), units).double()
+    y_onehot = torch.nn.functional.one_hot(torch.as_tensor(y_unit, device=x.device), units).double()
+    blocks = torch.zeros(units, units, dtype=torch.float64, device=x.device)
     for start in range(0, len(x), chunk):
-        kernel = polynomial_kernel(x[start:start + chunk], y)
-        blocks += x_onehot[start:start + chunk].T @ kernel @ y_onehot
-    diagonal = np.bincount(x_unit, weights=(np.einsum("ij,ij->i", x, x) / x.shape[1] + 1) ** 3, minlength=units)
-    return blocks, diagonal
+        blocks += x_onehot[start:start + chunk].T @ polynomial_kernel(x[start:start + chunk], y) @ y_onehot
+    diagonal = x_onehot.T @ ((x * x).sum(1) / x.shape[1] + 1) ** 3
+    return blocks.cpu().numpy(), diagonal.cpu().numpy()
 
 
 class KernelDistance(SetMetric):
@@ -99,10 +105,10 @@ class KernelDistance(SetMetric):
     def value(self, real, generated, context) -> float:
         settings = context.config.eval
         return kid_features_to_metric(real, generated, settings.kid_subsets, settings.kid_subset_size,
-                                      settings.seed)[0]
+                                      settings.seed, context.device)[0]
 
     def bootstrap(self, context):
-        return kid_bootstrap
+        return lambda *arrays: kid_bootstrap(*arrays, device=context.device)
 
     def protocol(self, context) -> dict:
         settings = context.config.eval

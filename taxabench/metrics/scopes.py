@@ -48,8 +48,8 @@ class EvalSets:
                 real_unit.append(unit)
         if not real_rows:
             raise DataError(
-                f"the dataset's evaluation split ({(data.eval and data.eval[0].split) or 'none'}) has no real images "
-                f"of the {len(units)} evaluated taxa; set data.eval_split to the split of held-out real images"
+                f"the dataset's evaluation split has no real images of the {len(units)} evaluated taxa "
+                f"(first: {units[0].id}); set data.eval_split to the split of held-out real images"
             )
         rare = None
         if samples.rank == "species":

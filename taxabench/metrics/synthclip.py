@@ -27,7 +27,6 @@ import math
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from taxabench.data import TaxaData, load_dataset
 from taxabench.errors import DataError, TaxabenchError, WeightsNotFoundError
 from taxabench.metrics.cache import cache_key
 from taxabench.metrics.extractor_open_clip import OPENAI_MEAN, OPENAI_STD
+from taxabench.metrics.features import one_cpu_thread
 from taxabench.taxonomy import Record, bioclip_caption
 from taxabench.weights import ResolvedWeights, WeightsSpec, folder_sha256, resolve_weights
 
@@ -131,7 +131,7 @@ def build_synthclip(config: ExperimentConfig, show_progress: bool = True) -> Syn
     tokens = {rank: tokenizer(texts) for rank, texts in captions.items()}
     images = _load_uint8(data.train, config.data)
     targets = _targets(data, data.train)
-    with _one_thread():
+    with one_cpu_thread():  # small tensors: faster, and the build's bytes do not depend on the core count
         _train(model, images, targets, tokens, size, settings, show_progress)
     seconds = time.perf_counter() - started
     accuracy = zero_shot_accuracy(model, tokens, _load_uint8(data.eval, config.data), _targets(data, data.eval), size)
@@ -166,18 +166,6 @@ def zero_shot_accuracy(model, tokens: dict[str, torch.Tensor], images: torch.Ten
 
 
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _one_thread():
-    """Train on one CPU thread: the tensors are small, so threads mostly synchronise (4x slower with 2 threads on a
-    shared 2-core machine), and a fixed thread count keeps the build's bytes independent of the machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _load_training_data(config: ExperimentConfig) -> TaxaData:
