@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from taxabench.config import config_from_dict
-from taxabench.errors import WeightsNotFoundError
+from taxabench.errors import TaxabenchError, WeightsNotFoundError
 from taxabench.metrics.extractor_base import check_images
 from taxabench.metrics.extractor_lpips_vgg import LpipsVggExtractor, pairwise_lpips
 from taxabench.metrics.registry import EXTRACTORS
@@ -68,6 +68,12 @@ def test_features_do_not_depend_on_batch_size(lpips_extractor, images, random_cl
         whole = extractor(images)[name]
         one_by_one = torch.cat([extractor(images[i:i + 1])[name] for i in range(len(images))])
         torch.testing.assert_close(one_by_one, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_lpips_embedding_is_not_offered_for_fd(lpips_extractor):
+    assert lpips_extractor.feature_for("lpips") == "lpips"
+    with pytest.raises(TaxabenchError, match="extractor 'lpips-vgg' provides no features for metric 'fd'"):
+        lpips_extractor.feature_for("fd")
 
 
 def test_input_contract_is_checked():

@@ -16,15 +16,18 @@ Reads `runs/<name>/samples/<method>/` (contract: `taxabench.metrics.samples`), c
                        top-1 accuracy (synthclip) ...
   scope                overall | rare | common | a rank (class, order, ..., species); see
                        `taxabench.metrics.aggregate` for what each scope computes
-  value                the number (accuracies and scores in percent, LPIPS in [0, 1], FD/KID raw)
-  ci_low, ci_high      percentile bootstrap interval over taxa at `eval.confidence`
+  value                the number: accuracies in percent, CLIP scores as cosine x 100, LPIPS in [0, 1], FD / KID
+                       raw; NaN when no taxon had enough images (see the JSON's skipped_taxa)
+  ci_low, ci_high      bootstrap interval over taxa at `eval.confidence` (percentile, re-centred on the value;
+                       `taxabench.metrics.aggregate.Resampling`)
   n_real               real images behind the number (0 for metrics that use none)
   n_generated          generated images behind the number
   n_taxa               taxa behind the number (evaluated taxa for pooled scopes, taxa of the rank otherwise)
   extractor            registry name of the feature extractor / model
   weights              weights identity, e.g. synthclip@sha256:0123abcd4567 (built)
   higher_is_better     True / False
-  protocol             the named choices, `key=value;...` (images, extractor input, feature, aggregation, CI)
+  protocol             the named choices that change the number, `key=value;...`: images (resize mode and size),
+                       input (the extractor's resize and normalisation), feature, and metric settings
   ===================  =====================================================================================
 """
 

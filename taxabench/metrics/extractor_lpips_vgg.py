@@ -66,7 +66,7 @@ class LpipsVggExtractor(FeatureExtractor):
     name = "lpips-vgg"
     description = "LPIPS v0.1, VGG16 backbone, as an embedding whose squared distances are LPIPS distances."
     features = ("lpips",)
-    default_features: ClassVar[dict[str, str]] = {"*": "lpips"}
+    default_features: ClassVar[dict[str, str]] = {"lpips": "lpips"}  # only LPIPS: 500k-d is no FD feature
     weights_specs = (VGG16_WEIGHTS,)
 
     @classmethod
