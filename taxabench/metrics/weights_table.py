@@ -18,7 +18,8 @@ class WeightsStatus:
 
 
 def weights_table(config: ExperimentConfig | None = None) -> list[WeightsStatus]:
-    """One row per weights file or folder of every registered extractor; never downloads or builds anything."""
+    """One row per weights file or folder of every registered extractor; never downloads or builds weights (to
+    key synthclip's build it reads the dataset, which generates a SynthTaxa world that is not on disk yet)."""
     from taxabench.metrics.extractor_lpips_vgg import HEADS_SHA256, lpips_heads_path
     from taxabench.metrics.registry import EXTRACTORS
     from taxabench.metrics.synthclip import SYNTHCLIP_WEIGHTS, resolve_synthclip
@@ -34,8 +35,7 @@ def weights_table(config: ExperimentConfig | None = None) -> list[WeightsStatus]
                     explicit = config.eval.weights.get(name)
                     resolved = resolve_weights(spec, explicit.removeprefix("local-dir:") if explicit else None,
                                                download=False)
-                rows.append(WeightsStatus(name, spec.name, True, f"{resolved.path} ({resolved.source}, "
-                                                                  f"{resolved.identity(spec.name)})"))
+                rows.append(WeightsStatus(name, spec.name, True, f"{resolved.identity(spec.name)}: {resolved.path}"))
             except WeightsNotFoundError as error:
                 rows.append(WeightsStatus(name, spec.name, False, str(error)))
             except TaxabenchError as error:  # e.g. synthclip's dataset cannot be read
