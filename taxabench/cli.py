@@ -29,6 +29,8 @@ data_app = typer.Typer(help="Generate SynthTaxa and inspect datasets.", no_args_
 app.add_typer(data_app, name="data")
 backbone_app = typer.Typer(help="Build or inspect the SD-format backbone methods start from.", no_args_is_help=True)
 app.add_typer(backbone_app, name="backbone")
+weights_app = typer.Typer(help="Show where pretrained weights resolve from; build synthclip.")
+app.add_typer(weights_app, name="weights")
 
 _state = {"debug": False}
 
@@ -72,6 +74,8 @@ def cli() -> None:
 REGISTRIES = {
     "datasets": ("taxabench.data.registry", "DATASETS"),
     "methods": ("taxabench.methods", "METHODS"),
+    "metrics": ("taxabench.metrics.registry", "METRICS"),
+    "feature extractors": ("taxabench.metrics.registry", "EXTRACTORS"),
 }
 
 
@@ -215,3 +219,74 @@ def train(config: ConfigOption, method: MethodOption, run: RunOption = None, ove
 
     folder = train_method(experiment_config(config, overrides), method, run)
     console.print(f"[bold]{method}[/] trained: {folder}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# eval, weights
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@app.command("eval")
+def eval_command(
+    config: ConfigOption,
+    method: Annotated[str, typer.Option("--method", "-m", help="Method whose samples to evaluate (samples/<method>/).")],
+    run: Annotated[Path | None, typer.Option("--run", help="Run folder; default: <runs_dir>/<name> of the config.")] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Evaluate one method's samples: FD/KID, LPIPS, CLIP score, taxonomic accuracy; per rank, with 95% CIs.
+
+    Writes <run>/metrics/<method>.json and replaces the method's rows in <run>/metrics/all.csv.
+    """
+    import warnings
+
+    from taxabench.metrics import evaluate
+    from taxabench.metrics.evaluation import SmallSampleWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallSampleWarning)  # printed below, once, with the table
+        result = evaluate(experiment_config(config, overrides), method, run)
+    table = Table("metric", "value", "95% CI", "N real / generated", "weights", title=f"{method}: overall",
+                  title_justify="left")
+    for m in result.headline():
+        table.add_row(m.name, f"{m.scope.value:.4g}", f"[{m.scope.ci_low:.4g}, {m.scope.ci_high:.4g}]",
+                      f"{m.scope.n_real} / {m.scope.n_generated}", m.weights)
+    console.print(table)
+    for note in result.warnings:
+        console.print(f"[yellow]warning:[/] {note}", highlight=False)
+    console.print(f"wrote {result.json_path} and {result.csv_path}")
+
+
+@weights_app.callback(invoke_without_command=True)
+def weights_list(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML (explicit weights, data).")] = None,
+) -> None:
+    """List every feature extractor's weights: where they resolve from now, or what is missing and how to get it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from taxabench.metrics import weights_table
+
+    table = Table("extractor", "weights", "status", title="weights", title_justify="left")
+    for row in weights_table(load_config(config) if config else None):
+        status = f"[green]found[/] {row.where}" if row.found else f"[red]missing[/] {row.where}"
+        table.add_row(row.extractor, row.component, status)
+    console.print(table)
+
+
+@weights_app.command("build")
+def weights_build(
+    what: Annotated[str, typer.Argument(help="What to build: synthclip.")],
+    config: ConfigOption,
+    overrides: SetOption = None,
+) -> None:
+    """Build synthclip, the SynthTaxa reference model, for the config's dataset (cached; reused when present)."""
+    from taxabench.metrics import build_synthclip
+
+    if what != "synthclip":
+        raise TaxabenchError(f"cannot build {what!r}: only synthclip is built by taxabench")
+    build = build_synthclip(experiment_config(config, overrides))
+    how = f"built in {build.seconds:.0f} s" if build.seconds is not None else "cached"
+    accuracy = ", ".join(f"{rank} {value:.1f}%" for rank, value in build.report["zero_shot_top1"].items())
+    console.print(f"synthclip {how}: {build.folder}")
+    console.print(f"zero-shot top-1 on {build.report['eval_images']} held-out {build.report['eval_split']} images: "
+                  f"{accuracy}")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from taxabench.errors import ConfigError
+from taxabench.errors import ConfigError, TaxabenchError
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sections
@@ -243,14 +243,58 @@ class SampleConfig:
 
 
 @dataclass
+class SynthClipConfig:
+    """How taxabench trains synthclip, the SynthTaxa reference model (taxabench/metrics/synthclip.py)."""
+
+    split: str = "reference"  # real images it trains on; SynthTaxa's reference split is never seen by generators
+    steps: int = 400  # optimizer steps; about a minute on two CPU cores
+    batch_size: int = 64
+    learning_rate: float = 1.5e-3  # peak of a one-cycle schedule
+    weight_decay: float = 0.05
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        _positive(self.steps, f"{where}.steps")
+        _positive(self.batch_size, f"{where}.batch_size")
+
+
+@dataclass
 class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["fd", "kid", "lpips", "clip_score", "taxa_accuracy"])
-    fd_extractor: str = "synthclip"  # `inception` for the paper's FID on real data
-    clip_model: str = "synthclip"  # `bioclip` on real data
-    weights: dict[str, str] = field(default_factory=dict)  # extractor -> explicit weights path
+    fd_extractor: str = "synthclip"  # features for fd and kid; `inception` for the paper's FID on real data
+    clip_model: str = "synthclip"  # clip_score and taxa_accuracy; `bioclip` on real data
+    weights: dict[str, str] = field(default_factory=dict)  # extractor -> explicit weights file or folder
+    lpips_size: int | None = None  # common size images are resized to for LPIPS; None: data.image_size
+    lpips_max_real: int = 32  # real images of its taxon each generated image is compared with (seeded subset)
+    # pretrained: require the ImageNet VGG16; untrained: a seeded random backbone; auto: pretrained when it resolves
+    # offline, else untrained. An untrained backbone is named "LPIPS (VGG, untrained backbone)" everywhere.
+    lpips_backbone: Literal["auto", "pretrained", "untrained"] = "auto"
+    kid_subsets: int = 100  # KID: mean over this many random subsets (torchmetrics / clean-fid protocol)...
+    kid_subset_size: int = 1000  # ...of this many images per side (capped at the smaller set)
     bootstrap: int = 1000  # resamples over taxa for confidence intervals
+    bootstrap_set_metrics: int = 200  # resamples for pooled FD / KID CIs (each recomputes covariances / kernels)
     confidence: float = 0.95
+    seed: int = 0  # bootstrap resamples, KID subsets, LPIPS real subsets, the untrained LPIPS backbone
     batch_size: int = 64
+    device: str = "auto"  # auto: the accelerate process's device (CUDA when present)
+    synthclip: SynthClipConfig = field(default_factory=SynthClipConfig)
+
+    def validate(self, where: str) -> None:
+        from taxabench.metrics.registry import EXTRACTORS, METRICS
+
+        for index, name in enumerate(self.metrics):
+            _registered(METRICS, name, f"{where}.metrics[{index}]")
+        for key in ("fd_extractor", "clip_model"):
+            _registered(EXTRACTORS, getattr(self, key), f"{where}.{key}")
+        for name in self.weights:
+            if name not in EXTRACTORS:
+                raise ConfigError(f"{where}.weights: unknown extractor {name!r}; extractors: "
+                                  f"{', '.join(EXTRACTORS.names())}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"{where}.confidence: must be in (0, 1), got {self.confidence}")
+        for key in ("bootstrap", "bootstrap_set_metrics", "kid_subsets", "kid_subset_size", "batch_size",
+                    "lpips_max_real"):
+            _positive(getattr(self, key), f"{where}.{key}")
 
 
 @dataclass
@@ -380,6 +424,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} ({value!r})")
         return value
     raise TypeError(f"unsupported config type {hint!r} at {where}")
+
+
+def _registered(registry: Any, name: str, where: str) -> None:
+    try:
+        registry.get(name)
+    except TaxabenchError as error:
+        raise ConfigError(f"{where}: {error}") from error
 
 
 def _positive(value: int, where: str) -> None:

@@ -87,8 +87,13 @@ def folder_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_weights(spec: WeightsSpec, explicit: str | os.PathLike[str] | None = None) -> ResolvedWeights:
-    """Find `spec`'s weights in the order of the module docstring, or fail fast saying how to provide them."""
+def resolve_weights(
+    spec: WeightsSpec, explicit: str | os.PathLike[str] | None = None, download: bool = True
+) -> ResolvedWeights:
+    """Find `spec`'s weights in the order of the module docstring, or fail fast saying how to provide them.
+
+    `download=False` stops after the cache (for reports of what is available without touching the network).
+    """
     if explicit is not None:
         return _checked(spec, Path(explicit), "explicit")
     if os.environ.get(spec.env_var):
@@ -96,6 +101,8 @@ def resolve_weights(spec: WeightsSpec, explicit: str | os.PathLike[str] | None =
     cached = _from_cache(spec)
     if cached is not None:
         return _checked(spec, cached, "cache")
+    if not download:
+        raise WeightsNotFoundError(_how_to_provide(spec, "not in any local cache"))
     if not is_offline():
         return _checked(spec, _download(spec), "download")
     raise WeightsNotFoundError(_how_to_provide(spec, "the machine is offline"))

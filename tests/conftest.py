@@ -87,3 +87,39 @@ def tiny_backbone(tiny_world: Path, tiny_data, tmp_path_factory: pytest.TempPath
 
     config = experiment(tiny_world, tmp_path_factory.mktemp("runs"))
     return ensure_tiny_backbone(tiny_data, config.data, config.backbone.tiny, show_progress=False)
+
+
+def fabricate_samples(run_dir: Path, method: str, data, taxa, per_taxon: int = 4, split: str = "train",
+                      relabel: dict | None = None) -> Path:
+    """A sample folder in the evaluator's contract made of real images: up to `per_taxon` images of each taxon from
+    `split`, filed under `relabel.get(taxon, taxon)` (to fabricate wrongly labelled samples)."""
+    import shutil
+
+    from taxabench.metrics.samples import METADATA_FILE, samples_folder, write_metadata_line
+
+    folder = samples_folder(run_dir, method)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / METADATA_FILE, "w") as handle:
+        for taxon in taxa:
+            label = (relabel or {}).get(taxon, taxon)
+            for index, record in enumerate(data.records_of(taxon, split)[:per_taxon]):
+                target = folder / label.slug / f"{index:04d}.png"
+                target.parent.mkdir(exist_ok=True)
+                shutil.copyfile(record.image, target)
+                write_metadata_line(handle, target, folder, label, seed=index, method=method)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def random_clip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained synthclip-tiny model as an open_clip local-dir folder: the loading path, without training."""
+    import open_clip
+    import torch
+
+    from taxabench.metrics.synthclip import ARCHITECTURE, register_architecture, save_open_clip_folder
+
+    register_architecture()
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("clip") / "random-synthclip"
+    save_open_clip_folder(open_clip.create_model(ARCHITECTURE), folder)
+    return folder

@@ -1,0 +1,305 @@
+"""`evaluate(config, method, run_dir)`: one method's generated samples against the real images, every metric.
+
+Reads `runs/<name>/samples/<method>/` (contract: `taxabench.metrics.samples`), computes the metrics listed in
+`eval.metrics`, and writes
+
+- `runs/<name>/metrics/<method>.json`: every measurement with its N, CI, extractor, weights identity, protocol,
+  per-taxon values for the rank scopes, and the warnings;
+- `runs/<name>/metrics/all.csv`: the method's rows, replacing any earlier rows of the same method. This file is the
+  single source of the report tables. Columns (`CSV_COLUMNS`, in this order):
+
+  ===================  =====================================================================================
+  method               the method name (sample folder name)
+  metric               quantity key: fd, kid, lpips, lpips_diversity, clip_score, top1, top5
+  name                 display name naming the extractor: FID / FD (synthclip), KID (...), LPIPS (VGG) or
+                       LPIPS (VGG, untrained backbone), BioCLIP score / CLIP score (synthclip),
+                       top-1 accuracy (synthclip) ...
+  scope                overall | rare | common | a rank (class, order, ..., species); see
+                       `taxabench.metrics.aggregate` for what each scope computes
+  value                the number: accuracies in percent, CLIP scores as cosine x 100, LPIPS in [0, 1], FD / KID
+                       raw; NaN when no taxon had enough images (see the JSON's skipped_taxa)
+  ci_low, ci_high      bootstrap interval over taxa at `eval.confidence` (percentile, re-centred on the value;
+                       `taxabench.metrics.aggregate.Resampling`)
+  n_real               real images behind the number (0 for metrics that use none)
+  n_generated          generated images behind the number
+  n_taxa               taxa behind the number (evaluated taxa for pooled scopes, taxa of the rank otherwise)
+  extractor            registry name of the feature extractor / model
+  weights              weights identity, e.g. synthclip@sha256:0123abcd4567 (built)
+  higher_is_better     True / False
+  protocol             the named choices that change the number, `key=value;...`: images (resize mode and size),
+                       input (the extractor's resize and normalisation), feature, and metric settings
+  ===================  =====================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from taxabench import __version__
+from taxabench.config import ExperimentConfig
+from taxabench.data import TaxaData, load_dataset
+from taxabench.errors import TaxabenchError
+from taxabench.metrics.aggregate import Resampling
+from taxabench.metrics.cache import atomic_write_bytes, load_features, save_features
+from taxabench.metrics.extractor_base import FeatureExtractor
+from taxabench.metrics.features import (
+    ImageSet,
+    extract_features,
+    generated_images,
+    real_images,
+    resolve_device,
+)
+from taxabench.metrics.metric_base import Measurement
+from taxabench.metrics.samples import read_samples, samples_folder
+from taxabench.metrics.scopes import SCOPE_OVERALL, EvalSets
+
+KEY_METHOD = "method"
+KEY_METRIC = "metric"
+KEY_NAME = "name"
+KEY_SCOPE = "scope"
+KEY_VALUE = "value"
+KEY_CI_LOW = "ci_low"
+KEY_CI_HIGH = "ci_high"
+KEY_N_REAL = "n_real"
+KEY_N_GENERATED = "n_generated"
+KEY_N_TAXA = "n_taxa"
+KEY_EXTRACTOR = "extractor"
+KEY_WEIGHTS = "weights"
+KEY_HIGHER_IS_BETTER = "higher_is_better"
+KEY_PROTOCOL = "protocol"
+CSV_COLUMNS = (KEY_METHOD, KEY_METRIC, KEY_NAME, KEY_SCOPE, KEY_VALUE, KEY_CI_LOW, KEY_CI_HIGH, KEY_N_REAL,
+               KEY_N_GENERATED, KEY_N_TAXA, KEY_EXTRACTOR, KEY_WEIGHTS, KEY_HIGHER_IS_BETTER, KEY_PROTOCOL)
+
+FD_MIN_IMAGES = 2000  # below this many images on a side, FD is strongly biased upwards (warned, not refused)
+
+
+class SmallSampleWarning(UserWarning):
+    """A set metric computed on fewer images than its usual minimum: comparable only at equal N."""
+
+
+@dataclass
+class EvalResult:
+    method: str
+    measurements: list[Measurement]
+    json_path: Path
+    csv_path: Path
+    warnings: list[str]
+
+    def headline(self) -> list[Measurement]:
+        return [m for m in self.measurements if m.scope.scope == SCOPE_OVERALL]
+
+
+@dataclass
+class EvalContext:
+    """What a metric may use: the config, the data, who is compared with whom, and cached features."""
+
+    config: ExperimentConfig
+    data: TaxaData
+    sets: EvalSets
+    show_progress: bool = True
+    _extractors: dict[str, FeatureExtractor] = field(default_factory=dict)
+    _features: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
+    _text: dict[tuple[str, tuple[str, ...]], np.ndarray] = field(default_factory=dict)
+
+    @property
+    def device(self):
+        """Where extractors run and set metrics (FD, KID) compute: `eval.device`."""
+        return resolve_device(self.config.eval.device)
+
+    @property
+    def resampling(self) -> Resampling:
+        return Resampling(self.config.eval.bootstrap, self.config.eval.confidence, self.config.eval.seed)
+
+    @property
+    def pooled_resampling(self) -> Resampling:
+        return Resampling(self.config.eval.bootstrap_set_metrics, self.config.eval.confidence, self.config.eval.seed)
+
+    @property
+    def real_images(self) -> ImageSet:
+        return real_images(self.sets.real, self.config.data)
+
+    @property
+    def generated_images(self) -> ImageSet:
+        return generated_images([img.path for img in self.sets.generated.images], self.config.data)
+
+    def extractor(self, name: str) -> FeatureExtractor:
+        """The extractor `name`, loaded once, on the evaluation device (weights resolved or built on first use)."""
+        if name not in self._extractors:
+            from accelerate import PartialState
+
+            from taxabench.metrics.registry import EXTRACTORS
+
+            cls = EXTRACTORS.get(name)
+            with PartialState().main_process_first():  # one process builds or downloads, the others read it
+                extractor = cls.load(self.config)
+            self._extractors[name] = extractor.to(self.device)
+        return self._extractors[name]
+
+    def features(self, name: str, side: str) -> dict[str, np.ndarray]:
+        """Features of the real (`side="real"`) or generated images, rows aligned with `sets.real` / generated.
+
+        Real features are cached for the whole evaluation split, generated ones per sample folder manifest.
+        """
+        if (name, side) in self._features:
+            return self._features[(name, side)]
+        extractor = self.extractor(name)
+        settings = {"extractor": name, "weights": extractor.identity, "protocol": extractor.protocol,
+                    "image_size": self.config.data.image_size, "resize": self.config.data.resize,
+                    "use_bbox": self.config.data.use_bbox}
+        if side == "real":
+            fields = {**settings, "data": self.data.fingerprint(), "split": self.config.data.eval_split}
+            split = real_images(self.data.eval, self.config.data)
+            features = self._cached("real", fields, split, f"{name}: real images")
+            features = {k: v[self.sets.real_rows] for k, v in features.items()}
+        else:
+            fields = {**settings, "samples": self.sets.generated.manifest}
+            features = self._cached("generated", fields, self.generated_images, f"{name}: generated images")
+        self._features[(name, side)] = features
+        return features
+
+    def text_embeddings(self, name: str, captions: list[str]) -> np.ndarray:
+        """L2-normalised text embeddings of `captions` by the text-image model `name` (kept in memory)."""
+        import torch
+
+        from taxabench.metrics.extractor_base import TextImageExtractor
+
+        key = (name, tuple(captions))
+        if key not in self._text:
+            model = self.extractor(name)
+            if not isinstance(model, TextImageExtractor):
+                raise TaxabenchError(f"eval.clip_model: '{name}' has no text encoder; use a CLIP-style extractor "
+                                     "such as synthclip or bioclip")
+            with torch.no_grad():
+                chunks = [model.encode_text(captions[i:i + 256]).float().cpu().numpy()
+                          for i in range(0, len(captions), 256)]
+            self._text[key] = np.concatenate(chunks)
+        return self._text[key]
+
+    def image_protocol(self, name: str) -> dict[str, Any]:
+        data = self.config.data
+        return {"images": f"{data.resize}@{data.image_size}" + (",bbox" if data.use_bbox else ""),
+                "input": self.extractor(name).protocol}
+
+    def _cached(self, kind: str, fields: dict, images: ImageSet, label: str) -> dict[str, np.ndarray]:
+        cached = load_features(kind, fields, len(images))
+        if cached is not None:
+            return cached
+        features = extract_features(self.extractor(fields["extractor"]), images, self.config.eval.batch_size, label,
+                                    self.show_progress)
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            save_features(kind, fields, features)
+        return features
+
+
+def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None = None,
+             show_progress: bool = True) -> EvalResult:
+    """Evaluate `method`'s samples in `run_dir` (default: the config's run folder); write its JSON and CSV rows.
+
+    Raises `SamplesError` for a sample folder that breaks the contract, `WeightsNotFoundError` when an
+    extractor's weights cannot be resolved offline, `TaxabenchError` for unknown metric or extractor names.
+    """
+    from taxabench.metrics.registry import METRICS
+
+    run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+    metrics = [METRICS.get(name)() for name in config.eval.metrics]  # unknown names fail before any work
+    data = load_dataset(config.data)
+    samples = read_samples(samples_folder(run_dir, method), method, data.taxonomy)
+    context = EvalContext(config, data, EvalSets.build(data, samples), show_progress)
+
+    measurements: list[Measurement] = []
+    for metric in metrics:
+        measurements += metric.compute(context)
+    notes = _small_sample_warnings(measurements)
+    for note in notes:
+        warnings.warn(note, SmallSampleWarning, stacklevel=2)
+
+    out = run_dir / "metrics"
+    json_path, csv_path = out / f"{method}.json", out / "all.csv"
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        report = _json_report(method, config, data, context, measurements, notes)
+        atomic_write_bytes(json_path, json.dumps(report, indent=2, allow_nan=False).encode())
+        write_csv_rows(csv_path, method, measurements)
+    return EvalResult(method, measurements, json_path, csv_path, notes)
+
+
+def csv_rows(method: str, measurements: list[Measurement]) -> list[dict[str, Any]]:
+    return [
+        {KEY_METHOD: method, KEY_METRIC: m.metric, KEY_NAME: m.name, KEY_SCOPE: m.scope.scope,
+         KEY_VALUE: m.scope.value, KEY_CI_LOW: m.scope.ci_low, KEY_CI_HIGH: m.scope.ci_high,
+         KEY_N_REAL: m.scope.n_real, KEY_N_GENERATED: m.scope.n_generated, KEY_N_TAXA: m.scope.n_taxa,
+         KEY_EXTRACTOR: m.extractor, KEY_WEIGHTS: m.weights, KEY_HIGHER_IS_BETTER: m.higher_is_better,
+         KEY_PROTOCOL: m.protocol_string()}
+        for m in measurements
+    ]
+
+
+def write_csv_rows(path: Path, method: str, measurements: list[Measurement]) -> None:
+    """Replace `method`'s rows of `all.csv` (other methods' rows are kept in their order)."""
+    import pandas as pd
+
+    new = pd.DataFrame(csv_rows(method, measurements), columns=list(CSV_COLUMNS))
+    if path.is_file():
+        old = pd.read_csv(path)
+        if list(old.columns) != list(CSV_COLUMNS):
+            raise TaxabenchError(f"{path} has columns {list(old.columns)}, expected {list(CSV_COLUMNS)}; "
+                                 "move it away and re-evaluate every method")
+        new = pd.concat([old[old[KEY_METHOD] != method], new], ignore_index=True)
+    atomic_write_bytes(path, new.to_csv(index=False).encode())
+
+
+def _small_sample_warnings(measurements: list[Measurement]) -> list[str]:
+    notes = []
+    for m in measurements:
+        if m.metric == "fd" and m.scope.scope == SCOPE_OVERALL:
+            smallest = min(m.scope.n_real, m.scope.n_generated)
+            if smallest < FD_MIN_IMAGES:
+                notes.append(
+                    f"{m.name}: {m.scope.n_real} real and {m.scope.n_generated} generated images, fewer than "
+                    f"{FD_MIN_IMAGES:,} on a side; the value is biased upwards and comparable only between methods "
+                    "evaluated with the same numbers of images"
+                )
+    return notes
+
+
+def _json_report(method: str, config: ExperimentConfig, data: TaxaData, context: EvalContext,
+                 measurements: list[Measurement], notes: list[str]) -> dict[str, Any]:
+    sets = context.sets
+    return {
+        "method": method,
+        "taxabench_version": __version__,
+        "config_fingerprint": config.fingerprint("data", "eval"),
+        "data": {"dataset": data.dataset, "fingerprint": data.fingerprint(), "eval_split": config.data.eval_split,
+                 "image_size": config.data.image_size, "resize": config.data.resize, "rank": sets.rank,
+                 "taxa": len(sets.units), "real_images": len(sets.real),
+                 "rare_threshold": data.rare_threshold},
+        "samples": {"folder": str(sets.generated.folder), "manifest": sets.generated.manifest,
+                    "images": len(sets.generated.images)},
+        "extractors": {name: {"weights": e.identity, "protocol": e.protocol,
+                              "build": getattr(e, "build_report", None)} for name, e in context._extractors.items()},
+        "eval": {"bootstrap": config.eval.bootstrap, "bootstrap_set_metrics": config.eval.bootstrap_set_metrics,
+                 "confidence": config.eval.confidence, "seed": config.eval.seed,
+                 "ci_method": "percentile bootstrap over taxa, re-centred on the estimate"},
+        "warnings": notes,
+        "measurements": [
+            {**{k: _finite(v) for k, v in row.items() if k != KEY_METHOD}, "protocol": m.protocol,
+             "n_bootstrap": m.scope.n_bootstrap,
+             "per_taxon": {k: _finite(v) for k, v in m.scope.per_taxon.items()} if m.scope.per_taxon else None,
+             "skipped_taxa": m.scope.skipped_taxa}
+            for row, m in zip(csv_rows(method, measurements), measurements)
+        ],
+    }
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value

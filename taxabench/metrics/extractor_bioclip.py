@@ -1,0 +1,47 @@
+"""`bioclip` and `bioclip-2`: the Imageomics tree-of-life CLIP models, resolved offline-first.
+
+BioCLIP (Stevens et al., CVPR 2024) is open_clip's `ViT-B-16` architecture trained on TreeOfLife-10M with
+taxonomic captions ("a photo of Animalia Chordata ... Abudefduf saxatilis."): the model behind the paper's
+"BioCLIP score". BioCLIP-2 (ViT-L-14) is its successor. Both come from the Hugging Face hub as open_clip folders
+(MIT licence); `eval.weights: {bioclip: /path}` or `local-dir:/path` names a local copy.
+"""
+
+from __future__ import annotations
+
+from taxabench.metrics.extractor_open_clip import OpenClipExtractor
+from taxabench.weights import WeightsSpec, resolve_weights
+
+BIOCLIP_WEIGHTS = WeightsSpec(
+    name="bioclip",
+    description="BioCLIP (open_clip ViT-B-16, imageomics/bioclip on the Hugging Face hub, MIT licence, ~600 MB)",
+    hf_repo="imageomics/bioclip",
+    hf_files=("open_clip_config.json",),
+)
+BIOCLIP_2_WEIGHTS = WeightsSpec(
+    name="bioclip-2",
+    description="BioCLIP-2 (open_clip ViT-L-14, imageomics/bioclip-2 on the Hugging Face hub, MIT licence, ~1.7 GB)",
+    hf_repo="imageomics/bioclip-2",
+    hf_files=("open_clip_config.json",),
+)
+
+
+def explicit_folder(value: str | None) -> str | None:
+    """`eval.weights` entries may be written as open_clip names them: `local-dir:/path`."""
+    return value.removeprefix("local-dir:") if value else None
+
+
+class BioClipExtractor(OpenClipExtractor):
+    name = "bioclip"
+    description = "BioCLIP image embedding (ViT-B-16, 512-d) and text encoder: BioCLIP score, taxonomic accuracy."
+    weights_specs = (BIOCLIP_WEIGHTS,)
+
+    @classmethod
+    def load(cls, config) -> BioClipExtractor:
+        spec = cls.weights_specs[0]
+        return cls(resolve_weights(spec, explicit_folder(config.eval.weights.get(cls.name))))
+
+
+class BioClip2Extractor(BioClipExtractor):
+    name = "bioclip-2"
+    description = "BioCLIP-2 image embedding (ViT-L-14, 768-d) and text encoder."
+    weights_specs = (BIOCLIP_2_WEIGHTS,)

@@ -1,0 +1,43 @@
+"""`clip_score`: the BioCLIP score of the paper, cosine(image, caption) x 100 averaged over generated images.
+
+The caption is BioCLIP's taxonomic string, "a photo of Animalia Chordata ... Abudefduf saxatilis."
+(`taxonomy.bioclip_caption`). Overall, each image is scored against its own taxon's caption. At rank r, each image
+is scored against the caption of its taxon at rank r (the lineage cut after r), averaged per taxon of rank r, then
+over those taxa: "is this image aligned with its genus?". No clipping at 0 (unlike Hessel et al.'s CLIPScore).
+Named "BioCLIP score" with the BioCLIP weights, "CLIP score (<extractor>)" otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from taxabench.metrics.aggregate import summarise_per_image
+from taxabench.metrics.metric_base import Measurement, Metric
+from taxabench.taxonomy import bioclip_caption
+
+DISPLAY_NAMES = {"bioclip": "BioCLIP score", "bioclip-2": "BioCLIP-2 score"}
+
+
+def caption_scores(image_embeddings: np.ndarray, caption_embeddings: np.ndarray, caption_of_image: np.ndarray) -> np.ndarray:
+    """cosine x 100 of each image with its caption (both L2-normalised)."""
+    return 100.0 * np.einsum("ij,ij->i", image_embeddings, caption_embeddings[caption_of_image])
+
+
+class ClipScore(Metric):
+    key = "clip_score"
+    description = "cosine(image, BioCLIP-format caption) x 100 with eval.clip_model (the paper's BioCLIP score)."
+
+    def compute(self, context) -> list[Measurement]:
+        model_name = context.config.eval.clip_model
+        model = context.extractor(model_name)
+        images = context.features(model_name, "generated")[model.feature_for(self.key)]
+        sets = context.sets
+        values_by_rank = {}
+        for rank in sets.ranks:
+            taxa, taxon_of_image = sets.gen_taxa(rank)
+            captions = context.text_embeddings(model_name, [bioclip_caption(t.ranks, t.lineage) for t in taxa])
+            values_by_rank[rank] = caption_scores(images, captions, taxon_of_image)
+        name = DISPLAY_NAMES.get(model_name, f"CLIP score ({model_name})")
+        protocol = {**context.image_protocol(model_name), "caption": "bioclip-taxonomic", "scale": "cosine*100"}
+        return [Measurement(self.key, name, scope, model_name, model.identity, True, protocol)
+                for scope in summarise_per_image(values_by_rank, sets, context.resampling)]

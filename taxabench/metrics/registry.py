@@ -1,0 +1,42 @@
+"""The metric and feature-extractor registries: every built-in fits on this screen.
+
+`register_metric(name, cls)` / `register_extractor(name, cls)` add one without editing taxabench (names become
+cache-file names and config values, so they are validated by `taxabench.registry.Registry`).
+"""
+
+from __future__ import annotations
+
+from taxabench.metrics.extractor_base import FeatureExtractor
+from taxabench.metrics.metric_base import Metric
+from taxabench.registry import Registry
+
+METRICS: Registry[Metric] = Registry("metric", Metric)
+EXTRACTORS: Registry[FeatureExtractor] = Registry("feature extractor", FeatureExtractor)
+
+
+def register_metric(name: str, cls: type[Metric]) -> type[Metric]:
+    return METRICS.register(name, cls)
+
+
+def register_extractor(name: str, cls: type[FeatureExtractor]) -> type[FeatureExtractor]:
+    return EXTRACTORS.register(name, cls)
+
+
+def _register_builtins() -> None:
+    from taxabench.metrics.extractor_bioclip import BioClip2Extractor, BioClipExtractor
+    from taxabench.metrics.extractor_inception import InceptionExtractor
+    from taxabench.metrics.extractor_lpips_vgg import LpipsVggExtractor
+    from taxabench.metrics.extractor_synthclip import SynthClipExtractor
+    from taxabench.metrics.metric_clip_score import ClipScore
+    from taxabench.metrics.metric_fd import FrechetDistance
+    from taxabench.metrics.metric_kid import KernelDistance
+    from taxabench.metrics.metric_lpips import Lpips
+    from taxabench.metrics.metric_taxa_accuracy import TaxaAccuracy
+
+    for metric in (FrechetDistance, KernelDistance, Lpips, ClipScore, TaxaAccuracy):
+        register_metric(metric.key, metric)
+    for extractor in (InceptionExtractor, BioClipExtractor, BioClip2Extractor, SynthClipExtractor, LpipsVggExtractor):
+        register_extractor(extractor.name, extractor)
+
+
+_register_builtins()
