@@ -290,3 +290,51 @@ def weights_build(
     console.print(f"synthclip {how}: {build.folder}")
     console.print(f"zero-shot top-1 on {build.report['eval_images']} held-out {build.report['eval_split']} images: "
                   f"{accuracy}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run, demo, report
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@app.command("run")
+def run_command(
+    config: ConfigOption,
+    force: Annotated[
+        list[str] | None,
+        typer.Option("--force", help="Redo a step and every step after it, e.g. --force train/taxadiffusion or "
+                                     "--force train (all methods). Repeatable."),
+    ] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Everything from one config: data, backbone, metric models, train, sample, eval, report.
+
+    Finished steps are skipped when their inputs are unchanged, and every step resumes where it stopped, so a
+    killed run finishes by rerunning the same command. Outputs go to <runs_dir>/<name>/.
+    """
+    from taxabench.run import run
+
+    report = run(experiment_config(config, overrides), force=force, console=console)
+    console.print(f"\n[bold green]done[/]: report at {report}")
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the run (the run is <out>/demo/).")] = Path("runs"),
+    force: Annotated[list[str] | None, typer.Option("--force", help="Redo a step (see `taxabench run`).")] = None,
+) -> None:
+    """The embedded default, offline on a CPU: SynthTaxa tiny, the tiny backbone, synthclip, three methods."""
+    from taxabench.run import demo_config, run
+
+    report = run(demo_config(out), force=force, console=console)
+    console.print(f"\n[bold green]done[/]: report at {report}")
+
+
+@app.command("report")
+def report_command(
+    run: Annotated[Path, typer.Option("--run", help="Run folder holding metrics/all.csv.")],
+) -> None:
+    """Regenerate <run>/report/README.md and its figures from metrics/all.csv (nothing is recomputed)."""
+    from taxabench.report import write_report
+
+    console.print(f"report at {write_report(run)}")

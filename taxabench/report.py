@@ -65,18 +65,19 @@ class RunFolder:
         table = pd.read_csv(csv)
         if list(table.columns) != list(CSV_COLUMNS):
             raise TaxabenchError(f"{csv}: columns {list(table.columns)} are not taxabench's ({list(CSV_COLUMNS)})")
-        warnings = {}
+        warnings, models = {}, {}
         for path in sorted((root / "metrics").glob("*.json")):
             content = json.loads(path.read_text())
             if "method" in content:
                 warnings[content["method"]] = content.get("warnings", [])
+                models.update(content.get("extractors", {}))
         return cls(
             root=root,
             table=table,
             config=_yaml(root / "config.yaml"),
             provenance=_json(root / "provenance.json"),
             steps=_json(root / "steps.json"),
-            metric_models=_json(root / "metrics" / "models.json"),
+            metric_models=models,
             warnings=warnings,
         )
 
@@ -238,14 +239,19 @@ def ablation_table(table: pd.DataFrame) -> str:
 
 
 def metric_models_section(models: dict) -> str:
+    """The extractors behind the numbers; for models taxabench built (synthclip), their own measured quality."""
     if not models:
-        return "No metric-model report in this run."
+        return "No metric-model information in this run."
     rows = []
     for name, info in models.items():
-        accuracy = info.get("accuracy", {})
-        rows.append([f"`{name}`", f"`{info.get('identity', '?')}`",
-                     ", ".join(f"{k}: {v:.1f}%" for k, v in accuracy.items()) or "—", str(info.get("images", "—"))])
-    return markdown_table(["model", "weights", "zero-shot accuracy on held-out real images", "images"], rows)
+        build = info.get("build") or {}
+        accuracy = build.get("zero_shot_top1", {})
+        quality = ", ".join(f"{rank} {value:.1f}%" for rank, value in accuracy.items())
+        if quality:
+            quality = f"zero-shot top-1 on {build.get('eval_images', '?')} held-out {build.get('eval_split', '')} images: {quality}"
+        rows.append([f"`{name}`", f"`{info.get('weights', '?')}`", f"`{info.get('protocol', '?')}`",
+                     quality or "pretrained (not measured here)"])
+    return markdown_table(["extractor", "weights", "input protocol", "quality"], rows)
 
 
 def provenance_section(run: RunFolder) -> str:

@@ -74,7 +74,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
         Step("backbone", backbone_fp, lambda: load_backbone(config, data, show_progress=show_progress),
              clean=lambda: _remove_built_backbone(config, data, resolve_backbone)),
         Step("metric-models", fingerprint("metric-models", config.eval, data_fp),
-             lambda: prepare_extractors(config, show_progress=show_progress), clean=nothing),
+             lambda: prepare_extractors(config), clean=nothing),
     ]
     train_fps = {}
     for method in config.methods:

@@ -6,10 +6,10 @@ says where every extractor's weights resolve from; `build_synthclip` trains the 
 Registries: `METRICS`, `EXTRACTORS` (`taxabench.metrics.registry`).
 """
 
-from taxabench.metrics.evaluation import CSV_COLUMNS, EvalResult, evaluate
+from taxabench.metrics.evaluation import CSV_COLUMNS, EvalResult, evaluate, prepare_extractors
 from taxabench.metrics.registry import EXTRACTORS, METRICS, register_extractor, register_metric
 from taxabench.metrics.synthclip import build_synthclip
 from taxabench.metrics.weights_table import weights_table
 
-__all__ = ["CSV_COLUMNS", "EXTRACTORS", "METRICS", "EvalResult", "build_synthclip", "evaluate",
+__all__ = ["CSV_COLUMNS", "EXTRACTORS", "METRICS", "EvalResult", "build_synthclip", "evaluate", "prepare_extractors",
            "register_extractor", "register_metric", "weights_table"]

@@ -200,6 +200,18 @@ class EvalContext:
         return features
 
 
+def prepare_extractors(config: ExperimentConfig) -> dict[str, str]:
+    """Resolve (or build) the weights of every extractor `config.eval` will use, before any method trains.
+
+    Missing pretrained weights fail here, in seconds, rather than after hours of training; synthclip is built
+    here when it is not cached. Returns extractor name -> weights identity.
+    """
+    from taxabench.metrics.registry import EXTRACTORS, METRICS
+
+    names = dict.fromkeys(name for metric in config.eval.metrics for name in METRICS.get(metric)().extractors(config))
+    return {name: EXTRACTORS.get(name).load(config).identity for name in names}
+
+
 def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None = None,
              show_progress: bool = True) -> EvalResult:
     """Evaluate `method`'s samples in `run_dir` (default: the config's run folder); write its JSON and CSV rows.

@@ -41,6 +41,10 @@ class Metric:
     key: ClassVar[str]
     description: ClassVar[str]
 
+    def extractors(self, config) -> list[str]:
+        """Registry names of the extractors this metric will ask the context for under `config`."""
+        raise NotImplementedError
+
     def compute(self, context: EvalContext) -> list[Measurement]:
         raise NotImplementedError
 
@@ -69,6 +73,9 @@ class SetMetric(Metric):
 
     def protocol(self, context: EvalContext) -> dict[str, Any]:
         return {}
+
+    def extractors(self, config) -> list[str]:
+        return [config.eval.fd_extractor]
 
     def compute(self, context: EvalContext) -> list[Measurement]:
         extractor_name = context.config.eval.fd_extractor

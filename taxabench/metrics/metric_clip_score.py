@@ -27,6 +27,9 @@ class ClipScore(Metric):
     key = "clip_score"
     description = "cosine(image, BioCLIP-format caption) x 100 with eval.clip_model (the paper's BioCLIP score)."
 
+    def extractors(self, config) -> list[str]:
+        return [config.eval.clip_model]
+
     def compute(self, context) -> list[Measurement]:
         model_name = context.config.eval.clip_model
         model = context.extractor(model_name)

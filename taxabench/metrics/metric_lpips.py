@@ -27,6 +27,9 @@ class Lpips(Metric):
     key = "lpips"
     description = "LPIPS-VGG between generated and real images of the same taxon, and among generated images."
 
+    def extractors(self, config) -> list[str]:
+        return [EXTRACTOR]
+
     def compute(self, context) -> list[Measurement]:
         settings, sets = context.config.eval, context.sets
         extractor = context.extractor(EXTRACTOR)

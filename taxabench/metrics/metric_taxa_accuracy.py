@@ -31,6 +31,9 @@ class TaxaAccuracy(Metric):
     key = "taxa_accuracy"
     description = "Zero-shot top-1 / top-5 accuracy of generated images among the taxa of each rank (eval.clip_model)."
 
+    def extractors(self, config) -> list[str]:
+        return [config.eval.clip_model]
+
     def compute(self, context) -> list[Measurement]:
         model_name = context.config.eval.clip_model
         model = context.extractor(model_name)
