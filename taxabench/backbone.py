@@ -308,11 +308,12 @@ def build_tiny_backbone(
 
     # 4. UNet, pre-trained as text-to-image down to the caption rank
     torch.manual_seed(tiny.seed + 2)
-    n_unet = len(tiny.unet_channels)
+    attention = tiny.unet_attention
     unet = UNet2DConditionModel(
         sample_size=image_size // down, in_channels=tiny.latent_channels, out_channels=tiny.latent_channels,
         layers_per_block=1, block_out_channels=tuple(tiny.unet_channels),
-        down_block_types=("CrossAttnDownBlock2D",) * n_unet, up_block_types=("CrossAttnUpBlock2D",) * n_unet,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
         cross_attention_dim=tiny.text_width, attention_head_dim=8, norm_num_groups=8,
     )
     scheduler = PNDMScheduler(**SD15_SCHEDULER)

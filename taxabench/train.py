@@ -370,18 +370,19 @@ class LatentCache:
 
 
 class TextCache:
-    """Frozen text-encoder embeddings per unique string (`cache=True`), or encoded every time (`cache=False`)."""
+    """Frozen text-encoder embeddings per unique string (`cache=True`), or encoded every time (`cache=False`),
+    returned in `dtype` (training: float32, what the trainable condition modules compute in)."""
 
-    def __init__(self, backbone, cache: bool):
-        self.backbone, self.cache = backbone, cache
+    def __init__(self, backbone, cache: bool, dtype: torch.dtype = torch.float32):
+        self.backbone, self.cache, self.dtype = backbone, cache, dtype
         self.stored: dict[str, torch.Tensor] = {}
 
     def __call__(self, strings: list[str]) -> torch.Tensor:
         if not self.cache:
-            return self.backbone.encode_text(strings).float()
+            return self.backbone.encode_text(strings).to(self.dtype)
         missing = sorted(set(strings) - set(self.stored))
         if missing:
-            self.stored.update(zip(missing, self.backbone.encode_text(missing).float()))
+            self.stored.update(zip(missing, self.backbone.encode_text(missing).to(self.dtype)))
         return torch.stack([self.stored[s] for s in strings])
 
 
