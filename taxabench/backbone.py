@@ -34,7 +34,7 @@ from taxabench.config import DataConfig, ExperimentConfig, TinyBackbone, taxaben
 from taxabench.errors import ConfigError, TaxabenchError
 from taxabench.taxonomy import bioclip_caption
 
-TINY_FORMAT_VERSION = 1  # bump when the tiny build changes: cached tiny backbones of another version are rebuilt
+TINY_FORMAT_VERSION = 2  # bump when the tiny build changes: cached tiny backbones of another version are rebuilt
 SD_COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 SD_BACKBONE_WEIGHTS = "sd-backbone"  # weights-spec name: $TAXABENCH_SD_BACKBONE_WEIGHTS points at a folder
 
@@ -47,6 +47,9 @@ SD15_SCHEDULER = {
     "set_alpha_to_one": False,
     "skip_prk_steps": True,
     "steps_offset": 1,
+    # the predicted clean latent is not clipped to [-1, 1]: latents are not images (samplers derived from this
+    # config inherit it; DDIM's own default would clip and ruin every sample)
+    "clip_sample": False,
 }
 
 
@@ -316,7 +319,7 @@ def build_tiny_backbone(
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
         cross_attention_dim=tiny.text_width, attention_head_dim=8, norm_num_groups=8,
     )
-    scheduler = PNDMScheduler(**SD15_SCHEDULER)
+    scheduler = PNDMScheduler.from_config(SD15_SCHEDULER)  # from_config keeps clip_sample, as SD 1.5's file has it
     depth = data.ranks.index(tiny.caption_rank) + 1
     captions = [bioclip_caption(data.ranks[:depth], r.labels[:depth]) for r in records]
     unet_report = _pretrain_unet(

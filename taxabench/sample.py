@@ -38,11 +38,12 @@ from diffusers.utils import BaseOutput
 
 from taxabench.config import ExperimentConfig, SampleConfig
 from taxabench.errors import TaxabenchError
-from taxabench.methods import Method, Stage
+from taxabench.methods import GUIDANCE_KINDS, Method, Stage
+from taxabench.methods.base import move_inputs
 from taxabench.progress import progress_bar
 from taxabench.seeds import derive_seed
 from taxabench.taxonomy import Taxon, Taxonomy
-from taxabench.train import TextCache, _to_device, cpu_only, load_checkpoint, method_dir
+from taxabench.train import TextCache, cpu_only, load_checkpoint, method_dir
 
 SCHEDULERS = ("ddim", "pndm", "dpm++", "euler")
 METADATA = "metadata.jsonl"
@@ -165,7 +166,7 @@ class TaxonomyPipeline(DiffusionPipeline):
             raise TaxabenchError(
                 f"`height` and `width` have to be divisible by {self.vae_scale_factor} but are {height} and {width}"
             )
-        if guidance not in ("default", *("taxonomy", "cfg", "none")):
+        if guidance not in ("default", *GUIDANCE_KINDS):
             raise TaxabenchError(f"`guidance` must be default, taxonomy, cfg or none, got {guidance!r}")
         return self.method.check_guidance(guidance)
 
@@ -186,12 +187,12 @@ class TaxonomyPipeline(DiffusionPipeline):
         text = TextCache(self.method.backbone, cache=True, dtype=dtype)
         device = self._execution_device
         positive = self.method.encoder_hidden_states(
-            _to_device(self.method.condition_inputs(labels, self.stage, text), device), self.stage
+            move_inputs(self.method.condition_inputs(labels, self.stage, text), device), self.stage
         )
         if guidance == "none":
             return positive, None
         negative = self.method.encoder_hidden_states(
-            _to_device(self.method.negative_inputs(guidance, labels, self.stage, text), device), self.stage
+            move_inputs(self.method.negative_inputs(guidance, labels, self.stage, text), device), self.stage
         )
         return positive, negative
 
@@ -231,7 +232,7 @@ class TaxonomyPipeline(DiffusionPipeline):
                 paper's w = s − 1 (the authors' sampler uses 9).
             num_inference_steps (`int`, *optional*, defaults to 25): denoising steps.
             height, width (`int`, *optional*): image size; default the UNet's sample size × the VAE factor.
-            output_type (`str`, *optional*, defaults to `"pil"`): `pil` or `np`.
+            output_type (`str`, *optional*, defaults to `"pil"`): `pil`, `np`, `pt` or `latent` (not decoded).
             return_dict (`bool`, *optional*, defaults to `True`): a `TaxonomyPipelineOutput` or a tuple.
         """
         height = height or self.unet.config.sample_size * self.vae_scale_factor
@@ -270,8 +271,11 @@ class TaxonomyPipeline(DiffusionPipeline):
             latents = self.scheduler.step(noise_pred, t, latents).prev_sample
 
         # 7. Decode
-        images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        images = self.image_processor.postprocess(images.float(), output_type=output_type)
+        if output_type == "latent":
+            images = latents
+        else:
+            images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+            images = self.image_processor.postprocess(images.float(), output_type=output_type)
         ids = [t.id for t in resolved]
         if not return_dict:
             return images, ids, list(seeds)

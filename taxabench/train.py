@@ -45,6 +45,7 @@ from taxabench import __version__
 from taxabench.config import ExperimentConfig
 from taxabench.errors import TaxabenchError
 from taxabench.methods import Method, Stage, TrainingDraws, build_method, get_method
+from taxabench.methods.base import move_inputs
 from taxabench.progress import progress_bar
 from taxabench.seeds import derive_seed, generator
 
@@ -111,11 +112,10 @@ def train_method(
 
     for stage in stages:
         final = root / stage.name
-        if (final / STAGE_FILE).is_file():
-            method.load(final)
-            continue
-        _train_stage(config, method, stage, data, backbone, root, show_progress and state.is_main_process)
-        if state.is_main_process:
+        if not (final / STAGE_FILE).is_file():
+            _train_stage(config, method, stage, data, backbone, root, show_progress and state.is_main_process)
+        method.load(final)  # every process continues from exactly what was saved
+        if state.is_main_process and stage.name not in manifest["completed"]:
             manifest["completed"].append(stage.name)
             _write_json(root / MANIFEST, manifest)
         state.wait_for_everyone()
@@ -426,6 +426,8 @@ class EMA:
 def _mixed_precision(setting: str, device: torch.device) -> str:
     if setting == "auto":
         return "bf16" if device.type == "cuda" else "no"
+    if setting == "fp16" and device.type != "cuda":
+        raise TaxabenchError("train.mixed_precision: fp16 needs a CUDA device; use bf16 or no (or auto) on CPU")
     return setting
 
 
@@ -545,7 +547,7 @@ def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Pat
                     else:
                         target = noise
                     labels = [data.train[i].labels for i in indices]
-                    inputs = _to_device(method.condition_inputs(labels, stage, text, draws), device)
+                    inputs = move_inputs(method.condition_inputs(labels, stage, text, draws), device)
                     prediction = model(noisy, timesteps, inputs)
                     loss = F.mse_loss(prediction.float(), target.float())
                     accelerator.backward(loss)
@@ -598,10 +600,6 @@ def _default_device() -> torch.device:
     from accelerate import PartialState
 
     return PartialState(cpu=cpu_only()).device
-
-
-def _to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 def _resume(accelerator, state_dir: Path) -> int:

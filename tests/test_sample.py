@@ -22,7 +22,7 @@ def trained_run(tiny_world, tiny_data, tiny_backbone, tmp_path_factory):
     """A run with taxadiffusion (5 stages), sd-lora and flat-ldm trained for a step or two."""
     runs = tmp_path_factory.mktemp("sample-runs")
     config = experiment(tiny_world, runs, train={"steps_per_stage": 2})
-    for name in ("taxadiffusion", "sd-lora", "flat-ldm"):
+    for name in ("taxadiffusion", "sd-lora", "flat-ldm", "sd-zeroshot"):
         train_method(config, name, data=tiny_data, show_progress=False)
     return config
 
@@ -121,6 +121,30 @@ def test_taxonomy_guidance_negative_is_the_top_rank_condition(trained_run):
     assert torch.allclose(seen[0][0], expected[0], atol=1e-6) and torch.allclose(seen[0][1], positive[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("scheduler", ["ddim", "pndm", "dpm++", "euler"])
+def test_sampler_recovers_the_latent_an_oracle_denoiser_points_to(trained_run, scheduler):
+    """With ε(x_t, t) = (x_t − √ᾱ_t·z)/√(1−ᾱ_t), exact for the target z, every sampler must end at z — also where
+    |z| > 1 (a sampler that clips its x0 estimate to [-1, 1], DDIM's default, fails this)."""
+    trained = load_trained(trained_run.run_dir, "sd-lora")
+    pipeline = TaxonomyPipeline.from_trained(trained, scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.to(dtype=torch.float64)
+    target = 1.5 * torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    alphas = pipeline.scheduler.alphas_cumprod.to(torch.float64)
+
+    def oracle(sample, t, encoder_hidden_states=None, **kwargs):
+        a = alphas[int(t)]
+        # every scheduler hands the UNet x_t (Euler's scale_model_input maps its x/√ᾱ_t back to x_t)
+        return type("Out", (), {"sample": (sample - a**0.5 * target) / (1 - a) ** 0.5})()
+
+    pipeline.unet.forward = oracle
+    latents = pipeline(["bubuii"], num_images_per_taxon=2, guidance="none", num_inference_steps=20,
+                       output_type="latent").images
+    error = (latents - target).abs()
+    # SD's schedule stops at ᾱ = 0.99915, not 1 (set_alpha_to_one=False): a trace of noise (~0.03·ε) remains
+    assert error.max() < 0.2 and error.mean() < 0.05, (error.max(), error.mean())
+
+
 def test_pipeline_from_pretrained_outside_the_benchmark(trained_run):
     folder = method_dir(trained_run.run_dir, "taxadiffusion")
     pipeline = TaxaDiffusionPipeline.from_pretrained(folder)
@@ -154,6 +178,21 @@ def test_sampling_errors(trained_run, tmp_path):
     sample_into(trained_run, tmp_path / "changed", taxa=["bubuii"], images_per_taxon=1)
     with pytest.raises(TaxabenchError, match=r"other settings \(guidance_scale: 9.0 -> 4.0\)"):
         sample_into(trained_run, tmp_path / "changed", taxa=["bubuii"], images_per_taxon=1, guidance_scale=4.0)
+
+
+def test_any_rank_and_an_untrained_method(trained_run, tmp_path):
+    genera, _ = sample_into(trained_run, tmp_path / "genus", taxa=["Umstazoum", "Vearria"], rank="genus",
+                            images_per_taxon=1, batch_size=2)
+    lines = [json.loads(line) for line in (genera / "metadata.jsonl").read_text().splitlines()]
+    assert [entry["rank"] for entry in lines] == ["genus", "genus"]
+    assert sorted(p.parent.name for p in genera.glob("*/0000.png")) == sorted(
+        entry["path"].split("/")[0] for entry in lines)
+    zeroshot, _ = sample_into(trained_run, tmp_path / "zeroshot", method="sd-zeroshot", taxa=["bubuii"],
+                              images_per_taxon=1)
+    entry = json.loads((zeroshot / "metadata.jsonl").read_text())
+    assert entry["guidance"] == "cfg" and entry["stage"] is None
+    with pytest.raises(TaxabenchError, match="sample.rank: 'kingdom' is not a rank"):
+        sample_into(trained_run, tmp_path / "kingdom", rank="kingdom", taxa=[])
 
 
 def test_every_scheduler_and_guidance_runs(trained_run):
