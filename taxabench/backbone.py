@@ -444,8 +444,9 @@ def _pretrain_unet(unet, vae, text_encoder, tokenizer, scheduler, images, captio
     caption_index = torch.tensor([unique.index(c) for c in captions])
     table = torch.stack([embeddings[c] for c in unique])
     empty = len(unique) - 1
+    alphas_cumprod = noise_scheduler.alphas_cumprod
     optimizer = torch.optim.AdamW(unet.parameters(), lr=tiny.unet_lr, weight_decay=1e-2)
-    schedule = _cosine_with_warmup(optimizer, tiny.unet_pretrain_steps)
+    schedule = _cosine_with_warmup(optimizer, tiny.unet_pretrain_steps, warmup=50)
     scale = vae.config.scaling_factor
     started, losses = time.perf_counter(), []
     unet.train()
@@ -458,12 +459,17 @@ def _pretrain_unet(unet, vae, text_encoder, tokenizer, scheduler, images, captio
             dropped = torch.rand(len(index), generator=generator) < 0.1  # so that classifier-free guidance works
             context = table[torch.where(dropped, empty, caption_index[index])]
             prediction = unet(noise_scheduler.add_noise(latents, noise, timesteps), timesteps, context).sample
-            loss = F.mse_loss(prediction, noise)
+            per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+            if tiny.unet_min_snr_gamma is not None:
+                # Min-SNR-γ weighting for ε-prediction, min(SNR, γ)/SNR (Hang et al., arXiv 2303.09556 §3.4)
+                snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
+                per_sample = per_sample * snr.clamp(max=tiny.unet_min_snr_gamma) / snr
+            loss = per_sample.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(loss.item())
+            losses.append(F.mse_loss(prediction, noise).item())  # reported unweighted
             advance(loss=losses[-1])
     unet.eval().requires_grad_(False)
     tail = losses[-50:]
