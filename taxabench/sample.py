@@ -118,15 +118,14 @@ class TaxonomyPipeline(DiffusionPipeline):
         """Load a trained method folder (`<run>/checkpoints/<method>`): its last stage, or `stage`."""
         if _unsupported:
             raise TaxabenchError(f"{cls.__name__}.from_pretrained: unknown arguments {sorted(_unsupported)}")
-        manifest_file = Path(folder) / "manifest.json"
-        if cls.accepted_methods is not None and manifest_file.is_file():
-            found = json.loads(manifest_file.read_text())["method"]
-            if found not in cls.accepted_methods:
-                raise TaxabenchError(
-                    f"{folder} holds a checkpoint of method '{found}'; {cls.__name__} loads "
-                    f"{', '.join(cls.accepted_methods)} checkpoints (use TaxonomyPipeline for any method)"
-                )
-        return cls.from_trained(load_checkpoint(folder, stage, backbone_path), scheduler)
+        trained = load_checkpoint(folder, stage, backbone_path)
+        found = trained.manifest["method"]
+        if cls.accepted_methods is not None and found not in cls.accepted_methods:
+            raise TaxabenchError(
+                f"{folder} holds a checkpoint of method '{found}'; {cls.__name__} loads "
+                f"{', '.join(cls.accepted_methods)} checkpoints (use TaxonomyPipeline for any method)"
+            )
+        return cls.from_trained(trained, scheduler)
 
     @classmethod
     def from_trained(cls, trained, scheduler: str = "ddim") -> TaxonomyPipeline:
@@ -484,7 +483,8 @@ def stage_grid(
         stage = trained.stage
         labels.append(f"stage {stage.index}: {stage.description}" if stage else "untrained")
     target = Path(out) if out is not None else samples_dir(run_dir, method_name) / "stages.png"
-    return _grid_figure(rows, labels, target)
+    names = [final.taxonomy.resolve(t).scientific_name for t in chosen]
+    return _grid_figure(rows, labels, target, [n if j == 0 else "" for n in names for j in range(images_per_taxon)])
 
 
 def _spread(items: list, count: int) -> list:
@@ -494,7 +494,8 @@ def _spread(items: list, count: int) -> list:
     return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)] if count > 1 else items[:1]
 
 
-def _grid_figure(rows: list[list[PIL.Image.Image]], labels: list[str], out: Path) -> Path:
+def _grid_figure(rows: list[list[PIL.Image.Image]], labels: list[str], out: Path,
+                 column_labels: list[str] | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -512,6 +513,8 @@ def _grid_figure(rows: list[list[PIL.Image.Image]], labels: list[str], out: Path
             else:
                 axis.axis("off")
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    for c, title in enumerate(column_labels or []):
+        axes[0][c].set_title(title, fontsize=7, loc="left")
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)

@@ -154,11 +154,15 @@ def load_checkpoint(
     backbone_path: str | os.PathLike[str] | None = None,
     expect_method: str | None = None,
 ) -> TrainedMethod:
-    """Load a method checkpoint folder (`<run>/checkpoints/<method>`) by itself, e.g. outside any run."""
+    """Load a method checkpoint folder (`<run>/checkpoints/<method>`, or one of its `stage-<k>` folders) by itself,
+    e.g. outside any run."""
     from taxabench.backbone import load_sd_folder
     from taxabench.weights import folder_sha256
 
     folder = Path(folder)
+    if (folder / STAGE_FILE).is_file() and (folder.parent / MANIFEST).is_file() and stage is None:
+        stage = json.loads((folder / STAGE_FILE).read_text())["stage"]["index"]
+        folder = folder.parent
     if not (folder / MANIFEST).is_file():
         raise TaxabenchError(
             f"{folder} is not a trained method folder (no {MANIFEST}); train it first with "

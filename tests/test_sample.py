@@ -159,6 +159,8 @@ def test_pipeline_from_pretrained_outside_the_benchmark(trained_run):
     assert images[0].size == (64, 64)
     genus = pipeline([taxon.parent_id], num_inference_steps=2).images  # any rank of the taxonomy
     assert len(genus) == 1
+    early = TaxaDiffusionPipeline.from_pretrained(folder / "stage-1")  # a stage folder loads that stage
+    assert early.stage.index == 1 and pipeline.stage.index == 4
 
 
 def test_sampling_errors(trained_run, tmp_path):
@@ -171,6 +173,8 @@ def test_sampling_errors(trained_run, tmp_path):
         experiment(tmp_path, tmp_path, sample={"images_per_taxon": 0})
     with pytest.raises(TaxabenchError, match="holds a checkpoint of method 'sd-lora'; TaxaDiffusionPipeline loads"):
         TaxaDiffusionPipeline.from_pretrained(method_dir(trained_run.run_dir, "sd-lora"))
+    with pytest.raises(TaxabenchError, match="holds a checkpoint of method 'sd-lora'"):
+        TaxaDiffusionPipeline.from_pretrained(method_dir(trained_run.run_dir, "sd-lora") / "stage-0")
     with pytest.raises(TaxabenchError, match="method 'flat-ldm' has no 'taxonomy' guidance"):
         sample_into(trained_run, tmp_path / "flat", method="flat-ldm", guidance="taxonomy")
     with pytest.raises(TaxabenchError, match="not a trained method folder"):
