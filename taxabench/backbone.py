@@ -34,7 +34,7 @@ from taxabench.config import DataConfig, ExperimentConfig, TinyBackbone, taxaben
 from taxabench.errors import ConfigError, TaxabenchError
 from taxabench.taxonomy import bioclip_caption
 
-TINY_FORMAT_VERSION = 1  # bump when the tiny build changes: cached tiny backbones of another version are rebuilt
+TINY_FORMAT_VERSION = 2  # bump when the tiny build changes: cached tiny backbones of another version are rebuilt
 SD_COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 SD_BACKBONE_WEIGHTS = "sd-backbone"  # weights-spec name: $TAXABENCH_SD_BACKBONE_WEIGHTS points at a folder
 
@@ -47,6 +47,9 @@ SD15_SCHEDULER = {
     "set_alpha_to_one": False,
     "skip_prk_steps": True,
     "steps_offset": 1,
+    # the predicted clean latent is not clipped to [-1, 1]: latents are not images (samplers derived from this
+    # config inherit it; DDIM's own default would clip and ruin every sample)
+    "clip_sample": False,
 }
 
 
@@ -308,14 +311,15 @@ def build_tiny_backbone(
 
     # 4. UNet, pre-trained as text-to-image down to the caption rank
     torch.manual_seed(tiny.seed + 2)
-    n_unet = len(tiny.unet_channels)
+    attention = tiny.unet_attention
     unet = UNet2DConditionModel(
         sample_size=image_size // down, in_channels=tiny.latent_channels, out_channels=tiny.latent_channels,
         layers_per_block=1, block_out_channels=tuple(tiny.unet_channels),
-        down_block_types=("CrossAttnDownBlock2D",) * n_unet, up_block_types=("CrossAttnUpBlock2D",) * n_unet,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
         cross_attention_dim=tiny.text_width, attention_head_dim=8, norm_num_groups=8,
     )
-    scheduler = PNDMScheduler(**SD15_SCHEDULER)
+    scheduler = PNDMScheduler.from_config(SD15_SCHEDULER)  # from_config keeps clip_sample, as SD 1.5's file has it
     depth = data.ranks.index(tiny.caption_rank) + 1
     captions = [bioclip_caption(data.ranks[:depth], r.labels[:depth]) for r in records]
     unet_report = _pretrain_unet(
@@ -440,8 +444,9 @@ def _pretrain_unet(unet, vae, text_encoder, tokenizer, scheduler, images, captio
     caption_index = torch.tensor([unique.index(c) for c in captions])
     table = torch.stack([embeddings[c] for c in unique])
     empty = len(unique) - 1
+    alphas_cumprod = noise_scheduler.alphas_cumprod
     optimizer = torch.optim.AdamW(unet.parameters(), lr=tiny.unet_lr, weight_decay=1e-2)
-    schedule = _cosine_with_warmup(optimizer, tiny.unet_pretrain_steps)
+    schedule = _cosine_with_warmup(optimizer, tiny.unet_pretrain_steps, warmup=50)
     scale = vae.config.scaling_factor
     started, losses = time.perf_counter(), []
     unet.train()
@@ -454,12 +459,17 @@ def _pretrain_unet(unet, vae, text_encoder, tokenizer, scheduler, images, captio
             dropped = torch.rand(len(index), generator=generator) < 0.1  # so that classifier-free guidance works
             context = table[torch.where(dropped, empty, caption_index[index])]
             prediction = unet(noise_scheduler.add_noise(latents, noise, timesteps), timesteps, context).sample
-            loss = F.mse_loss(prediction, noise)
+            per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+            if tiny.unet_min_snr_gamma is not None:
+                # Min-SNR-γ weighting for ε-prediction, min(SNR, γ)/SNR (Hang et al., arXiv 2303.09556 §3.4)
+                snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
+                per_sample = per_sample * snr.clamp(max=tiny.unet_min_snr_gamma) / snr
+            loss = per_sample.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(loss.item())
+            losses.append(F.mse_loss(prediction, noise).item())  # reported unweighted
             advance(loss=losses[-1])
     unet.eval().requires_grad_(False)
     tail = losses[-50:]

@@ -338,3 +338,22 @@ def report_command(
     from taxabench.report import write_report
 
     console.print(f"report at {write_report(run)}")
+@app.command("sample")
+def sample(
+    config: ConfigOption,
+    method: MethodOption,
+    run: RunOption = None,
+    stage_grid: Annotated[
+        bool, typer.Option("--stage-grid", help="Also draw the same taxa at every training stage (stages.png).")
+    ] = False,
+    overrides: SetOption = None,
+) -> None:
+    """Generate sample.images_per_taxon images of every taxon of sample.rank; a rerun skips finished images."""
+    from taxabench.sample import sample_method
+    from taxabench.sample import stage_grid as draw_stage_grid
+
+    experiment = experiment_config(config, overrides)
+    folder = sample_method(experiment, method, run)
+    console.print(f"[bold]{method}[/] samples: {folder} (metadata.jsonl, grid.png)")
+    if stage_grid:
+        console.print(f"stage grid: {draw_stage_grid(experiment, method, run)}")

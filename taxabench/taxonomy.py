@@ -180,7 +180,7 @@ class Taxonomy:
             if len(matches) > 1:
                 ids = ", ".join(t.id for t in matches)
                 raise TaxabenchError(f"taxon {query!r} is ambiguous: it names {ids}; give the full lineage id")
-        names = [t.id for t in candidates] + [t.scientific_name for t in candidates]
+        names = [name for t in candidates for name in (t.id, t.scientific_name, t.name)]
         close = difflib.get_close_matches(query, names, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         where = f" at rank {rank!r}" if rank else ""

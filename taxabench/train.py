@@ -45,6 +45,7 @@ from taxabench import __version__
 from taxabench.config import ExperimentConfig
 from taxabench.errors import TaxabenchError
 from taxabench.methods import Method, Stage, TrainingDraws, build_method, get_method
+from taxabench.methods.base import move_inputs
 from taxabench.progress import progress_bar
 from taxabench.seeds import derive_seed, generator
 
@@ -111,11 +112,10 @@ def train_method(
 
     for stage in stages:
         final = root / stage.name
-        if (final / STAGE_FILE).is_file():
-            method.load(final)
-            continue
-        _train_stage(config, method, stage, data, backbone, root, show_progress and state.is_main_process)
-        if state.is_main_process:
+        if not (final / STAGE_FILE).is_file():
+            _train_stage(config, method, stage, data, backbone, root, show_progress and state.is_main_process)
+        method.load(final)  # every process continues from exactly what was saved
+        if state.is_main_process and stage.name not in manifest["completed"]:
             manifest["completed"].append(stage.name)
             _write_json(root / MANIFEST, manifest)
         state.wait_for_everyone()
@@ -154,11 +154,15 @@ def load_checkpoint(
     backbone_path: str | os.PathLike[str] | None = None,
     expect_method: str | None = None,
 ) -> TrainedMethod:
-    """Load a method checkpoint folder (`<run>/checkpoints/<method>`) by itself, e.g. outside any run."""
+    """Load a method checkpoint folder (`<run>/checkpoints/<method>`, or one of its `stage-<k>` folders) by itself,
+    e.g. outside any run."""
     from taxabench.backbone import load_sd_folder
     from taxabench.weights import folder_sha256
 
     folder = Path(folder)
+    if (folder / STAGE_FILE).is_file() and (folder.parent / MANIFEST).is_file() and stage is None:
+        stage = json.loads((folder / STAGE_FILE).read_text())["stage"]["index"]
+        folder = folder.parent
     if not (folder / MANIFEST).is_file():
         raise TaxabenchError(
             f"{folder} is not a trained method folder (no {MANIFEST}); train it first with "
@@ -370,18 +374,19 @@ class LatentCache:
 
 
 class TextCache:
-    """Frozen text-encoder embeddings per unique string (`cache=True`), or encoded every time (`cache=False`)."""
+    """Frozen text-encoder embeddings per unique string (`cache=True`), or encoded every time (`cache=False`),
+    returned in `dtype` (training: float32, what the trainable condition modules compute in)."""
 
-    def __init__(self, backbone, cache: bool):
-        self.backbone, self.cache = backbone, cache
+    def __init__(self, backbone, cache: bool, dtype: torch.dtype = torch.float32):
+        self.backbone, self.cache, self.dtype = backbone, cache, dtype
         self.stored: dict[str, torch.Tensor] = {}
 
     def __call__(self, strings: list[str]) -> torch.Tensor:
         if not self.cache:
-            return self.backbone.encode_text(strings).float()
+            return self.backbone.encode_text(strings).to(self.dtype)
         missing = sorted(set(strings) - set(self.stored))
         if missing:
-            self.stored.update(zip(missing, self.backbone.encode_text(missing).float()))
+            self.stored.update(zip(missing, self.backbone.encode_text(missing).to(self.dtype)))
         return torch.stack([self.stored[s] for s in strings])
 
 
@@ -425,6 +430,8 @@ class EMA:
 def _mixed_precision(setting: str, device: torch.device) -> str:
     if setting == "auto":
         return "bf16" if device.type == "cuda" else "no"
+    if setting == "fp16" and device.type != "cuda":
+        raise TaxabenchError("train.mixed_precision: fp16 needs a CUDA device; use bf16 or no (or auto) on CPU")
     return setting
 
 
@@ -544,7 +551,7 @@ def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Pat
                     else:
                         target = noise
                     labels = [data.train[i].labels for i in indices]
-                    inputs = _to_device(method.condition_inputs(labels, stage, text, draws), device)
+                    inputs = move_inputs(method.condition_inputs(labels, stage, text, draws), device)
                     prediction = model(noisy, timesteps, inputs)
                     loss = F.mse_loss(prediction.float(), target.float())
                     accelerator.backward(loss)
@@ -597,10 +604,6 @@ def _default_device() -> torch.device:
     from accelerate import PartialState
 
     return PartialState(cpu=cpu_only()).device
-
-
-def _to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 def _resume(accelerator, state_dir: Path) -> int:

@@ -47,6 +47,13 @@ def test_noise_schedule_is_sd15(tiny_backbone):
     # scaled_linear: betas evenly spaced in sqrt between beta_start and beta_end (LDM / SD 1.5)
     expected = torch.linspace(SD15_SCHEDULER["beta_start"] ** 0.5, SD15_SCHEDULER["beta_end"] ** 0.5, 1000) ** 2
     assert torch.allclose(backbone.noise_scheduler.betas, expected)
+    # and every sampler built from it keeps SD's clip_sample=False (DDIM's default would clip latents to [-1, 1])
+    from taxabench.sample import SCHEDULERS, make_scheduler
+
+    for name in SCHEDULERS:
+        scheduler = make_scheduler(name, backbone.noise_scheduler.config)
+        assert scheduler.config.get("clip_sample", False) is False, name
+        assert torch.allclose(scheduler.betas, expected)
 
 
 def test_build_report_matches_an_independent_reconstruction(tiny_backbone, tiny_data):

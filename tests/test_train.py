@@ -136,6 +136,34 @@ def test_caches_do_not_change_the_result(tiny_world, tiny_data, tiny_backbone, t
         assert torch.allclose(cached[key], uncached[key], atol=1e-6, rtol=1e-4), key
 
 
+def test_gradient_accumulation_equals_a_larger_batch(tiny_world, tiny_data, tiny_backbone, tmp_path):
+    results = []
+    for batch, accumulation in ((4, 1), (2, 2)):
+        config = experiment(tiny_world, tmp_path / f"b{batch}",
+                            train={"batch_size": batch, "gradient_accumulation_steps": accumulation},
+                            method_options={"sd-lora": {"steps": 2}})
+        results.append(trained_state(train_method(config, "sd-lora", data=tiny_data, show_progress=False) / "stage-0"))
+    for key in results[0]:
+        assert torch.allclose(results[0][key], results[1][key], atol=1e-6, rtol=1e-4), key
+
+
+def test_every_training_option_runs(tiny_world, tiny_data, tiny_backbone, tmp_path):
+    config = experiment(tiny_world, tmp_path, train={
+        "epochs_per_stage": 0.02, "gradient_accumulation_steps": 2, "lr_warmup_steps": 1, "lr_scheduler": "cosine",
+        "ema_decay": 0.5, "max_grad_norm": 0.5, "cache_latents": False, "cache_text": False, "num_workers": 2,
+        "mixed_precision": "no", "checkpoint_every": 1, "checkpoints_total_limit": 1, "condition_dropout": 0.5,
+    }, method_options={"taxadiffusion": TWO_RANKS})
+    folder = train_method(config, "taxadiffusion", data=tiny_data, show_progress=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    # 0.02 epochs of 351 images in global batches of 4 x 2: one optimizer step per stage
+    assert [s["steps"] for s in manifest["stages"]] == [1, 1] and manifest["completed"] == ["stage-0", "stage-1"]
+    log = (folder / "loss.csv").read_text().splitlines()
+    assert log[0] == "stage,step,loss,lr,images_per_s,seconds" and len(log) == 3
+    with pytest.raises(TaxabenchError, match="fp16 needs a CUDA device"):
+        train_method(experiment(tiny_world, tmp_path / "fp16", train={"mixed_precision": "fp16"}), "sd-lora",
+                     data=tiny_data, show_progress=False)
+
+
 def test_sample_stream_shards_are_disjoint_and_cover_the_global_batch():
     one = SampleStream(size=10, batch_size=4, num_processes=1, process_index=0, seed=0, stage=0)
     two = [SampleStream(size=10, batch_size=2, num_processes=2, process_index=p, seed=0, stage=0) for p in (0, 1)]

@@ -139,10 +139,6 @@ class Method:
         """Parameters the method added (its modules and LoRA): kept in float32 even when frozen."""
         return [*self.conditioner.parameters(), *self.lora_parameters()]
 
-    def final_stage(self) -> Stage | None:
-        stages = self.stages(1)
-        return stages[-1] if stages else None
-
     # -- conditioning ---------------------------------------------------------------------------------------------
     def condition_inputs(
         self, labels: Sequence[Labels], stage: Stage | None, text: TextEncoder, draws: TrainingDraws | None = None
@@ -273,6 +269,11 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: Path
     with torch.no_grad():
         for name, tensor in state.items():
             own[name].copy_(tensor)
+
+
+def move_inputs(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A method's condition inputs on `device` (tensors moved, everything else as is)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 def drop(generator: torch.Generator, probability: float) -> bool:

@@ -38,7 +38,9 @@ class TaxaDiffusionOptions:
     ranks: list[str] | None = None  # ranks conditioned on, coarse to fine; default: all the dataset has
     layers: int = 2  # Transformer encoder layers per rank module
     heads: int = 8
-    feedforward: int = 2048  # hidden size of each layer's MLP (PyTorch's default, as in the authors' code)
+    # hidden size of each layer's MLP; None: 8/3 x the width, i.e. 2048 at SD's width 768 (PyTorch's default,
+    # which the authors' code uses), 171 for the tiny backbone's 64
+    feedforward: int | None = None
     dropout: float = 0.1  # inside the rank modules (PyTorch's default, as in the authors' code)
     lora_rank: int = 4
     lora_alpha: int = 4
@@ -92,8 +94,9 @@ class TaxaDiffusion(Method):
             )
         if width % options.heads:
             raise TaxabenchError(f"method_options.{self.name}.heads: {options.heads} does not divide width {width}")
+        feedforward = options.feedforward or round(width * 8 / 3)
         self.conditioner = TaxonomyConditioner(
-            len(self.conditioned_ranks), width, options.layers, options.heads, options.feedforward, options.dropout
+            len(self.conditioned_ranks), width, options.layers, options.heads, feedforward, options.dropout
         )
         self.add_lora(LoraSettings(rank=options.lora_rank, alpha=options.lora_alpha))
 

@@ -1,0 +1,522 @@
+"""Per-taxon sampling: K images of every evaluated taxon, with the method's condition and guidance.
+
+`TaxonomyPipeline` is a diffusers `DiffusionPipeline` whose `__call__` walks through the sampler step by step; the
+method supplies the positive condition and the guidance negative, so one pipeline serves every method, and
+`TaxaDiffusionPipeline.from_pretrained(checkpoint_folder)` generates outside the benchmark. `sample_method` is the
+benchmark's sampler:
+
+- image j of taxon t is seeded with `derive_seed(seed, "sample", t.id, j)`, never with call order;
+- the (taxon, image) pairs are laid out in one global order and cut into batches of `sample.batch_size`; a batch's
+  content therefore does not depend on the number of processes or on what a previous run already wrote, and under
+  `accelerate launch` / `torchrun` the batches are split between processes without overlap or gaps;
+- on CPU the default precision is float64, where the effect of batch composition on the numbers (~1e-15) is far
+  below what 8-bit PNGs can show: the same bytes whatever the batch size or process count. (float32 reductions
+  depend on the batch shape at ~1e-6, enough to flip a few pixel values);
+- files are written atomically (`.partial` + rename) and a rerun skips finished images, so a killed run finishes
+  with exactly the same files and bytes.
+
+Layout, under `<run>/samples/<method>/`: `<taxon-slug>/NNNN.png`, `metadata.jsonl` (one line per image: taxon id,
+lineage, seed, guidance, scale, steps, method, checkpoint ...), `settings.json` (what the images were made with; a
+rerun with other settings is refused) and `grid.png` (taxa x images).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import BaseOutput
+
+from taxabench.config import ExperimentConfig, SampleConfig
+from taxabench.errors import TaxabenchError
+from taxabench.methods import GUIDANCE_KINDS, Method, Stage
+from taxabench.methods.base import move_inputs
+from taxabench.progress import progress_bar
+from taxabench.seeds import derive_seed
+from taxabench.taxonomy import Taxon, Taxonomy
+from taxabench.train import TextCache, cpu_only, load_checkpoint, method_dir
+
+SCHEDULERS = ("ddim", "pndm", "dpm++", "euler")
+METADATA = "metadata.jsonl"
+SETTINGS = "settings.json"
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+              "bfloat16": torch.bfloat16}
+
+
+def make_scheduler(name: str, config: dict):
+    """A sampling scheduler built from the backbone's own noise-schedule config (betas, timestep spacing)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "pndm":
+        return PNDMScheduler.from_config(config)
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(config)
+    raise TaxabenchError(f"unknown scheduler {name!r}; available: {', '.join(SCHEDULERS)}")
+
+
+def sampling_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """`auto`: float64 on CPU (byte-reproducible, see the module docstring), float16 on CUDA."""
+    if precision == "auto":
+        return torch.float64 if device.type == "cpu" else torch.float16
+    return PRECISIONS[precision]
+
+
+@dataclass
+class TaxonomyPipelineOutput(BaseOutput):
+    """`images`: PIL images (or an array, `output_type="np"`), one per (taxon, index); `taxa` and `seeds` align."""
+
+    images: list[PIL.Image.Image] | np.ndarray
+    taxa: list[str]
+    seeds: list[int]
+
+
+class TaxonomyPipeline(DiffusionPipeline):
+    r"""Generate images of taxa with a registered method's taxonomy conditioning.
+
+    Components:
+        vae ([`AutoencoderKL`]): decodes latents to images.
+        text_encoder ([`CLIPTextModel`]): the frozen text encoder the method's strings go through.
+        tokenizer ([`CLIPTokenizer`]): its tokenizer.
+        unet ([`UNet2DConditionModel`]): the denoiser (with the method's LoRA or fine-tuned weights).
+        scheduler: a DDIM, PNDM, DPM-Solver++ or Euler scheduler.
+        method ([`taxabench.methods.Method`]): makes the condition and the guidance negative; its trained
+            condition modules (`method.conditioner`) move with the pipeline in `to()`.
+        taxonomy ([`taxabench.taxonomy.Taxonomy`]): resolves taxon names, ids and lineages.
+        stage ([`taxabench.methods.Stage`] or `None`): the training stage whose weights are loaded.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    accepted_methods: tuple[str, ...] | None = None  # None: any registered method
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, method=None, taxonomy=None, stage=None):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              scheduler=scheduler)
+        self.method: Method = method
+        self.taxonomy: Taxonomy = taxonomy
+        self.stage: Stage | None = stage
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike[str], stage: int | None = None,
+                        scheduler: str = "ddim", backbone_path: str | os.PathLike[str] | None = None,
+                        **_unsupported: Any) -> TaxonomyPipeline:
+        """Load a trained method folder (`<run>/checkpoints/<method>`): its last stage, or `stage`."""
+        if _unsupported:
+            raise TaxabenchError(f"{cls.__name__}.from_pretrained: unknown arguments {sorted(_unsupported)}")
+        trained = load_checkpoint(folder, stage, backbone_path)
+        found = trained.manifest["method"]
+        if cls.accepted_methods is not None and found not in cls.accepted_methods:
+            raise TaxabenchError(
+                f"{folder} holds a checkpoint of method '{found}'; {cls.__name__} loads "
+                f"{', '.join(cls.accepted_methods)} checkpoints (use TaxonomyPipeline for any method)"
+            )
+        return cls.from_trained(trained, scheduler)
+
+    @classmethod
+    def from_trained(cls, trained, scheduler: str = "ddim") -> TaxonomyPipeline:
+        """A pipeline around a `taxabench.train.TrainedMethod`."""
+        backbone = trained.backbone
+        return cls(
+            vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer,
+            unet=backbone.unet, scheduler=make_scheduler(scheduler, backbone.noise_scheduler.config),
+            method=trained.method, taxonomy=trained.taxonomy, stage=trained.stage,
+        )
+
+    def to(self, *args, **kwargs) -> TaxonomyPipeline:
+        """Move and cast the models and the method's condition modules (which are not a diffusers component).
+
+        Casts with `torch.nn.Module.to`: diffusers' own `to` warns about float32-only modules these models lack.
+        """
+        for module in (self.vae, self.text_encoder, self.unet, self.method.conditioner):
+            torch.nn.Module.to(module, *args, **kwargs)
+        return self
+
+    # -- steps of __call__ -----------------------------------------------------------------------------------------
+    def check_inputs(self, taxa, num_images_per_taxon, seeds, guidance, guidance_scale, num_inference_steps,
+                     height, width) -> str:
+        if not isinstance(taxa, (list, tuple)) or not taxa:
+            raise TaxabenchError(f"`taxa` must be a non-empty list of taxa (names, ids or lineages), got {taxa!r}")
+        if num_images_per_taxon < 1:
+            raise TaxabenchError(f"`num_images_per_taxon` must be at least 1, got {num_images_per_taxon}")
+        if seeds is not None and len(seeds) != len(taxa) * num_images_per_taxon:
+            raise TaxabenchError(
+                f"`seeds` must give one seed per image ({len(taxa)} taxa x {num_images_per_taxon}), got {len(seeds)}"
+            )
+        if num_inference_steps < 1:
+            raise TaxabenchError(f"`num_inference_steps` must be at least 1, got {num_inference_steps}")
+        if guidance_scale < 0:
+            raise TaxabenchError(f"`guidance_scale` may not be negative, got {guidance_scale}")
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise TaxabenchError(
+                f"`height` and `width` have to be divisible by {self.vae_scale_factor} but are {height} and {width}"
+            )
+        if guidance not in ("default", *GUIDANCE_KINDS):
+            raise TaxabenchError(f"`guidance` must be default, taxonomy, cfg or none, got {guidance!r}")
+        return self.method.check_guidance(guidance)
+
+    def resolve_taxa(self, taxa: Sequence[str | Taxon | Sequence[str]]) -> list[Taxon]:
+        """Names, ids (`A/B/C`), slugs or lineages (`["A", "B", "C"]`) to taxa of the training taxonomy."""
+        resolved = []
+        for taxon in taxa:
+            if isinstance(taxon, Taxon):
+                resolved.append(self.taxonomy.resolve(taxon.id))
+            elif isinstance(taxon, str):
+                resolved.append(self.taxonomy.resolve(taxon))
+            else:
+                resolved.append(self.taxonomy.resolve("/".join(taxon)))
+        return resolved
+
+    def encode_conditions(self, labels, guidance: str, dtype: torch.dtype):
+        """The method's condition for each image and, with guidance, its negative (batch-invariant per string)."""
+        text = TextCache(self.method.backbone, cache=True, dtype=dtype)
+        device = self._execution_device
+        positive = self.method.encoder_hidden_states(
+            move_inputs(self.method.condition_inputs(labels, self.stage, text), device), self.stage
+        )
+        if guidance == "none":
+            return positive, None
+        negative = self.method.encoder_hidden_states(
+            move_inputs(self.method.negative_inputs(guidance, labels, self.stage, text), device), self.stage
+        )
+        return positive, negative
+
+    def prepare_latents(self, seeds: list[int], height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """One generator per image: an image's starting noise depends on its seed alone."""
+        shape = (self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32) for s in seeds]
+        latents = torch.stack(noise).to(device=self._execution_device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        taxa: Sequence[str | Taxon | Sequence[str]],
+        num_images_per_taxon: int = 1,
+        seeds: Sequence[int] | None = None,
+        seed: int = 0,
+        guidance: str = "default",
+        guidance_scale: float = 9.0,
+        num_inference_steps: int = 25,
+        height: int | None = None,
+        width: int | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> TaxonomyPipelineOutput | tuple:
+        r"""Generate `num_images_per_taxon` images of each taxon.
+
+        Args:
+            taxa (`list`): taxon names, ids (`"Actinopterygii/Perciformes"`), slugs, lineages or `Taxon`s.
+            num_images_per_taxon (`int`, *optional*, defaults to 1): images per taxon (K).
+            seeds (`list[int]`, *optional*): one seed per image, taxon-major; default
+                `derive_seed(seed, "sample", taxon.id, j)` for image j of each taxon.
+            seed (`int`, *optional*, defaults to 0): the run seed the default per-image seeds derive from.
+            guidance (`str`, *optional*, defaults to `"default"`): `taxonomy` (negative: the top-rank-only
+                condition), `cfg` (negative: the unconditional condition), `none`, or `default` (the method's own).
+            guidance_scale (`float`, *optional*, defaults to 9.0): s in ε̃ = ε(c⁻) + s·(ε(c) − ε(c⁻)), i.e. the
+                paper's w = s − 1 (the authors' sampler uses 9).
+            num_inference_steps (`int`, *optional*, defaults to 25): denoising steps.
+            height, width (`int`, *optional*): image size; default the UNet's sample size × the VAE factor.
+            output_type (`str`, *optional*, defaults to `"pil"`): `pil`, `np`, `pt` or `latent` (not decoded).
+            return_dict (`bool`, *optional*, defaults to `True`): a `TaxonomyPipelineOutput` or a tuple.
+        """
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+
+        # 1. Check inputs
+        guidance = self.check_inputs(taxa, num_images_per_taxon, seeds, guidance, guidance_scale,
+                                     num_inference_steps, height, width)
+
+        # 2. One entry per image: its taxon and seed
+        resolved = [t for t in self.resolve_taxa(taxa) for _ in range(num_images_per_taxon)]
+        if seeds is None:
+            seeds = [derive_seed(seed, "sample", t.id, j % num_images_per_taxon) for j, t in enumerate(resolved)]
+        labels = [self.taxonomy.labels_of(t) for t in resolved]
+
+        # 3. Encode the condition and the guidance negative (the method makes both)
+        dtype = self.unet.dtype
+        positive, negative = self.encode_conditions(labels, guidance, dtype)
+        context = positive if negative is None else torch.cat([negative, positive])
+
+        # 4. Prepare timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+
+        # 5. Prepare latent variables
+        latents = self.prepare_latents(list(seeds), height, width, dtype)
+
+        # 6. Denoising loop
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = latents if negative is None else torch.cat([latents] * 2)
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            noise_pred = self.unet(model_input, t, encoder_hidden_states=context.to(dtype)).sample
+            if negative is not None:
+                noise_negative, noise_positive = noise_pred.chunk(2)
+                # ε̃ = (1+w)·ε(x,t,c) − w·ε(x,t,c⁻), w = s − 1; c⁻ = c⁽⁰⁾ for taxonomy guidance (paper §3.4)
+                noise_pred = noise_negative + guidance_scale * (noise_positive - noise_negative)
+            latents = self.scheduler.step(noise_pred, t, latents).prev_sample
+
+        # 7. Decode
+        if output_type == "latent":
+            images = latents
+        else:
+            images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+            images = self.image_processor.postprocess(images.float(), output_type=output_type)
+        ids = [t.id for t in resolved]
+        if not return_dict:
+            return images, ids, list(seeds)
+        return TaxonomyPipelineOutput(images=images, taxa=ids, seeds=list(seeds))
+
+
+class TaxaDiffusionPipeline(TaxonomyPipeline):
+    """TaxonomyPipeline for TaxaDiffusion checkpoints (and its ablations); defaults to taxonomy guidance.
+
+    Example:
+        >>> pipe = TaxaDiffusionPipeline.from_pretrained("runs/demo/checkpoints/taxadiffusion")
+        >>> images = pipe(["Abudefduf saxatilis"], num_images_per_taxon=4).images
+    """
+
+    accepted_methods = ("taxadiffusion", "taxadiffusion-joint", "taxadiffusion-random")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The benchmark sampler
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def samples_dir(run_dir: str | os.PathLike[str], method_name: str) -> Path:
+    """`<run>/samples/<method>`."""
+    return Path(run_dir) / "samples" / method_name
+
+
+def select_taxa(taxonomy: Taxonomy, sample: SampleConfig) -> list[Taxon]:
+    """The taxa to sample: every taxon of `sample.rank`, or the ones `sample.taxa` names (close matches suggested)."""
+    if sample.rank not in taxonomy.ranks:
+        raise TaxabenchError(f"sample.rank: {sample.rank!r} is not a rank of the model ({', '.join(taxonomy.ranks)})")
+    if not sample.taxa:
+        return taxonomy.taxa(sample.rank)
+    chosen = {taxonomy.resolve(name, rank=sample.rank).id: None for name in sample.taxa}
+    return [taxonomy[i] for i in sorted(chosen)]
+
+
+def sample_method(
+    config: ExperimentConfig,
+    method_name: str,
+    run_dir: str | os.PathLike[str] | None = None,
+    *,
+    show_progress: bool = True,
+) -> Path:
+    """Generate `sample.images_per_taxon` images of every selected taxon with the trained `method_name`.
+
+    Returns `<run>/samples/<method>`. Resumable (finished images are skipped) and sharded across accelerate
+    processes. Raises `TaxabenchError` for an untrained method, an unknown taxon, guidance the method lacks, and a
+    samples folder made with other settings.
+    """
+    from accelerate import PartialState
+
+    sample = config.sample
+    run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+    state = PartialState(cpu=cpu_only())
+    trained = load_checkpoint(method_dir(run_dir, method_name), sample.stage, expect_method=method_name)
+    pipeline = TaxonomyPipeline.from_trained(trained, sample.scheduler)
+    dtype = sampling_dtype(sample.precision, state.device)
+    pipeline.to(state.device, dtype)
+    pipeline.set_progress_bar_config(disable=True)
+    guidance = trained.method.check_guidance(sample.guidance)
+    taxa = select_taxa(trained.taxonomy, sample)
+
+    out = samples_dir(run_dir, method_name)
+    settings = {
+        "method": method_name,
+        "checkpoint": trained.checkpoint.relative_to(run_dir).as_posix(),  # within the run folder
+        "stage": trained.stage.index if trained.stage else None,
+        "trained": trained.manifest["fingerprint"],
+        "backbone": trained.backbone.identity,
+        "seed": config.seed,
+        "guidance": guidance,
+        "guidance_scale": sample.guidance_scale,
+        "steps": sample.steps,
+        "scheduler": sample.scheduler,
+        "precision": str(dtype).removeprefix("torch."),
+        "image_size": config.data.image_size,
+        "batch_size": sample.batch_size,
+    }
+    _check_settings(out, settings, state.is_main_process)
+    state.wait_for_everyone()
+
+    work = [(taxon, j) for taxon in taxa for j in range(sample.images_per_taxon)]
+    batches = [work[i : i + sample.batch_size] for i in range(0, len(work), sample.batch_size)]
+    mine = shard(len(batches), state.num_processes, state.process_index)
+    todo = [b for b in mine if not all(_image_path(out, t, j).is_file() for t, j in batches[b])]
+    images = sum(len(batches[b]) for b in todo)
+    with progress_bar(f"{method_name}: sampling", images, show_progress and state.is_main_process) as advance:
+        for b in todo:
+            batch = batches[b]
+            seeds = [derive_seed(config.seed, "sample", t.id, j) for t, j in batch]
+            result = pipeline([t.id for t, _ in batch], seeds=seeds, guidance=guidance,
+                              guidance_scale=sample.guidance_scale, num_inference_steps=sample.steps,
+                              height=config.data.image_size, width=config.data.image_size)
+            for (taxon, j), image in zip(batch, result.images):
+                path = _image_path(out, taxon, j)
+                if not path.is_file():  # a batch is redone whole; finished images keep their (equal) bytes
+                    _write_png(image, path)
+            advance(len(batch))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _write_metadata(out, work, config.seed, settings, trained)
+        sample_grid(out, out / "grid.png")
+    state.wait_for_everyone()
+    return out
+
+
+def shard(count: int, num_processes: int, process_index: int) -> range:
+    """Process `process_index`'s contiguous share of `count` batches: no overlap, no gaps, sizes differ by ≤ 1."""
+    base, extra = divmod(count, num_processes)
+    start = process_index * base + min(process_index, extra)
+    return range(start, start + base + (process_index < extra))
+
+
+def _image_path(out: Path, taxon: Taxon, index: int) -> Path:
+    return out / taxon.slug / f"{index:04d}.png"
+
+
+def _write_png(image: PIL.Image.Image, path: Path) -> None:
+    """Atomic: a killed run leaves a `.partial` file (rewritten next time), never a truncated PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    image.save(partial, format="PNG")
+    os.replace(partial, path)
+
+
+def _check_settings(out: Path, settings: dict, is_main: bool) -> None:
+    path = out / SETTINGS
+    if path.is_file():
+        old = json.loads(path.read_text())
+        changed = [k for k in settings if k != "batch_size" and old.get(k) != settings[k]]
+        if changed:
+            what = "; ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in changed[:3])
+            raise TaxabenchError(
+                f"{out} holds samples made with other settings ({what}); sample into another run folder "
+                "(--run DIR) or remove that folder"
+            )
+        return
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _write_metadata(out: Path, work: list[tuple[Taxon, int]], seed: int, settings: dict, trained) -> None:
+    lines = []
+    for taxon, j in work:
+        lines.append(json.dumps({
+            "path": f"{taxon.slug}/{j:04d}.png", "taxon": taxon.id, "rank": taxon.rank, "name": taxon.name,
+            "lineage": list(taxon.lineage), "ranks": list(taxon.ranks), "index": j,
+            "seed": derive_seed(seed, "sample", taxon.id, j), "guidance": settings["guidance"],
+            "guidance_scale": settings["guidance_scale"], "steps": settings["steps"],
+            "scheduler": settings["scheduler"], "precision": settings["precision"], "method": settings["method"],
+            "stage": settings["stage"], "checkpoint": settings["checkpoint"], "backbone": settings["backbone"],
+        }))
+    partial = out / f".{METADATA}.partial"
+    partial.write_text("\n".join(lines) + "\n")
+    os.replace(partial, out / METADATA)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def sample_grid(folder: Path, out: Path, max_taxa: int = 8, max_images: int = 8) -> Path:
+    """Taxa (rows, from metadata.jsonl) x images (columns) of a samples folder, as one PNG."""
+    rows: dict[str, list[Path]] = {}
+    for line in (folder / METADATA).read_text().splitlines():
+        entry = json.loads(line)
+        taxon_rows = rows.setdefault(entry["taxon"], [])
+        if len(taxon_rows) < max_images:
+            taxon_rows.append(folder / entry["path"])
+    chosen = _spread(list(rows), max_taxa)
+    return _grid_figure([[PIL.Image.open(p) for p in rows[t]] for t in chosen],
+                        [t.split("/")[-1] for t in chosen], out)
+
+
+def stage_grid(
+    config: ExperimentConfig,
+    method_name: str,
+    run_dir: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    taxa: Sequence[str] | None = None,
+    images_per_taxon: int = 2,
+) -> Path:
+    """How a progressive method's images of the same species sharpen stage by stage: rows = stages
+    (class → species), columns = taxa x images with the same seeds. Written to `<samples>/stages.png` by default."""
+    from accelerate import PartialState
+
+    run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+    device = PartialState(cpu=cpu_only()).device
+    folder = method_dir(run_dir, method_name)
+    final = load_checkpoint(folder, expect_method=method_name)
+    chosen = list(taxa) if taxa else [t.id for t in _spread(final.taxonomy.taxa(final.taxonomy.ranks[-1]), 3)]
+    rows, labels = [], []
+    stages = [s["index"] for s in final.manifest["stages"]] or [None]
+    for index in stages:
+        trained = final if index is None or index == stages[-1] else load_checkpoint(folder, index)
+        pipeline = TaxonomyPipeline.from_trained(trained, config.sample.scheduler)
+        pipeline.to(device, sampling_dtype(config.sample.precision, device))
+        pipeline.set_progress_bar_config(disable=True)
+        result = pipeline(chosen, num_images_per_taxon=images_per_taxon, seed=config.seed,
+                          guidance=config.sample.guidance, guidance_scale=config.sample.guidance_scale,
+                          num_inference_steps=config.sample.steps)
+        rows.append(result.images)
+        stage = trained.stage
+        labels.append(f"stage {stage.index}: {stage.description}" if stage else "untrained")
+    target = Path(out) if out is not None else samples_dir(run_dir, method_name) / "stages.png"
+    names = [final.taxonomy.resolve(t).scientific_name for t in chosen]
+    return _grid_figure(rows, labels, target, [n if j == 0 else "" for n in names for j in range(images_per_taxon)])
+
+
+def _spread(items: list, count: int) -> list:
+    """`count` items evenly spread over the list (all of them if there are fewer)."""
+    if len(items) <= count:
+        return items
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)] if count > 1 else items[:1]
+
+
+def _grid_figure(rows: list[list[PIL.Image.Image]], labels: list[str], out: Path,
+                 column_labels: list[str] | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = max(len(r) for r in rows)
+    figure, axes = plt.subplots(len(rows), columns, figsize=(1.2 * columns + 1.6, 1.2 * len(rows)), squeeze=False)
+    for r, (row, label) in enumerate(zip(rows, labels)):
+        for c in range(columns):
+            axis = axes[r][c]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if c < len(row):
+                axis.imshow(row[c])
+            else:
+                axis.axis("off")
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    for c, title in enumerate(column_labels or []):
+        axes[0][c].set_title(title, fontsize=7, loc="left")
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
