@@ -241,6 +241,9 @@ class SampleConfig:
     rank: str = "species"  # generate for every taxon of this rank
     taxa: list[str] = field(default_factory=list)  # restrict to these taxa (ids, slugs or unique names)
     guidance: Literal["default", "taxonomy", "cfg", "none"] = "default"  # default: the method's own
+    # `taxabench run` also samples each method with these kinds (where it has them besides its default), into
+    # samples/<method>+<kind>/, for the report's guidance ablation (e.g. [cfg]: taxonomy guidance vs vanilla CFG)
+    guidance_ablation: list[Literal["taxonomy", "cfg", "none"]] = field(default_factory=list)
     guidance_scale: float = 9.0
     steps: int = 25
     scheduler: Literal["ddim", "pndm", "dpm++", "euler"] = "ddim"

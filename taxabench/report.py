@@ -254,6 +254,12 @@ def metric_models_section(models: dict) -> str:
     return markdown_table(["extractor", "weights", "input protocol", "quality"], rows)
 
 
+def backbone_identities(root: Path) -> list[str]:
+    """The backbones the run's methods were trained on, from their checkpoint manifests."""
+    found = [json.loads(p.read_text())["backbone"]["identity"] for p in sorted(root.glob("checkpoints/*/manifest.json"))]
+    return list(dict.fromkeys(found))
+
+
 def provenance_section(run: RunFolder) -> str:
     prov = run.provenance
     lines = [
@@ -261,7 +267,7 @@ def provenance_section(run: RunFolder) -> str:
         f"- config fingerprint `{prov.get('config_fingerprint', '?')}` (the run's `config.yaml`)",
         f"- device: {prov.get('device', '?')}; Python {prov.get('python', '?')}",
         "- packages: " + ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items()),
-        f"- backbone: `{prov.get('backbone', '?')}`",
+        "- backbone: " + (", ".join(f"`{b}`" for b in backbone_identities(run.root)) or "unknown"),
         "- metric weights: " + ", ".join(f"`{w}`" for w in dict.fromkeys(run.table[KEY_WEIGHTS])),
         "- protocols: " + "; ".join(f"{name}: `{protocol}`" for name, protocol in
                                     dict(zip(run.table[KEY_NAME], run.table[KEY_PROTOCOL])).items()),

@@ -317,13 +317,15 @@ def sample_method(
     method_name: str,
     run_dir: str | os.PathLike[str] | None = None,
     *,
+    output: str | None = None,
     show_progress: bool = True,
 ) -> Path:
     """Generate `sample.images_per_taxon` images of every selected taxon with the trained `method_name`.
 
-    Returns `<run>/samples/<method>`. Resumable (finished images are skipped) and sharded across accelerate
-    processes. Raises `TaxabenchError` for an untrained method, an unknown taxon, guidance the method lacks, and a
-    samples folder made with other settings.
+    Returns `<run>/samples/<output>` (default: the method's name; `taxabench run` writes guidance ablations to
+    `<method>+<guidance>`). Resumable (finished images are skipped) and sharded across accelerate processes.
+    Raises `TaxabenchError` for an untrained method, an unknown taxon, guidance the method lacks, and a samples
+    folder made with other settings.
     """
     from accelerate import PartialState
 
@@ -338,7 +340,7 @@ def sample_method(
     guidance = trained.method.check_guidance(sample.guidance)
     taxa = select_taxa(trained.taxonomy, sample)
 
-    out = samples_dir(run_dir, method_name)
+    out = samples_dir(run_dir, output or method_name)
     settings = {
         "method": method_name,
         "checkpoint": trained.checkpoint.relative_to(run_dir).as_posix(),  # within the run folder
@@ -376,7 +378,7 @@ def sample_method(
             advance(len(batch))
     state.wait_for_everyone()
     if state.is_main_process:
-        _write_metadata(out, work, config.seed, settings, trained)
+        _write_metadata(out, work, config.seed, settings)
         sample_grid(out, out / "grid.png")
     state.wait_for_everyone()
     return out
@@ -418,19 +420,19 @@ def _check_settings(out: Path, settings: dict, is_main: bool) -> None:
         path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def _write_metadata(out: Path, work: list[tuple[Taxon, int]], seed: int, settings: dict, trained) -> None:
-    lines = []
-    for taxon, j in work:
-        lines.append(json.dumps({
-            "path": f"{taxon.slug}/{j:04d}.png", "taxon": taxon.id, "rank": taxon.rank, "name": taxon.name,
-            "lineage": list(taxon.lineage), "ranks": list(taxon.ranks), "index": j,
-            "seed": derive_seed(seed, "sample", taxon.id, j), "guidance": settings["guidance"],
-            "guidance_scale": settings["guidance_scale"], "steps": settings["steps"],
-            "scheduler": settings["scheduler"], "precision": settings["precision"], "method": settings["method"],
-            "stage": settings["stage"], "checkpoint": settings["checkpoint"], "backbone": settings["backbone"],
-        }))
+def _write_metadata(out: Path, work: list[tuple[Taxon, int]], seed: int, settings: dict) -> None:
+    """One line per image in the evaluator's contract (`taxabench.metrics.samples`), plus how it was made."""
+    from taxabench.metrics.samples import write_metadata_line
+
     partial = out / f".{METADATA}.partial"
-    partial.write_text("\n".join(lines) + "\n")
+    with open(partial, "w") as handle:
+        for taxon, j in work:
+            write_metadata_line(
+                handle, _image_path(out, taxon, j), out, taxon, seed=derive_seed(seed, "sample", taxon.id, j),
+                method=out.name, trained_method=settings["method"], name=taxon.name, ranks=list(taxon.ranks),
+                index=j, **{k: settings[k] for k in ("guidance", "guidance_scale", "steps", "scheduler", "precision",
+                                                      "stage", "checkpoint", "backbone")},
+            )
     os.replace(partial, out / METADATA)
 
 
@@ -444,9 +446,9 @@ def sample_grid(folder: Path, out: Path, max_taxa: int = 8, max_images: int = 8)
     rows: dict[str, list[Path]] = {}
     for line in (folder / METADATA).read_text().splitlines():
         entry = json.loads(line)
-        taxon_rows = rows.setdefault(entry["taxon"], [])
+        taxon_rows = rows.setdefault(entry["taxon_id"], [])
         if len(taxon_rows) < max_images:
-            taxon_rows.append(folder / entry["path"])
+            taxon_rows.append(folder / entry["image"])
     chosen = _spread(list(rows), max_taxa)
     return _grid_figure([[PIL.Image.open(p) for p in rows[t]] for t in chosen],
                         [t.split("/")[-1] for t in chosen], out)

@@ -52,7 +52,7 @@ def test_bytes_do_not_depend_on_the_batch_size(trained_run, tmp_path):
     entry = json.loads(first[0])
     assert entry["guidance"] == "taxonomy" and entry["guidance_scale"] == 9.0 and entry["steps"] == 3
     assert entry["method"] == "taxadiffusion" and entry["stage"] == 4 and entry["checkpoint"].endswith("stage-4")
-    assert entry["lineage"][-1] == entry["name"] and entry["taxon"] == "/".join(entry["lineage"])
+    assert entry["lineage"][-1] == entry["name"] and entry["taxon_id"] == "/".join(entry["lineage"])
 
 
 def test_resume_after_a_kill_gives_the_same_files(trained_run, tmp_path, monkeypatch):
@@ -190,7 +190,7 @@ def test_any_rank_and_an_untrained_method(trained_run, tmp_path):
     lines = [json.loads(line) for line in (genera / "metadata.jsonl").read_text().splitlines()]
     assert [entry["rank"] for entry in lines] == ["genus", "genus"]
     assert sorted(p.parent.name for p in genera.glob("*/0000.png")) == sorted(
-        entry["path"].split("/")[0] for entry in lines)
+        entry["image"].split("/")[0] for entry in lines)
     zeroshot, _ = sample_into(trained_run, tmp_path / "zeroshot", method="sd-zeroshot", taxa=["bubuii"],
                               images_per_taxon=1)
     entry = json.loads((zeroshot / "metadata.jsonl").read_text())
