@@ -1,0 +1,121 @@
+"""`taxabench run`: one command from config to report; a killed run, rerun, ends with the same numbers."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from taxabench.errors import TaxabenchError
+from taxabench.run import plan, run, sample_entries
+from tests.conftest import experiment
+
+VALUE_COLUMNS = ["method", "metric", "scope", "value", "ci_low", "ci_high", "n_real", "n_generated", "n_taxa"]
+
+
+def run_config(world: Path, runs_dir: Path, name: str):
+    """Two methods (one with a guidance-ablation variant), tiny budgets, a quickly built synthclip."""
+    config = experiment(
+        world, runs_dir,
+        data={"species_subset": {"mode": "first", "n": 6}},
+        methods=["taxadiffusion", "sd-lora"],
+        sample={"guidance_ablation": ["cfg"], "images_per_taxon": 2},
+        eval={"synthclip": {"steps": 30}, "bootstrap": 50, "bootstrap_set_metrics": 20},
+    )
+    from dataclasses import replace
+
+    return replace(config, name=name)
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_world, tiny_backbone, tmp_path_factory):
+    """An uninterrupted run: the reference the resumed runs must equal."""
+    runs = tmp_path_factory.mktemp("runs")
+    config = run_config(tiny_world, runs, "straight")
+    report = run(config, show_progress=False)
+    return config, report
+
+
+def test_run_writes_every_output_and_a_report(finished_run):
+    config, report = finished_run
+    run_dir = config.run_dir
+    assert report == run_dir / "report" / "README.md" and report.is_file()
+    assert [e.name for e in sample_entries(config)] == ["taxadiffusion", "sd-lora", "taxadiffusion+cfg"]
+    for name in ("taxadiffusion", "sd-lora", "taxadiffusion+cfg"):
+        assert (run_dir / "samples" / name / "metadata.jsonl").is_file()
+        assert (run_dir / "metrics" / f"{name}.json").is_file()
+    table = pd.read_csv(run_dir / "metrics" / "all.csv")
+    assert set(table["method"]) == {"taxadiffusion", "sd-lora", "taxadiffusion+cfg"}
+    text = report.read_text()
+    assert "## Main table" in text and "## Ablations" in text and "`taxadiffusion+cfg`" in text
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "provenance.json").is_file()
+
+
+@pytest.mark.parametrize("kill_at", ["train/sd-lora", "inside sampling", "eval/sd-lora"])
+def test_a_killed_run_resumes_to_the_same_metrics(finished_run, tiny_world, tmp_path, monkeypatch, kill_at):
+    reference, _ = finished_run
+    config = run_config(tiny_world, tmp_path, "killed")
+
+    import taxabench.run as run_module
+    import taxabench.sample as sample_module
+
+    with monkeypatch.context() as patch:
+        if kill_at == "inside sampling":  # the process dies after the 5th image of the run
+            written = []
+            real_write = sample_module._write_png
+
+            def write_then_die(image, path):
+                real_write(image, path)
+                written.append(path)
+                if len(written) == 5:
+                    raise Killed(kill_at)
+            patch.setattr(sample_module, "_write_png", write_then_die)
+        else:  # the step's work is done, then the process dies before the ledger records it
+            real_plan = run_module.plan
+
+            def plan_with_a_kill(*args, **kwargs):
+                steps = real_plan(*args, **kwargs)
+                for step in steps:
+                    if step.name == kill_at:
+                        def killed(action=step.action):
+                            action()
+                            raise Killed(kill_at)
+                        step.action = killed
+                return steps
+            patch.setattr(run_module, "plan", plan_with_a_kill)
+        with pytest.raises(Killed):
+            run(config, show_progress=False)
+    run(config, show_progress=False)
+    resumed = pd.read_csv(config.run_dir / "metrics" / "all.csv")[VALUE_COLUMNS]
+    straight = pd.read_csv(reference.run_dir / "metrics" / "all.csv")[VALUE_COLUMNS]
+    key = ["method", "metric", "scope"]
+    pd.testing.assert_frame_equal(resumed.sort_values(key).reset_index(drop=True),
+                                  straight.sort_values(key).reset_index(drop=True))
+
+
+def test_a_changed_config_is_refused_and_force_redoes_the_step(finished_run, tiny_world, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    reference, _ = finished_run
+    config = run_config(tiny_world, tmp_path, "changed")
+    shutil.copytree(reference.run_dir, config.run_dir)  # a finished run, moved: its steps are all done
+
+    changed = replace(config, sample=replace(config.sample, guidance_scale=3.0))
+    with pytest.raises(TaxabenchError, match=r"step 'sample/taxadiffusion' .* --force sample/taxadiffusion"):
+        run(changed, show_progress=False)
+    run(changed, force=["sample"], show_progress=False)
+    import json
+
+    line = json.loads((changed.run_dir / "samples" / "sd-lora" / "metadata.jsonl").read_text().splitlines()[0])
+    assert line["guidance_scale"] == 3.0
+
+
+def test_unknown_methods_fail_before_any_work(tiny_world, tmp_path):
+    config = experiment(tiny_world, tmp_path, methods=["taxadifusion"])
+    with pytest.raises(TaxabenchError, match="unknown method 'taxadifusion'.*did you mean 'taxadiffusion'"):
+        plan(config, config.run_dir)
+    assert not (config.run_dir / "steps.json").exists()
