@@ -54,8 +54,6 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
-    """The main job on the embedded default: SynthTaxa tiny, generated and summarised."""
+    """The main job on the embedded default: `taxabench demo` (SynthTaxa tiny, tiny backbone, three methods)."""
     bin_ = shared_env(session)
-    session.run(str(bin_ / "taxabench"), "data", "synth", "--out", "runs/demo/data", "--preset", "tiny", external=True)
-    session.run(str(bin_ / "taxabench"), "data", "stats", "--dataset", "synthtaxa", "--root", "runs/demo/data",
-                external=True)
+    session.run(str(bin_ / "taxabench"), "demo", *session.posargs, external=True)

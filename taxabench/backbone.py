@@ -158,6 +158,10 @@ def resolve_backbone(config: ExperimentConfig, data=None, show_progress: bool = 
         description=f"the Stable-Diffusion-format pipeline {source} (folders {', '.join(SD_COMPONENTS)})",
         hf_repo=source,
         hf_files=("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json"),
+        # the diffusers folders only: SD repos also hold multi-GB single-file and fp16/EMA checkpoints
+        hf_patterns=("model_index.json", "*/config.json", "*/*_config.json", "tokenizer/*",
+                     "vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+                     "text_encoder/model.safetensors"),
     )
     resolved = resolve_weights(spec)
     _check_sd_folder(resolved.path, source)

@@ -40,6 +40,7 @@ class WeightsSpec:
     size: str | None = None  # human-readable size, for the error message
     hf_repo: str | None = None  # e.g. "imageomics/bioclip"
     hf_files: tuple[str, ...] = ()  # files of the repo that must be present
+    hf_patterns: tuple[str, ...] = ()  # what a download fetches (e.g. not SD's multi-GB single-file checkpoints)
 
     @property
     def env_var(self) -> str:
@@ -147,7 +148,7 @@ def _download(spec: WeightsSpec) -> Path:
     if spec.hf_repo:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(spec.hf_repo))
+        return Path(snapshot_download(spec.hf_repo, allow_patterns=list(spec.hf_patterns) or None))
     if not (spec.url and spec.filename):
         raise WeightsNotFoundError(_how_to_provide(spec, "there is no download address for it"))
     target = taxabench_home() / "weights" / spec.filename
