@@ -54,28 +54,39 @@ def sample_entries(config: ExperimentConfig) -> list[SampleEntry]:
 
 def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) -> list[Step]:
     """The run's steps, in order, each with the fingerprint of everything that decides its outputs."""
+    from accelerate import PartialState
+
     from taxabench.backbone import load_backbone, resolve_backbone
     from taxabench.data import load_dataset
     from taxabench.methods import get_method
     from taxabench.metrics import evaluate, prepare_extractors
     from taxabench.report import write_report
     from taxabench.sample import sample_method, samples_dir
-    from taxabench.train import method_dir, train_method
+    from taxabench.train import cpu_only, method_dir, train_method
 
     for method in config.methods:  # unknown names and bad options fail before any work
         get_method(method).parse_options(config.method_options.get(method), f"method_options.{method}")
-    data = load_dataset(config.data)
+    state = PartialState(cpu=cpu_only())
+    with state.main_process_first():  # SynthTaxa is generated once, by the main process
+        data = load_dataset(config.data)
     data_fp = data.fingerprint()
+
+    def main_first(action):
+        """Under several processes: the main one builds (tiny backbone, synthclip), the others then read it."""
+        def run_it() -> None:
+            with state.main_process_first():
+                action()
+        return run_it
 
     def nothing() -> None:
         return None
 
     backbone_fp = fingerprint("backbone", config.backbone, config.data.image_size, data_fp)
     steps = [
-        Step("backbone", backbone_fp, lambda: load_backbone(config, data, show_progress=show_progress),
+        Step("backbone", backbone_fp, main_first(lambda: load_backbone(config, data, show_progress=show_progress)),
              clean=lambda: _remove_built_backbone(config, data, resolve_backbone)),
         Step("metric-models", fingerprint("metric-models", config.eval, data_fp),
-             lambda: prepare_extractors(config), clean=nothing),
+             main_first(lambda: prepare_extractors(config)), clean=nothing),
     ]
     train_fps = {}
     for method in config.methods:
@@ -107,7 +118,8 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
             clean=lambda entry=entry: _remove_metrics(run_dir, entry.name),
             after=(f"sample/{entry.name}", "metric-models"),
         ))
-    steps.append(Step("report", fingerprint("report", eval_fps), lambda: write_report(run_dir),
+    steps.append(Step("report", fingerprint("report", eval_fps),
+                      lambda: write_report(run_dir) if state.is_main_process else None,
                       clean=lambda: shutil.rmtree(run_dir / "report", ignore_errors=True),
                       after=tuple(f"eval/{e.name}" for e in sample_entries(config))))
     return steps
@@ -116,21 +128,39 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
 def run(config: ExperimentConfig, force: list[str] | None = None, show_progress: bool = True,
         console: Console | None = None) -> Path:
     """Run (or resume) the whole experiment; returns the report's path."""
+    from accelerate import PartialState
+
     from taxabench.metrics.evaluation import SmallSampleWarning
     from taxabench.provenance import provenance
+    from taxabench.train import cpu_only
 
-    console = console or Console()
+    state = PartialState(cpu=cpu_only())  # one process, or each of `accelerate launch` / `torchrun`'s
+    main = state.is_main_process
+    console = console or Console(quiet=not main)
     run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config.to_yaml())
-    steps = plan(config, run_dir, show_progress=show_progress)
-    record = {**provenance(), "config_fingerprint": config.fingerprint()}
-    (run_dir / "provenance.json").write_text(json.dumps(record, indent=2))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config.to_yaml())
+    steps = plan(config, run_dir, show_progress=show_progress and main)
+    if main:
+        record = {**provenance(), "processes": state.num_processes, "config_fingerprint": config.fingerprint()}
+        (run_dir / "provenance.json").write_text(json.dumps(record, indent=2))
+    for step in steps:
+        step.action, step.clean = _together(step.action, state), _together(step.clean, state, main_only=True)
     with warnings.catch_warnings():
         # small-sample warnings are recorded in metrics/<method>.json and listed by the report
         warnings.simplefilter("ignore", SmallSampleWarning)
-        run_steps(steps, Ledger(run_dir / "steps.json"), force or [], console)
+        run_steps(steps, Ledger(run_dir / "steps.json", writable=main), force or [], console)
     return run_dir / "report" / "README.md"
+
+
+def _together(action, state, main_only: bool = False):
+    """Every process finishes `action` (or waits for the main one to) before any goes on to the next step."""
+    def run_it() -> None:
+        if state.is_main_process or not main_only:
+            action()
+        state.wait_for_everyone()
+    return run_it
 
 
 def demo_config(out: str | Path | None = None) -> ExperimentConfig:

@@ -42,8 +42,10 @@ class Step:
 class Ledger:
     """`steps.json`: step name -> fingerprint, wall seconds and finish time of its last completed run."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, writable: bool = True):
+        """`writable`: False on every process but the main one of a multi-process run (they only read it)."""
         self.path = path
+        self.writable = writable
         self.entries: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
 
     def record(self, step: Step, seconds: float) -> None:
@@ -56,6 +58,8 @@ class Ledger:
             self._write()
 
     def _write(self) -> None:
+        if not self.writable:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(f".partial-{os.getpid()}")
         partial.write_text(json.dumps(self.entries, indent=2))

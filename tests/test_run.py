@@ -119,3 +119,36 @@ def test_unknown_methods_fail_before_any_work(tiny_world, tmp_path):
     with pytest.raises(TaxabenchError, match="unknown method 'taxadifusion'.*did you mean 'taxadiffusion'"):
         plan(config, config.run_dir)
     assert not (config.run_dir / "steps.json").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_sample_and_evaluate_to_the_same_metrics(finished_run, tiny_world, tmp_path):
+    """`torchrun --nproc_per_node 2 -m taxabench run` (gloo on CPU) resuming a run whose methods are trained:
+    sampling and evaluation split across two processes give exactly the one-process numbers.
+    (Training across processes is tested in test_train.py.)"""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    reference, _ = finished_run
+    config = run_config(tiny_world, tmp_path, "two-processes")
+    shutil.copytree(reference.run_dir, config.run_dir)
+    for folder in ("samples", "metrics", "report"):
+        shutil.rmtree(config.run_dir / folder)
+    ledger = json.loads((config.run_dir / "steps.json").read_text())
+    kept = {name: entry for name, entry in ledger.items() if name.split("/")[0] in ("backbone", "metric-models", "train")}
+    (config.run_dir / "steps.json").write_text(json.dumps(kept))
+    config_file = tmp_path / "two.yaml"
+    config_file.write_text(config.to_yaml())
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "taxabench", "run", "--config", str(config_file)],
+                   check=True, env=env, cwd=tmp_path, capture_output=True, timeout=900)
+    two = pd.read_csv(config.run_dir / "metrics" / "all.csv")[VALUE_COLUMNS]
+    one = pd.read_csv(reference.run_dir / "metrics" / "all.csv")[VALUE_COLUMNS]
+    key = ["method", "metric", "scope"]
+    pd.testing.assert_frame_equal(two.sort_values(key).reset_index(drop=True),
+                                  one.sort_values(key).reset_index(drop=True), rtol=1e-8)
+    assert '"processes": 2' in (config.run_dir / "provenance.json").read_text()
