@@ -142,7 +142,7 @@ def resolve_backbone(config: ExperimentConfig, data=None, show_progress: bool = 
         if data is None:
             raise TaxabenchError("backbone.source 'tiny' is built from the dataset; load the dataset first")
         return ensure_tiny_backbone(data, config.data, config.backbone.tiny, show_progress=show_progress)
-    from taxabench.weights import WeightsSpec, folder_sha256, resolve_weights
+    from taxabench.weights import folder_sha256, resolve_weights
 
     if Path(source).exists():
         path = Path(source)
@@ -153,7 +153,16 @@ def resolve_backbone(config: ExperimentConfig, data=None, show_progress: bool = 
             f"backbone.source: {source!r} is neither an existing folder nor a hub id like "
             "'runwayml/stable-diffusion-v1-5' (nor 'tiny')"
         )
-    spec = WeightsSpec(
+    resolved = resolve_weights(hub_backbone_spec(source))
+    _check_sd_folder(resolved.path, source)
+    return resolved.path, resolved.identity(source)
+
+
+def hub_backbone_spec(source: str):
+    """The weights spec of an SD-format pipeline on the hub (`taxabench.weights` resolves it offline-first)."""
+    from taxabench.weights import WeightsSpec
+
+    return WeightsSpec(
         name=SD_BACKBONE_WEIGHTS,
         description=f"the Stable-Diffusion-format pipeline {source} (folders {', '.join(SD_COMPONENTS)})",
         hf_repo=source,
@@ -163,9 +172,6 @@ def resolve_backbone(config: ExperimentConfig, data=None, show_progress: bool = 
                      "vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors",
                      "text_encoder/model.safetensors"),
     )
-    resolved = resolve_weights(spec)
-    _check_sd_folder(resolved.path, source)
-    return resolved.path, resolved.identity(source)
 
 
 def _check_sd_folder(path: Path, source: str) -> None:

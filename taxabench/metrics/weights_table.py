@@ -25,7 +25,7 @@ def weights_table(config: ExperimentConfig | None = None) -> list[WeightsStatus]
     from taxabench.metrics.synthclip import SYNTHCLIP_WEIGHTS, resolve_synthclip
 
     config = config or ExperimentConfig()
-    rows = []
+    rows = [_backbone_row(config.backbone.source)]
     for name, extractor in EXTRACTORS:
         for spec in extractor.weights_specs:
             try:
@@ -44,3 +44,21 @@ def weights_table(config: ExperimentConfig | None = None) -> list[WeightsStatus]
             rows.append(WeightsStatus(name, "lpips heads", True,
                                       f"{lpips_heads_path()} (shipped with lpips, sha256:{HEADS_SHA256[:12]})"))
     return rows
+
+
+def _backbone_row(source: str) -> WeightsStatus:
+    """The generative backbone `backbone.source` names: built by taxabench, a local folder, or a hub id."""
+    from pathlib import Path
+
+    from taxabench.backbone import hub_backbone_spec
+
+    if source == "tiny":
+        return WeightsStatus("backbone", "tiny", True, "built by taxabench from the dataset on first use "
+                                                       "(`taxabench backbone tiny`), cached in $TAXABENCH_HOME")
+    if Path(source).is_dir():
+        return WeightsStatus("backbone", source, True, f"local SD-format folder {source}")
+    try:
+        resolved = resolve_weights(hub_backbone_spec(source), download=False)
+    except WeightsNotFoundError as error:
+        return WeightsStatus("backbone", source, False, str(error))
+    return WeightsStatus("backbone", source, True, f"{resolved.identity(source)}: {resolved.path}")
