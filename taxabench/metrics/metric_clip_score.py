@@ -32,13 +32,14 @@ class ClipScore(Metric):
 
     def compute(self, context) -> list[Measurement]:
         model_name = context.config.eval.clip_model
+        above = context.config.data.lineage_above  # ranks the dataset lacks above its top one (BioCLIP captions)
         model = context.extractor(model_name)
         images = context.features(model_name, "generated")[model.feature_for(self.key)]
         sets = context.sets
         values_by_rank = {}
         for rank in sets.ranks:
             taxa, taxon_of_image = sets.gen_taxa(rank)
-            captions = context.text_embeddings(model_name, [bioclip_caption(t.ranks, t.lineage) for t in taxa])
+            captions = context.text_embeddings(model_name, [bioclip_caption(t.ranks, t.lineage, above) for t in taxa])
             values_by_rank[rank] = caption_scores(images, captions, taxon_of_image)
         name = DISPLAY_NAMES.get(model_name, f"CLIP score ({model_name})")
         protocol = {**context.image_protocol(model_name), "caption": "bioclip-taxonomic", "scale": "cosine*100"}

@@ -36,6 +36,7 @@ class TaxaAccuracy(Metric):
 
     def compute(self, context) -> list[Measurement]:
         model_name = context.config.eval.clip_model
+        above = context.config.data.lineage_above  # ranks the dataset lacks above its top one (BioCLIP captions)
         model = context.extractor(model_name)
         images = context.features(model_name, "generated")[model.feature_for(self.key)]
         sets, taxonomy = context.sets, context.data.taxonomy
@@ -47,7 +48,7 @@ class TaxaAccuracy(Metric):
             index = {t.id: i for i, t in enumerate(candidates)}
             taxa, taxon_of_image = sets.gen_taxa(rank)
             true_index = np.array([index[t.id] for t in taxa])[taxon_of_image]
-            captions = context.text_embeddings(model_name, [bioclip_caption(t.ranks, t.lineage) for t in candidates])
+            captions = context.text_embeddings(model_name, [bioclip_caption(t.ranks, t.lineage, above) for t in candidates])
             for k in hits:
                 hits[k][rank] = 100.0 * zero_shot_hits(images, captions, true_index, k)
         measurements = []

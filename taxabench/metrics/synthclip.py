@@ -89,6 +89,7 @@ def build_folder(config: ExperimentConfig, data: TaxaData | None = None) -> Path
         "resize": config.data.resize,
         "architecture": json.loads(ARCHITECTURE_FILE.read_text()),
         "training": asdict(config.eval.synthclip),
+        **({"lineage_above": config.data.lineage_above} if config.data.lineage_above else {}),  # in its captions
     })
     return taxabench_home() / "weights" / "synthclip" / key[:16]
 
@@ -126,7 +127,8 @@ def build_synthclip(config: ExperimentConfig, show_progress: bool = True) -> Syn
         model = open_clip.create_model(ARCHITECTURE, device="cpu")
     tokenizer = open_clip.get_tokenizer(ARCHITECTURE)
     started = time.perf_counter()
-    captions = {rank: [bioclip_caption(t.ranks, t.lineage) for t in data.taxonomy.taxa(rank)] for rank in data.ranks}
+    above = config.data.lineage_above
+    captions = {rank: [bioclip_caption(t.ranks, t.lineage, above) for t in data.taxonomy.taxa(rank)] for rank in data.ranks}
     _check_caption_lengths(tokenizer, captions, model.context_length)
     tokens = {rank: tokenizer(texts) for rank, texts in captions.items()}
     images = _load_uint8(data.train, config.data)
