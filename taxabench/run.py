@@ -61,7 +61,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
     from taxabench.methods import get_method
     from taxabench.metrics import evaluate, prepare_extractors
     from taxabench.report import write_report
-    from taxabench.sample import sample_method, samples_dir
+    from taxabench.sample import sample_method, samples_dir, stage_grid
     from taxabench.train import cpu_only, method_dir, train_method
 
     for method in config.methods:  # unknown names and bad options fail before any work
@@ -103,10 +103,13 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
         sample_config = config if entry.guidance is None else replace(
             config, sample=replace(config.sample, guidance=entry.guidance))
         sample_fp = fingerprint("sample", config.seed, sample_config.sample, train_fps[entry.method])
+        def sample(entry=entry, sample_config=sample_config) -> None:
+            sample_method(sample_config, entry.method, run_dir, output=entry.name, show_progress=show_progress)
+            if entry.guidance is None and state.is_main_process and _stages(run_dir, entry.method) > 1:
+                stage_grid(config, entry.method, run_dir)  # the report's "across progressive stages" figure
+
         steps.append(Step(
-            f"sample/{entry.name}", sample_fp,
-            lambda entry=entry, sample_config=sample_config: sample_method(
-                sample_config, entry.method, run_dir, output=entry.name, show_progress=show_progress),
+            f"sample/{entry.name}", sample_fp, sample,
             clean=lambda entry=entry: shutil.rmtree(samples_dir(run_dir, entry.name), ignore_errors=True),
             after=(f"train/{entry.method}",),
         ))
@@ -176,6 +179,12 @@ def _remove_built_backbone(config: ExperimentConfig, data, resolve_backbone) -> 
     if config.backbone.source == "tiny":
         path, _ = resolve_backbone(config, data, show_progress=False)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _stages(run_dir: Path, method: str) -> int:
+    from taxabench.train import MANIFEST, method_dir
+
+    return len(json.loads((method_dir(run_dir, method) / MANIFEST).read_text())["stages"])
 
 
 def _remove_metrics(run_dir: Path, name: str) -> None:

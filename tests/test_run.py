@@ -51,6 +51,8 @@ def test_run_writes_every_output_and_a_report(finished_run):
     assert set(table["method"]) == {"taxadiffusion", "sd-lora", "taxadiffusion+cfg"}
     text = report.read_text()
     assert "## Main table" in text and "## Ablations" in text and "`taxadiffusion+cfg`" in text
+    assert "## Across progressive stages" in text and (run_dir / "report" / "stages.png").is_file()
+    assert not (run_dir / "samples" / "sd-lora" / "stages.png").exists()  # one stage: nothing to show
     assert (run_dir / "config.yaml").is_file() and (run_dir / "provenance.json").is_file()
 
 
