@@ -102,9 +102,11 @@ def measure(
     process = psutil.Process()
     try:
         for group in order:
-            for name in group:
-                if isinstance(paths[name], Worker):
-                    paths[name].start()
+            workers = [paths[name] for name in group if isinstance(paths[name], Worker)]
+            for worker in workers:  # set up side by side, untimed
+                worker.launch()
+            for worker in workers:
+                worker.start()
             for round_ in range(warmup + repeats):
                 for name in group:
                     path = paths[name]
@@ -179,15 +181,24 @@ class Worker:
         self.peak_memory_mb = 0.0
         self._process = None
         self._connection = None
+        self._ready = False
 
-    def start(self) -> None:
+    def launch(self) -> None:
+        """Start the process and its setup without waiting for it."""
         if self._process is not None:
             return
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
         self._process = context.Process(target=_worker_main, args=(child, self.setup, self.spec), daemon=True)
         self._process.start()
-        self._reply()
+        self._ready = False
+
+    def start(self) -> None:
+        """Launch (if needed) and wait until the setup is done."""
+        self.launch()
+        if not self._ready:
+            self._reply()
+            self._ready = True
 
     def __call__(self) -> int:
         self.start()

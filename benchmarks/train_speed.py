@@ -11,8 +11,8 @@ Every path is the same `taxabench.train.StageTrainer` (the loop `taxabench train
 - taxabench: the defaults: frozen work cached (text embeddings per unique string, VAE posterior moments per image,
   both filled before timing as after a run's first epoch), bf16 autocast with SDPA attention and fused AdamW on
   CUDA (float32 on a CPU, where bf16 made the tiny steps slower);
-- taxabench + torch.compile (`train.compile: true`; on by default only in GPU runs: compiling takes minutes on a
-  CPU).
+- taxabench + torch.compile (`train.compile: true`; asked for with `--paths defaults,compile`: the warm-up call
+  includes minutes of compiling, so gpu_check.sh times it in a run of its own).
 
 The stage timed is the last one (all ranks summed into the context): there the authors' text encoder encodes
 exactly the strings taxabench's uncached path encodes, one per rank and sample. Both paths use diffusers'
@@ -41,10 +41,10 @@ from benchmarks.harness import (
 )
 
 METHOD = "taxadiffusion"
-PATHS = {
-    "authors (fp32, no caches)": {"mixed_precision": "no", "cache_latents": False, "cache_text": False},
-    "taxabench defaults": {},
-    "taxabench + torch.compile": {"compile": True},
+PATHS = {  # --paths key: (table name, train flags)
+    "authors": ("authors (fp32, no caches)", {"mixed_precision": "no", "cache_latents": False, "cache_text": False}),
+    "defaults": ("taxabench defaults", {}),
+    "compile": ("taxabench + torch.compile", {"compile": True}),
 }
 
 
@@ -106,12 +106,11 @@ def fill_caches(trainer) -> None:
 def run(args) -> str:
     flop_path = "taxabench defaults"
     paths = {}
-    for name, flags in PATHS.items():
-        if flags.get("compile") and not args.compile:
-            continue
+    for key in args.paths:
+        name, flags = PATHS[key]
         spec = {"size": args.size, "device": args.device, "resolution": args.resolution, "threads": args.threads,
                 "batch_size": args.batch_size, "steps_per_call": args.steps, "flags": flags,
-                "species": args.species, "count_flops": name == flop_path and args.device.startswith("cuda")}
+                "species": args.species, "count_flops": name == flop_path}
         paths[name] = Worker("benchmarks.train_speed:setup_training", spec)
     results = measure(paths, repeats=args.repeats, warmup=args.warmup, device=args.device,
                       interleave=not args.dry_run)
@@ -119,13 +118,14 @@ def run(args) -> str:
     flops = next((float(r.extra["GFLOP/image"]) * 1e9 for r in results if "GFLOP/image" in r.extra), 0.0)
     for result in results:
         result.extra.pop("GFLOP/image", None)
-        if flops:
+        if flops and peak:
             result.extra["MFU (bf16 peak)"] = model_flop_utilisation(result.items_per_second, flops, peak)
     title = (f"Training step throughput: {METHOD}, last stage, {args.size} backbone, {args.resolution} px, "
              f"batch {args.batch_size}, {args.steps} steps per call")
     notes = [f"_{machine_description(args.device, args.threads)}_"]
     if flops:
-        peak_text = f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown (set $TAXABENCH_PEAK_TFLOPS)"
+        peak_text = (f"{peak / 1e12:.0f} TFLOP/s" if peak else
+                     "none for a CPU" if args.device == "cpu" else "unknown (set $TAXABENCH_PEAK_TFLOPS)")
         notes.append(f"FLOPs per image (one step of the cached path, counted by torch.utils.flop_counter): "
                      f"{flops / 1e9:.1f} GFLOP; bf16 dense peak of the device: {peak_text}; "
                      "MFU = images/s × FLOPs per image / peak.")
@@ -140,8 +140,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: 16 tiny, 8 sd15)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per timed call (default 3 / 2)")
     parser.add_argument("--species", type=int, default=None, help="train on the first N species only")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="also time train.compile: true (default: on CUDA only)")
+    parser.add_argument("--paths", default="authors,defaults",
+                        help="comma-separated, the first is the baseline: authors, defaults, compile "
+                             "(compiling takes minutes: gpu_check.sh times it in a run of its own)")
     return parser
 
 
@@ -153,8 +154,10 @@ def resolve(args) -> None:
     if args.dry_run:
         args.batch_size, args.steps = min(args.batch_size, 2), 1
         args.species = args.species or 2
-    if args.compile is None:
-        args.compile = args.device.startswith("cuda") and not args.dry_run
+    args.paths = [key.strip() for key in args.paths.split(",") if key.strip()]
+    unknown = [key for key in args.paths if key not in PATHS]
+    if unknown or not args.paths:
+        raise SystemExit(f"--paths: unknown path {unknown[:1]}; choose from {', '.join(PATHS)}")
 
 
 def main(argv: list[str] | None = None) -> None:

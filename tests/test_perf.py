@@ -130,3 +130,18 @@ def test_sd15_shape_is_refused_on_cpu_unless_asked():
 
     with pytest.raises(SystemExit, match="too slow to time on a CPU"):
         train_speed.main(["--size", "sd15", "--device", "cpu"])
+
+
+def test_gpu_check_script_parses_and_fails_clearly_without_cuda(tmp_path):
+    import subprocess
+    import sys
+
+    script = "benchmarks/gpu_check.sh"
+    assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the check would run for real")
+    result = subprocess.run(["bash", script, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                            env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path)})
+    assert result.returncode == 1
+    assert "sees no CUDA device (for a CPU check: --dry-run)" in result.stderr
+    assert (tmp_path / "gpu_check.log").is_file()
