@@ -57,3 +57,15 @@ def demo(session: nox.Session) -> None:
     """The main job on the embedded default: `taxabench demo` (SynthTaxa tiny, tiny backbone, three methods)."""
     bin_ = shared_env(session)
     session.run(str(bin_ / "taxabench"), "demo", *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """Throughput harnesses on this CPU (tiny size): training, sampling, evaluation -> reports/perf/cpu.md.
+
+    Ratios against the authors' configuration, measured interleaved in one run (benchmarks/harness.py). Extra
+    arguments go to every harness, e.g. `nox -s bench -- --repeats 3`. On a GPU, run benchmarks/gpu_check.sh.
+    """
+    bin_ = shared_env(session)
+    session.run(str(bin_ / "python"), "-m", "benchmarks", "--size", "tiny", "--device", "cpu",
+                "--out", str(ROOT / "reports" / "perf" / "cpu.md"), "--", *session.posargs, external=True)

@@ -214,6 +214,9 @@ class TrainConfig:
     ema_decay: float | None = None  # None: no EMA
     cache_latents: bool = True  # encode each image with the frozen VAE once
     cache_text: bool = True  # encode each unique string with the frozen text encoder once
+    # torch.compile the denoiser (inductor). Off by default: on a CPU the tiny backbone's steps got ~13% faster after
+    # ~3 minutes of compiling per stage (reports/perf/README.md); benchmarks/gpu_check.sh measures it on a GPU
+    compile: bool = False
     checkpoint_every: int = 100  # accelerate state every N steps (resume point)
     checkpoints_total_limit: int = 2
     num_workers: int = 0

@@ -56,7 +56,8 @@ LOSS_LOG = "loss.csv"
 TRAINABLE_STATE = "trainable.safetensors"
 STEP_FILE = "training_state.json"
 # train fields that change how a run is executed, not what it learns: they may change between restarts
-OPERATIONAL_KEYS = ("checkpoint_every", "checkpoints_total_limit", "num_workers", "cache_latents", "cache_text")
+OPERATIONAL_KEYS = ("checkpoint_every", "checkpoints_total_limit", "num_workers", "cache_latents", "cache_text",
+                    "compile")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -435,146 +436,173 @@ def _mixed_precision(setting: str, device: torch.device) -> str:
     return setting
 
 
-def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Path, show_progress: bool) -> None:
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-    from diffusers.optimization import get_scheduler
-    from safetensors.torch import load_file, save_file
+class StageTrainer:
+    """The machinery of one training stage: the accelerator, the stage's trainable parameters in float32 and the
+    frozen backbone in the compute dtype, the optimizer, the frozen-work caches and the sample stream.
 
-    train = config.train
-    accelerator = Accelerator(
-        cpu=cpu_only(),
-        gradient_accumulation_steps=train.gradient_accumulation_steps,
-        mixed_precision=_mixed_precision(train.mixed_precision, _default_device()),
-        # a method may leave some trainable modules out of a step (the random-rank ablation)
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
-    device = accelerator.device
-    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    `step(k)` runs optimizer step k (all its micro-batches) and returns its loss; `_train_stage` drives it with
+    resume, logging and checkpoints, and `benchmarks/train_speed.py` times it. How it runs is the config's
+    choice (`train.mixed_precision`, `train.cache_latents`, `train.cache_text`, `train.compile`): the authors'
+    configuration (float32, every frozen encoder re-run at every step) is the same object with other flags.
+    """
 
-    # freeze everything, then let the method mark what trains in this stage
-    backbone.freeze()
-    method.conditioner.requires_grad_(False)
-    params = method.trainable_parameters(stage)
-    for param in params:
-        param.requires_grad_(True)
-    # frozen backbone weights in the compute dtype; trainable and method-owned weights stay float32
-    owned = {id(p) for p in method.owned_parameters()} | {id(p) for p in params}
-    for module in (backbone.vae, backbone.text_encoder, backbone.unet):
-        for param in module.parameters():
-            param.data = param.data.float() if id(param) in owned else param.data.to(weight_dtype)
-        module.to(device)
-    method.conditioner.to(device)
+    def __init__(self, config, method: Method, stage: Stage, data, backbone):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+        from diffusers.optimization import get_scheduler
 
-    model = Denoiser(backbone.unet, method, stage).train()
-    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
-    schedule_name = "constant_with_warmup" if train.lr_scheduler == "constant" else train.lr_scheduler
-    lr_scheduler = get_scheduler(  # the prepared scheduler steps once per process: scale as diffusers does
-        schedule_name, optimizer, num_warmup_steps=train.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=stage.steps * accelerator.num_processes,
-    )
-    ema = EMA(params, train.ema_decay) if train.ema_decay is not None else None
-    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+        train = config.train
+        self.config, self.method, self.stage, self.data, self.backbone = config, method, stage, data, backbone
+        self.accelerator = accelerator = Accelerator(
+            cpu=cpu_only(),
+            gradient_accumulation_steps=train.gradient_accumulation_steps,
+            mixed_precision=_mixed_precision(train.mixed_precision, _default_device()),
+            # a method may leave some trainable modules out of a step (the random-rank ablation)
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            dynamo_backend="inductor" if train.compile else "no",
+        )
+        device = self.device = accelerator.device
+        weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+
+        # freeze everything, then let the method mark what trains in this stage
+        backbone.freeze()
+        method.conditioner.requires_grad_(False)
+        self.params = params = method.trainable_parameters(stage)
+        for param in params:
+            param.requires_grad_(True)
+        # frozen backbone weights in the compute dtype; trainable and method-owned weights stay float32
+        owned = {id(p) for p in method.owned_parameters()} | {id(p) for p in params}
+        for module in (backbone.vae, backbone.text_encoder, backbone.unet):
+            for param in module.parameters():
+                param.data = param.data.float() if id(param) in owned else param.data.to(weight_dtype)
+            module.to(device)
+        method.conditioner.to(device)
+
+        model = Denoiser(backbone.unet, method, stage).train()
+        # the fused CUDA kernel updates every parameter in one launch instead of a few per parameter
+        optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay,
+                                      fused=device.type == "cuda")
+        schedule_name = "constant_with_warmup" if train.lr_scheduler == "constant" else train.lr_scheduler
+        lr_scheduler = get_scheduler(  # the prepared scheduler steps once per process: scale as diffusers does
+            schedule_name, optimizer, num_warmup_steps=train.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=stage.steps * accelerator.num_processes,
+        )
+        self.ema = EMA(params, train.ema_decay) if train.ema_decay is not None else None
+        self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+        accelerator.register_save_state_pre_hook(self._save_trainable)
+        accelerator.register_load_state_pre_hook(self._load_trainable)
+
+        self.stream = SampleStream(
+            len(data.train), train.batch_size, accelerator.num_processes, accelerator.process_index, config.seed,
+            stage.index,
+        )
+        self.latents = LatentCache(data.train, config.data, backbone, train.cache_latents, train.num_workers)
+        self.text = TextCache(backbone, train.cache_text)
+        self.global_batch = train.batch_size * accelerator.num_processes * train.gradient_accumulation_steps
 
     # accelerate state holds only what trains (and its EMA), as safetensors, not the whole UNet
-    def save_trainable(models, weights, output_dir):
-        if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(models[0])
+    def _save_trainable(self, models, weights, output_dir):
+        from safetensors.torch import save_file
+
+        if self.accelerator.is_main_process:
+            unwrapped = self.accelerator.unwrap_model(models[0])
             state = {n: p.detach().float().cpu().contiguous() for n, p in unwrapped.named_parameters()
                      if p.requires_grad}
-            if ema is not None:
+            if self.ema is not None:
                 names = [n for n, p in unwrapped.named_parameters() if p.requires_grad]
-                state.update({f"ema.{n}": s.cpu().contiguous() for n, s in zip(names, ema.shadow)})
+                state.update({f"ema.{n}": s.cpu().contiguous() for n, s in zip(names, self.ema.shadow)})
             save_file(state, Path(output_dir) / TRAINABLE_STATE)
         weights.clear()
 
-    def load_trainable(models, input_dir):
-        unwrapped = accelerator.unwrap_model(models.pop())
+    def _load_trainable(self, models, input_dir):
+        from safetensors.torch import load_file
+
+        unwrapped = self.accelerator.unwrap_model(models.pop())
         state = load_file(Path(input_dir) / TRAINABLE_STATE)
         named = [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
         with torch.no_grad():
             for i, (name, param) in enumerate(named):
                 param.copy_(state[name])
-                if ema is not None:
-                    ema.shadow[i].copy_(state[f"ema.{name}"])
+                if self.ema is not None:
+                    self.ema.shadow[i].copy_(state[f"ema.{name}"])
 
-    accelerator.register_save_state_pre_hook(save_trainable)
-    accelerator.register_load_state_pre_hook(load_trainable)
+    def step(self, step: int) -> float:
+        """Optimizer step `step` (0-based) of the stage: its micro-batches, the update, the EMA; the mean loss."""
+        config, train, accelerator = self.config, self.config.train, self.accelerator
+        stage, device, backbone = self.stage, self.device, self.backbone
+        noise_scheduler = backbone.noise_scheduler
+        num_timesteps = noise_scheduler.config.num_train_timesteps
+        accumulation = train.gradient_accumulation_steps
+        losses = []
+        for micro in range(accumulation):
+            micro_batch = step * accumulation + micro
+            positions = self.stream.positions(micro_batch)
+            indices = [self.stream.record_index(p) for p in positions]
+            draws = TrainingDraws(
+                per_sample=[generator(config.seed, "train-sample", stage.index, p) for p in positions],
+                per_step=generator(config.seed, "train-step", stage.index, micro_batch),
+                dropout=train.condition_dropout,
+            )
+            # randomness inside modules (dropout layers) also follows the step, not the call history
+            torch.manual_seed(derive_seed(config.seed, "train-modules", stage.index, micro_batch,
+                                          accelerator.process_index))
+            with accelerator.accumulate(self.model):
+                mean, std = self.latents.moments(indices, device)
+                shape = mean.shape[1:]
+                posterior = torch.stack([torch.randn(shape, generator=g) for g in draws.per_sample])
+                noise = torch.stack([torch.randn(shape, generator=g) for g in draws.per_sample])
+                timesteps = torch.stack(
+                    [torch.randint(0, num_timesteps, (), generator=g) for g in draws.per_sample]
+                ).to(device)
+                clean = backbone.scaled_latents(mean, std, posterior.to(device))
+                noise = noise.to(device)
+                noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+                if noise_scheduler.config.prediction_type == "v_prediction":
+                    target = noise_scheduler.get_velocity(clean, noise, timesteps)
+                else:
+                    target = noise
+                labels = [self.data.train[i].labels for i in indices]
+                inputs = move_inputs(self.method.condition_inputs(labels, stage, self.text, draws), device)
+                prediction = self.model(noisy, timesteps, inputs)
+                loss = F.mse_loss(prediction.float(), target.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and train.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(self.params, train.max_grad_norm)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        if self.ema is not None:
+            self.ema.update()
+        return accelerator.gather(torch.stack(losses).mean().reshape(1)).mean().item()
 
+
+def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Path, show_progress: bool) -> None:
+    train = config.train
+    trainer = StageTrainer(config, method, stage, data, backbone)
+    accelerator = trainer.accelerator
     state_dir = root / "state" / stage.name
     start = _resume(accelerator, state_dir)
     loss_log = root / LOSS_LOG
     if accelerator.is_main_process:
         _truncate_log(loss_log, stage.index, start)
 
-    stream = SampleStream(
-        len(data.train), train.batch_size, accelerator.num_processes, accelerator.process_index, config.seed,
-        stage.index,
-    )
-    latents = LatentCache(data.train, config.data, backbone, train.cache_latents, train.num_workers)
-    text = TextCache(backbone, train.cache_text)
-    noise_scheduler = backbone.noise_scheduler
-    num_timesteps = noise_scheduler.config.num_train_timesteps
-    accumulation = train.gradient_accumulation_steps
-    global_batch = train.batch_size * accelerator.num_processes * accumulation
-
     with progress_bar(f"{method.name} {stage.name}: {stage.description}", stage.steps, show_progress,
                       completed=start) as advance:
         for step in range(start, stage.steps):
             started = time.perf_counter()
-            losses = []
-            for micro in range(accumulation):
-                micro_batch = step * accumulation + micro
-                positions = stream.positions(micro_batch)
-                indices = [stream.record_index(p) for p in positions]
-                draws = TrainingDraws(
-                    per_sample=[generator(config.seed, "train-sample", stage.index, p) for p in positions],
-                    per_step=generator(config.seed, "train-step", stage.index, micro_batch),
-                    dropout=train.condition_dropout,
-                )
-                # randomness inside modules (dropout layers) also follows the step, not the call history
-                torch.manual_seed(derive_seed(config.seed, "train-modules", stage.index, micro_batch,
-                                              accelerator.process_index))
-                with accelerator.accumulate(model):
-                    mean, std = latents.moments(indices, device)
-                    shape = mean.shape[1:]
-                    posterior = torch.stack([torch.randn(shape, generator=g) for g in draws.per_sample])
-                    noise = torch.stack([torch.randn(shape, generator=g) for g in draws.per_sample])
-                    timesteps = torch.stack(
-                        [torch.randint(0, num_timesteps, (), generator=g) for g in draws.per_sample]
-                    ).to(device)
-                    clean = backbone.scaled_latents(mean, std, posterior.to(device))
-                    noise = noise.to(device)
-                    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-                    if noise_scheduler.config.prediction_type == "v_prediction":
-                        target = noise_scheduler.get_velocity(clean, noise, timesteps)
-                    else:
-                        target = noise
-                    labels = [data.train[i].labels for i in indices]
-                    inputs = move_inputs(method.condition_inputs(labels, stage, text, draws), device)
-                    prediction = model(noisy, timesteps, inputs)
-                    loss = F.mse_loss(prediction.float(), target.float())
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and train.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(params, train.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.detach())
-            if ema is not None:
-                ema.update()
-            step_loss = accelerator.gather(torch.stack(losses).mean().reshape(1)).mean().item()
+            step_loss = trainer.step(step)
             seconds = time.perf_counter() - started
+            rate = trainer.global_batch / seconds
             if accelerator.is_main_process:
-                _log(loss_log, stage.index, step + 1, step_loss, lr_scheduler.get_last_lr()[0],
-                     global_batch / seconds, seconds)
-            advance(loss=step_loss, **{"img/s": global_batch / seconds})
+                _log(loss_log, stage.index, step + 1, step_loss, trainer.lr_scheduler.get_last_lr()[0], rate, seconds)
+            advance(loss=step_loss, **{"img/s": rate})
             done = step + 1
             if done % train.checkpoint_every == 0 and done < stage.steps:
                 _save_state(accelerator, state_dir, done, train.checkpoints_total_limit)
 
-    if ema is not None:
-        ema.copy_to_params()
+    if trainer.ema is not None:
+        trainer.ema.copy_to_params()
     final = root / stage.name
     if accelerator.is_main_process:
         staging = root / f".{stage.name}.partial"

@@ -1,0 +1,65 @@
+"""Run the three throughput harnesses (training, sampling, evaluation) and write one report.
+
+    python -m benchmarks --out reports/perf/cpu.md                  # tiny size, CPU (`nox -s bench`)
+    python -m benchmarks --size sd15 --out reports/perf/gpu.md      # SD-1.5 shape, 512 px (gpu_check.sh)
+
+Options after `--` go to every harness (e.g. `-- --repeats 3`); `--only train,sample` picks harnesses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks import eval_speed, sample_speed, train_speed
+from benchmarks.harness import ROOT, default_device, device_name
+
+HARNESSES = {"train": train_speed, "sample": sample_speed, "eval": eval_speed}
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=("tiny", "sd15"), default="tiny")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--only", default=",".join(HARNESSES), help="comma-separated: train, sample, eval")
+    parser.add_argument("--out", type=Path, required=True, help="the report to write (replaced)")
+    args = parser.parse_args(own)
+    device = args.device or default_device()
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(only) - set(HARNESSES))
+    if unknown:
+        parser.error(f"--only: unknown harness {unknown[0]!r}; choose from {', '.join(HARNESSES)}")
+
+    sections = []
+    for name in only:
+        module = HARNESSES[name]
+        options = module.parser().parse_args(["--size", args.size, "--device", device, *passthrough])
+        module.resolve(options)
+        sections.append(module.run(options))
+        print(sections[-1], flush=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header = (f"# taxabench throughput: {device_name(device)}, {args.size} size\n\n"
+              f"Written by `python -m benchmarks --size {args.size}` on {stamp} at commit {_commit()}. Ratios are "
+              "between paths timed in the same run, interleaved; see reports/perf/README.md for what each path "
+              "is.\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join([header, *sections]))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The fast paths change nothing but speed: the authors' configuration (float32, frozen encoders re-run at every
+step) gives the same loss curve as taxabench's cached defaults; one image per call gives the same samples as
+batches across taxa. And the benchmark harness measures what it says (interleaved workers, ratios, peaks)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.harness import Measurement, Worker, markdown_table, measure, model_flop_utilisation
+from taxabench.sample import sample_method
+from taxabench.train import train_method
+from tests.conftest import experiment
+
+AUTHORS = {"mixed_precision": "no", "cache_latents": False, "cache_text": False}
+TWO_RANKS = {"taxadiffusion": {"ranks": ["class", "order"]}}
+SPECIES = ["bubuii", "nomoatus"]
+
+
+def loss_curve(folder) -> list[tuple[int, int, float]]:
+    with open(folder / "loss.csv", newline="") as handle:
+        return [(int(r["stage"]), int(r["step"]), float(r["loss"])) for r in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def authors_and_defaults(tiny_world, tiny_data, tiny_backbone, tmp_path_factory):
+    """taxadiffusion on two ranks, 2 steps per stage, trained in the authors' configuration and with the defaults."""
+    folders = {}
+    for name, flags in (("authors", AUTHORS), ("defaults", {})):
+        config = experiment(tiny_world, tmp_path_factory.mktemp(name), train={"steps_per_stage": 2, **flags},
+                            method_options=TWO_RANKS, sample={"taxa": SPECIES})
+        folders[name] = (config, train_method(config, "taxadiffusion", data=tiny_data, show_progress=False))
+    return folders
+
+
+def test_the_authors_configuration_gives_the_same_loss_curve(authors_and_defaults):
+    (_, authors), (_, defaults) = authors_and_defaults["authors"], authors_and_defaults["defaults"]
+    plain, fast = loss_curve(authors), loss_curve(defaults)
+    assert [r[:2] for r in plain] == [r[:2] for r in fast] == [(s, k) for s in (0, 1) for k in (1, 2)]
+    # the same draws, the same weights: only the order of float32 reductions in the frozen encoders differs
+    np.testing.assert_allclose([r[2] for r in fast], [r[2] for r in plain], rtol=1e-5, atol=1e-6)
+    from safetensors.torch import load_file
+
+    for file in ("conditioner.safetensors", "pytorch_lora_weights.safetensors"):
+        a, b = load_file(authors / "stage-1" / file), load_file(defaults / "stage-1" / file)
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+
+
+def test_one_image_per_call_gives_the_same_samples(authors_and_defaults, tmp_path):
+    config, _ = authors_and_defaults["defaults"]
+
+    def images(batch_size: int, precision: str, name: str) -> dict[str, np.ndarray]:
+        config.sample.batch_size, config.sample.precision = batch_size, precision
+        folder = sample_method(config, "taxadiffusion", output=name, show_progress=False)
+        return {p.relative_to(folder).as_posix(): np.asarray(Image.open(p), dtype=np.int16)
+                for p in sorted(folder.glob("*/*.png"))}
+
+    batched = images(8, "float64", "batched")
+    one_by_one = images(1, "float64", "one-by-one")
+    assert len(batched) == len(SPECIES) * config.sample.images_per_taxon
+    assert all(np.array_equal(batched[k], one_by_one[k]) for k in batched)  # float64: the same bytes
+    authors = images(1, "float32", "authors-float32")  # the authors' loop: one image per call, float32
+    assert authors.keys() == batched.keys()
+    for key in batched:  # float32 rounding moves a few pixel values by a level or two, nothing more
+        difference = np.abs(authors[key] - batched[key])
+        assert difference.max() <= 3 and difference.mean() < 0.05, key
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The harness
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_measure_interleaves_workers_and_reports_ratios_and_peaks():
+    paths = {"slow": Worker("tests.perf_workers:setup_sleeper", {"seconds": 0.2, "megabytes": 1, "threads": 1}),
+             "fast": Worker("tests.perf_workers:setup_sleeper", {"seconds": 0.05, "megabytes": 200, "threads": 1})}
+    slow, fast = measure(paths, repeats=3, warmup=1)
+    assert len(slow.seconds) == len(fast.seconds) == 3
+    assert slow.items == fast.items == 4 and slow.items_per_second == pytest.approx(4 / np.median(slow.seconds))
+    assert 2.0 < fast.items_per_second / slow.items_per_second < 4.5  # 0.2 s against 0.05 s, plus a pipe each
+    assert fast.peak_memory_mb > slow.peak_memory_mb + 150  # each path's own process peak
+    assert fast.extra == {"kind": "sleeper", "ballast MiB": "200"}
+    table = markdown_table("sleepers", [slow, fast], unit="items/s")
+    assert "| slow |" in table and "1.00×" in table and "| kind | ballast MiB |" in table
+
+
+def test_a_failing_worker_names_its_error():
+    with pytest.raises(RuntimeError, match="setup failed on purpose"):
+        measure({"broken": Worker("tests.perf_workers:setup_sleeper", {"fail": True})}, repeats=1, warmup=0)
+
+
+def test_model_flop_utilisation():
+    # 10 images/s x 5 TFLOP per image on a 100 TFLOP/s device: half the peak
+    assert model_flop_utilisation(10.0, 5e12, 100e12) == "50.0%"
+    assert model_flop_utilisation(10.0, 5e12, None) == "n/a"
+    assert Measurement("x", 1.0, [1.0], 1, 0.0).extra == {}
+
+
+@pytest.mark.slow
+def test_harness_dry_runs_on_the_tiny_size(tiny_backbone, tmp_path):
+    from benchmarks.__main__ import main
+
+    out = tmp_path / "cpu.md"
+    main(["--size", "tiny", "--device", "cpu", "--out", str(out), "--", "--dry-run"])
+    report = out.read_text()
+    for title in ("Training step throughput", "Sampling throughput", "Evaluation throughput"):
+        assert title in report
+    assert report.count("**Dry run**") == 3
+
+
+@pytest.mark.slow
+def test_sd15_shape_runs_one_training_and_sampling_step_on_cpu(tmp_path):
+    """The SD-1.5-shaped paths gpu_check.sh times, checked on a CPU at 64 px: one step each (minutes)."""
+    from benchmarks import sample_speed, train_speed
+
+    for module in (train_speed, sample_speed):
+        out = tmp_path / f"{module.__name__}.md"
+        module.main(["--size", "sd15", "--device", "cpu", "--allow-cpu", "--dry-run", "--resolution", "64",
+                     "--out", str(out)])
+        assert "sd15 backbone, 64 px" in out.read_text()
+
+
+def test_sd15_shape_is_refused_on_cpu_unless_asked():
+    from benchmarks import train_speed
+
+    with pytest.raises(SystemExit, match="too slow to time on a CPU"):
+        train_speed.main(["--size", "sd15", "--device", "cpu"])
+
+
+def test_gpu_check_script_parses_and_fails_clearly_without_cuda(tmp_path):
+    import subprocess
+    import sys
+
+    script = "benchmarks/gpu_check.sh"
+    assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the check would run for real")
+    result = subprocess.run(["bash", script, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                            env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path)})
+    assert result.returncode == 1
+    assert "sees no CUDA device (for a CPU check: --dry-run)" in result.stderr
+    assert (tmp_path / "gpu_check.log").is_file()
