@@ -44,20 +44,20 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"--only: unknown harness {unknown[0]!r}; choose from {', '.join(HARNESSES)}")
 
-    sections = []
-    for name in only:
-        module = HARNESSES[name]
-        options = module.parser().parse_args(["--size", args.size, "--device", device, *passthrough])
-        module.resolve(options)
-        sections.append(module.run(options))
-        print(sections[-1], flush=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (f"# taxabench throughput: {device_name(device)}, {args.size} size\n\n"
               f"Written by `python -m benchmarks --size {args.size}` on {stamp} at commit {_commit()}. Ratios are "
               "between paths timed in the same run, interleaved; see reports/perf/README.md for what each path "
               "is.\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join([header, *sections]))
+    sections = [header]
+    for name in only:
+        module = HARNESSES[name]
+        options = module.parser().parse_args(["--size", args.size, "--device", device, *passthrough])
+        module.resolve(options)
+        sections.append(module.run(options))
+        print(sections[-1], flush=True)
+        args.out.write_text("\n".join(sections))  # after each harness: a time limit keeps what finished
     print(f"wrote {args.out}")
 
 

@@ -93,7 +93,7 @@ if [[ $DRY == 1 ]]; then
     "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py; status=$?
     [[ $status == 0 || $status == 5 ]] || FAILED="$FAILED cuda-tests"  # 5: every test skipped (no GPU)
 else
-    timeout 200 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py || FAILED="$FAILED cuda-tests"
+    timeout 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py || FAILED="$FAILED cuda-tests"
 fi
 
 # --- 3. Harnesses at SD-1.5 shape ----------------------------------------------------------------------------
@@ -101,7 +101,7 @@ if [[ $DRY == 1 ]]; then
     DEVICE=cpu; SLUG=dry-run-cpu; EXTRA=(--allow-cpu --dry-run --resolution 64); LIMIT=1200
 else
     DEVICE=cuda; SLUG="$("$PY" -c 'from benchmarks.harness import device_slug; print(device_slug("cuda"))')"
-    EXTRA=(--repeats 3); LIMIT=270
+    EXTRA=(--repeats 3); LIMIT=250
 fi
 REPORT="$OUT_DIR/$SLUG.md"
 echo; echo "== harnesses, SD-1.5 shape -> $REPORT"
@@ -110,8 +110,8 @@ timeout "$LIMIT" "$PY" -m benchmarks --size sd15 --device "$DEVICE" --out "$REPO
 
 if [[ $DRY == 0 && -f "$REPORT" ]]; then
     echo; echo "== torch.compile against the defaults (training)"
-    timeout 120 "$PY" -m benchmarks.train_speed --size sd15 --device cuda --paths defaults,compile --repeats 3 \
-        --out "$REPORT" || echo "torch.compile measurement did not finish in 120 s (compiling); not in the report"
+    timeout 90 "$PY" -m benchmarks.train_speed --size sd15 --device cuda --paths defaults,compile --repeats 3 \
+        --out "$REPORT" || echo "torch.compile measurement did not finish in 90 s (compiling); not in the report"
 fi
 
 rm -rf "$TAXABENCH_HOME"
