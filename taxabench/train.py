@@ -448,11 +448,15 @@ class StageTrainer:
 
     def __init__(self, config, method: Method, stage: Stage, data, backbone):
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from accelerate.utils import DistributedDataParallelKwargs
         from diffusers.optimization import get_scheduler
 
         train = config.train
         self.config, self.method, self.stage, self.data, self.backbone = config, method, stage, data, backbone
+        # the process-wide accelerate state keeps the first mixed precision it saw: reset it (not the process
+        # group) so that one process can train runs of different precisions one after the other
+        AcceleratorState._reset_state()
         self.accelerator = accelerator = Accelerator(
             cpu=cpu_only(),
             gradient_accumulation_steps=train.gradient_accumulation_steps,

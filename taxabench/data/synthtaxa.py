@@ -372,10 +372,15 @@ def generate(spec: SynthTaxaSpec, out: Path, show_progress: bool = True) -> Path
     summary = {**wanted, "images": len(rows), "species": len(world),
                "traits_by_rank": {r: list(t) for r, t in traits_by_rank(spec.ranks).items()}}
     (partial / SPEC_FILE).write_text(json.dumps(summary, indent=2))
-    if out.exists():
-        out.rmdir()
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial.rename(out)
+    try:
+        if out.exists() and not any(out.iterdir()):
+            out.rmdir()
+        partial.rename(out)
+    except OSError:
+        if not (out / SPEC_FILE).is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)  # another process finished the same world first
     return out
 
 
