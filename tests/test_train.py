@@ -267,3 +267,27 @@ def test_two_processes_train_on_disjoint_shards_of_the_same_global_batch(tiny_wo
         assert a.keys() == b.keys()
         for key in a:
             assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), f"{stage} {key}"
+
+
+def test_taxadiffusion_condition_dropout_cascades_from_coarse_to_fine(tiny_world, tiny_data, tiny_backbone, tmp_path):
+    """Each rank is dropped with probability p and every finer rank with it (the authors' `map_condition`), so a
+    condition is a lineage cut at some rank and the fully unknown condition (the CFG negative) has probability p."""
+    from taxabench.backbone import load_sd_folder
+    from taxabench.seeds import generator
+
+    config = experiment(tiny_world, tmp_path)
+    backbone = load_sd_folder(*tiny_backbone, source="tiny")
+    species = [tiny_data.taxonomy.labels_of(t) for t in tiny_data.taxonomy.taxa("species")]
+    method = build_method("taxadiffusion", config, tiny_data.ranks, species, backbone)
+    strings = method.rank_strings(species[0], depth=4)
+    p, n = 0.3, 4000
+    kept_counts = []
+    for i in range(n):
+        row = method.dropped(strings, generator(0, "test", i), p)
+        kept = sum(not s.endswith(": None") for s in row)
+        assert row[:kept] == strings[:kept], row
+        assert all(s == f"{rank}: None" for s, rank in zip(row[kept:], tiny_data.ranks[kept:])), row
+        kept_counts.append(kept)
+    counts = torch.bincount(torch.tensor(kept_counts), minlength=6).double() / n
+    expected = torch.tensor([p * (1 - p) ** k for k in range(5)] + [(1 - p) ** 5], dtype=torch.double)
+    assert torch.allclose(counts, expected, atol=0.025), (counts, expected)

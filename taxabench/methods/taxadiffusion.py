@@ -8,9 +8,12 @@ depth k is the sum c^(k) = Σ_{r ≤ k} T_r(E(s_r)): it replaces the prompt embe
 finer ranks are simply absent from the sum.
 
 Progressive training (§3.3): stage k trains T_k only; T_0..T_{k-1} are frozen. A LoRA (rank 4, alpha 4) on the
-UNet's attention projections adapts it to the domain in stage 0 and stays frozen afterwards. Condition dropout: a
-rank's name is replaced by `"<rank>: None"` with probability `train.condition_dropout` (the authors' datasets do
-this per sample; the unknown-rank string is the same one real missing labels get).
+UNet's attention projections adapts it to the domain in stage 0 and stays frozen afterwards. Condition dropout
+cascades, as the authors' datasets do it (`map_condition`): each rank's name is replaced by `"<rank>: None"` with
+probability `train.condition_dropout`, and once a rank is dropped every finer rank is dropped too. So a training
+condition is always a lineage cut at some rank, and the fully unknown condition (the negative of vanilla CFG) is
+seen with probability `train.condition_dropout`, as the text baselines see the empty prompt. The unknown-rank
+string is the same one real missing labels get.
 
 Taxonomy guidance (§3.4): ε̃ = (1+w)·ε(x, t, c^(i)) − w·ε(x, t, c^(0)): the top-rank-only condition c^(0) takes the
 place of the unconditional branch (`negative_inputs("taxonomy", ...)`). The sampler applies the formula.
@@ -141,12 +144,18 @@ class TaxaDiffusion(Method):
         depth = self.depth(stage)
         strings = [self.rank_strings(item, depth) for item in labels]
         if draws is not None:
-            strings = [
-                [f"{rank}: {UNKNOWN_RANK_TEXT}" if drop(g, draws.dropout) else s
-                 for rank, s in zip(self.conditioned_ranks, row)]
-                for row, g in zip(strings, draws.per_sample)
-            ]
+            strings = [self.dropped(row, g, draws.dropout) for row, g in zip(strings, draws.per_sample)]
         return self._embedded(strings, depth, text)
+
+    def dropped(self, strings: list[str], generator: torch.Generator, probability: float) -> list[str]:
+        """Condition dropout of one sample's rank strings, cascading from coarse to fine (the authors'
+        `map_condition`: "all subsequent conditions are set to None"). One draw per rank whatever the outcome, so
+        the draws a sample makes do not depend on its earlier ones."""
+        out, dropped = [], False
+        for rank, string in zip(self.conditioned_ranks, strings):
+            dropped = drop(generator, probability) or dropped
+            out.append(f"{rank}: {UNKNOWN_RANK_TEXT}" if dropped else string)
+        return out
 
     def negative_inputs(
         self, kind: str, labels: Sequence[Labels], stage: Stage | None, text: TextEncoder
@@ -193,11 +202,8 @@ class TaxaDiffusionRandom(TaxaDiffusionJoint):
         if draws is None:
             return super().condition_inputs(labels, stage, text)
         rank = int(torch.randint(0, len(self.conditioned_ranks), (), generator=draws.per_step).item())
-        strings = [
-            [f"{r}: {UNKNOWN_RANK_TEXT}" if drop(g, draws.dropout) else s
-             for r, s in zip(self.conditioned_ranks, self.rank_strings(item, rank))]
-            for item, g in zip(labels, draws.per_sample)
-        ]
+        strings = [self.dropped(self.rank_strings(item, rank), g, draws.dropout)
+                   for item, g in zip(labels, draws.per_sample)]
         inputs = self._embedded(strings, rank, text)
         inputs["trained_rank"] = rank
         return inputs
