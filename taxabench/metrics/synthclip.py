@@ -23,6 +23,7 @@ settings and the model's zero-shot top-1 accuracy at every rank on the held-out 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -124,7 +125,11 @@ def build_synthclip(config: ExperimentConfig, show_progress: bool = True) -> Syn
     size = json.loads(ARCHITECTURE_FILE.read_text())["vision_cfg"]["image_size"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
-        model = open_clip.create_model(ARCHITECTURE, device="cpu")
+        logging.disable(logging.WARNING)  # open_clip warns that the model it builds has no pretrained weights
+        try:
+            model = open_clip.create_model(ARCHITECTURE, device="cpu")
+        finally:
+            logging.disable(logging.NOTSET)
     tokenizer = open_clip.get_tokenizer(ARCHITECTURE)
     started = time.perf_counter()
     above = config.data.lineage_above
