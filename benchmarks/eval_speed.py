@@ -38,9 +38,8 @@ from benchmarks.harness import (
     add_common_arguments,
     emit,
     experiment_config,
-    machine_description,
-    markdown_table,
     measure,
+    report_section,
     resolve_common,
 )
 
@@ -177,10 +176,7 @@ def run(args) -> str:
                           interleave=not args.dry_run)
     title = (f"Evaluation throughput (generated images/s): every default metric, {args.size} size, "
              f"{args.resolution} px, N = {args.per_taxon} generated images per species")
-    notes = [f"_{machine_description(args.device, args.threads)}_"]
-    if args.dry_run:
-        notes.append("**Dry run**: one call per path, paths one after the other: not a measurement.")
-    return markdown_table(title, results) + "\n" + "\n\n".join(notes) + "\n"
+    return report_section(title, results, args)
 
 
 def parser() -> argparse.ArgumentParser:

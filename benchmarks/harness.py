@@ -24,7 +24,7 @@ import statistics
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,14 @@ def measure(
                     dict(paths[name].extra) if isinstance(paths[name], Worker) else {})
         for name in paths
     ]
+
+
+def report_section(title: str, results: list[Measurement], args, notes: Sequence[str] = ()) -> str:
+    """A harness's section of the report: its table, the machine it ran on, its own notes, a dry run said so."""
+    lines = [f"_{machine_description(args.device, args.threads)}_", *notes]
+    if args.dry_run:
+        lines.append("**Dry run**: one call per path, paths one after the other: not a measurement.")
+    return markdown_table(title, results) + "\n" + "\n\n".join(lines) + "\n"
 
 
 def markdown_table(title: str, results: list[Measurement], unit: str = "images/s") -> str:

@@ -30,9 +30,8 @@ from benchmarks.harness import (
     emit,
     experiment_config,
     load_backbone_for,
-    machine_description,
-    markdown_table,
     measure,
+    report_section,
     resolve_common,
 )
 
@@ -97,10 +96,7 @@ def run(args) -> str:
                       interleave=not args.dry_run)
     title = (f"Sampling throughput: {METHOD}, taxonomy guidance (scale 9), DDIM {args.steps} steps, {args.size} "
              f"backbone, {args.resolution} px")
-    notes = [f"_{machine_description(args.device, args.threads)}_"]
-    if args.dry_run:
-        notes.append("**Dry run**: one call per path, paths one after the other: not a measurement.")
-    return markdown_table(title, results) + "\n" + "\n\n".join(notes) + "\n"
+    return report_section(title, results, args)
 
 
 def parser() -> argparse.ArgumentParser:

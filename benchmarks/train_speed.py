@@ -33,10 +33,9 @@ from benchmarks.harness import (
     emit,
     experiment_config,
     load_backbone_for,
-    machine_description,
-    markdown_table,
     measure,
     model_flop_utilisation,
+    report_section,
     resolve_common,
 )
 
@@ -122,16 +121,14 @@ def run(args) -> str:
             result.extra["MFU (bf16 peak)"] = model_flop_utilisation(result.items_per_second, flops, peak)
     title = (f"Training step throughput: {METHOD}, last stage, {args.size} backbone, {args.resolution} px, "
              f"batch {args.batch_size}, {args.steps} steps per call")
-    notes = [f"_{machine_description(args.device, args.threads)}_"]
+    notes = []
     if flops:
         peak_text = (f"{peak / 1e12:.0f} TFLOP/s" if peak else
                      "none for a CPU" if args.device == "cpu" else "unknown (set $TAXABENCH_PEAK_TFLOPS)")
         notes.append(f"FLOPs per image (one step of the cached path, counted by torch.utils.flop_counter): "
                      f"{flops / 1e9:.1f} GFLOP; bf16 dense peak of the device: {peak_text}; "
                      "MFU = images/s × FLOPs per image / peak.")
-    if args.dry_run:
-        notes.append("**Dry run**: one call per path, paths one after the other: not a measurement.")
-    return markdown_table(title, results) + "\n" + "\n\n".join(notes) + "\n"
+    return report_section(title, results, args, notes)
 
 
 def parser() -> argparse.ArgumentParser:

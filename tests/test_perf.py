@@ -143,5 +143,5 @@ def test_gpu_check_script_parses_and_fails_clearly_without_cuda(tmp_path):
     result = subprocess.run(["bash", script, str(tmp_path)], capture_output=True, text=True, timeout=120,
                             env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path)})
     assert result.returncode == 1
-    assert "sees no CUDA device (for a CPU check: --dry-run)" in result.stderr
+    assert "sees no CUDA device (for a CPU check: --dry-run)" in result.stdout + result.stderr
     assert (tmp_path / "gpu_check.log").is_file()
