@@ -40,6 +40,26 @@ def test_same_seed_same_bytes_other_seed_other_world(tmp_path):
         generate(replace(SMALL_SPEC, seed=1), a, show_progress=False)
 
 
+def test_a_world_another_process_finished_meanwhile_is_kept(tmp_path, monkeypatch):
+    """Two processes of one run (accelerate) may generate the same world at once: the later one keeps the first's."""
+    import taxabench.data.synthtaxa as synthtaxa
+
+    reference = digest(generate(SMALL_SPEC, tmp_path / "reference", show_progress=False))
+    out = tmp_path / "world"
+    build_world_alone = synthtaxa.build_world
+
+    def build_world_while_another_process_finishes(spec):
+        world = build_world_alone(spec)
+        monkeypatch.setattr(synthtaxa, "build_world", build_world_alone)
+        generate(spec, out, show_progress=False)
+        return world
+
+    monkeypatch.setattr(synthtaxa, "build_world", build_world_while_another_process_finishes)
+    assert generate(SMALL_SPEC, out, show_progress=False) == out
+    assert digest(out) == reference
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reference", "world"]  # no partial folder left
+
+
 def test_tiny_preset_is_long_tailed_and_read_back_through_csv(tiny_world):
     table = pd.read_csv(tiny_world / "metadata.csv")
     as_synthtaxa = load_dataset(DataConfig(dataset="synthtaxa", root=str(tiny_world)))
