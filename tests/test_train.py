@@ -164,6 +164,14 @@ def test_every_training_option_runs(tiny_world, tiny_data, tiny_backbone, tmp_pa
                      data=tiny_data, show_progress=False)
 
 
+def test_one_process_trains_a_bf16_run_then_a_float32_run(tiny_world, tiny_data, tiny_backbone, tmp_path):
+    """accelerate keeps one process-wide state; the second run must not inherit (or be refused) the first's precision."""
+    for precision in ("bf16", "no"):
+        config = experiment(tiny_world, tmp_path / precision, train={"steps_per_stage": 1, "mixed_precision": precision})
+        folder = train_method(config, "sd-lora", data=tiny_data, show_progress=False)
+        assert json.loads((folder / "manifest.json").read_text())["completed"] == ["stage-0"]
+
+
 def test_sample_stream_shards_are_disjoint_and_cover_the_global_batch():
     one = SampleStream(size=10, batch_size=4, num_processes=1, process_index=0, seed=0, stage=0)
     two = [SampleStream(size=10, batch_size=2, num_processes=2, process_index=p, seed=0, stage=0) for p in (0, 1)]
