@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -416,11 +417,15 @@ def sample_grid(run: RunFolder, methods: Sequence[str], taxa: int = 6, per_metho
     chosen = slugs[::step][:taxa]
     real = _real_images(run, chosen, per_method)
     columns = (["real"] if real else []) + list(folders)
-    tile, label = 64, 14
+    tile = 64
+    # a column's name on as many lines as it needs, a guidance variant's `+kind` on its own
+    names = {c: [line for part in c.replace("+", "\n+").split("\n") for line in textwrap.wrap(part, per_method * 10)]
+             for c in columns}
+    label = 2 + 11 * max(len(lines) for lines in names.values())
     sheet = Image.new("RGB", (len(columns) * per_method * tile, len(chosen) * tile + label), "white")
     draw = ImageDraw.Draw(sheet)
     for c, column in enumerate(columns):
-        draw.text((c * per_method * tile + 2, 1), column[: per_method * 10], fill="black")
+        draw.multiline_text((c * per_method * tile + 2, 1), "\n".join(names[column]), fill="black", spacing=0)
         for r, slug in enumerate(chosen):
             if column == "real":
                 images = real.get(slug, [])
