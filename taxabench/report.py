@@ -365,17 +365,11 @@ def draw_figures(run: RunFolder, out: Path) -> dict[str, str]:
                 xs = [i for i, r in enumerate(rows) if r is not None and _finite(r[KEY_VALUE])]
                 if not xs:
                     continue
-                values = [rows[i][KEY_VALUE] for i in xs]
-                low = [rows[i][KEY_VALUE] - rows[i][KEY_CI_LOW] for i in xs]
-                high = [rows[i][KEY_CI_HIGH] - rows[i][KEY_VALUE] for i in xs]
-                ax.errorbar(xs, values, yerr=[low, high], marker="o", capsize=3, label=method)
+                ax.errorbar(xs, [rows[i][KEY_VALUE] for i in xs], yerr=_ci_error_bars(rows, xs), marker="o", capsize=3,
+                            label=method)
             ax.set_xticks(range(len(ranks)), ranks, rotation=30)
             ax.set_title(_column_name(table, metric), fontsize=9)
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "metrics_per_rank.png", dpi=110)
-        plt.close(fig)
-        drawn["ranks"] = "metrics_per_rank.png"
+        drawn["ranks"] = _save_figure(fig, axes, out / "metrics_per_rank.png")
     tail_metrics = [m for m in TAIL_METRICS if not table[(table[KEY_METRIC] == m) & (table[KEY_SCOPE] == "rare")].empty]
     if tail_metrics:
         fig, axes = plt.subplots(1, len(tail_metrics), figsize=(4.2 * len(tail_metrics), 3.4), squeeze=False)
@@ -384,15 +378,10 @@ def draw_figures(run: RunFolder, out: Path) -> dict[str, str]:
                 rows = [_row(table, m, metric, scope) for m in methods]
                 xs = [i for i, r in enumerate(rows) if r is not None and _finite(r[KEY_VALUE])]
                 ax.bar([x + offset for x in xs], [rows[i][KEY_VALUE] for i in xs], width=0.4, label=scope,
-                       yerr=[[rows[i][KEY_VALUE] - rows[i][KEY_CI_LOW] for i in xs],
-                             [rows[i][KEY_CI_HIGH] - rows[i][KEY_VALUE] for i in xs]], capsize=3)
+                       yerr=_ci_error_bars(rows, xs), capsize=3)
             ax.set_xticks(range(len(methods)), methods, rotation=30, fontsize=7)
             ax.set_title(_column_name(table, metric), fontsize=9)
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "rare_vs_common.png", dpi=110)
-        plt.close(fig)
-        drawn["tail"] = "rare_vs_common.png"
+        drawn["tail"] = _save_figure(fig, axes, out / "rare_vs_common.png")
     grid = sample_grid(run, methods)
     if grid is not None:
         grid.save(out / "samples.png", optimize=True)
@@ -402,6 +391,22 @@ def draw_figures(run: RunFolder, out: Path) -> dict[str, str]:
         (out / "stages.png").write_bytes(stages.read_bytes())
         drawn["stages"] = "stages.png"
     return drawn
+
+
+def _ci_error_bars(rows, xs: Sequence[int]) -> list[list[float]]:
+    """matplotlib's yerr (distances below and above each value) from the rows' confidence intervals."""
+    return [[rows[i][KEY_VALUE] - rows[i][KEY_CI_LOW] for i in xs], [rows[i][KEY_CI_HIGH] - rows[i][KEY_VALUE] for i in xs]]
+
+
+def _save_figure(fig, axes, path: Path) -> str:
+    """Legend on the first panel, tight layout, PNG; returns the file name the markdown links."""
+    import matplotlib.pyplot as plt
+
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 def sample_grid(run: RunFolder, methods: Sequence[str], taxa: int = 6, per_method: int = 2):

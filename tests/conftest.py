@@ -40,6 +40,22 @@ def write_png(path: Path, colour: tuple[int, int, int] = (120, 80, 40), size: tu
     return path
 
 
+def taxabench_on_two_processes(command: str, config_file: Path, cwd: Path | None = None, **env: str) -> None:
+    """`torchrun --nproc_per_node 2 -m taxabench COMMAND --config FILE` (gloo on CPU), failing the test with the tail
+    of its output; `env` adds environment variables."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "taxabench", *command.split(), "--config", str(config_file)],
+        cwd=cwd or root, env={**os.environ, "PYTHONPATH": str(root), **env}, capture_output=True, text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 # the tiny backbone the tests share: the real architecture, trained for a handful of steps (built once, ~15 s)
 TEST_BACKBONE = {"vae_steps": 8, "unet_pretrain_steps": 8}
 

@@ -7,7 +7,7 @@ import pytest
 
 from taxabench.errors import TaxabenchError
 from taxabench.run import plan, run, sample_entries
-from tests.conftest import experiment
+from tests.conftest import experiment, taxabench_on_two_processes
 
 VALUE_COLUMNS = ["method", "metric", "scope", "value", "ci_low", "ci_high", "n_real", "n_generated", "n_taxa"]
 
@@ -129,10 +129,7 @@ def test_two_processes_sample_and_evaluate_to_the_same_metrics(finished_run, tin
     sampling and evaluation split across two processes give exactly the one-process numbers.
     (Training across processes is tested in test_train.py.)"""
     import json
-    import os
     import shutil
-    import subprocess
-    import sys
 
     reference, _ = finished_run
     config = run_config(tiny_world, tmp_path, "two-processes")
@@ -144,10 +141,7 @@ def test_two_processes_sample_and_evaluate_to_the_same_metrics(finished_run, tin
     (config.run_dir / "steps.json").write_text(json.dumps(kept))
     config_file = tmp_path / "two.yaml"
     config_file.write_text(config.to_yaml())
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "taxabench", "run", "--config", str(config_file)],
-                   check=True, env=env, cwd=tmp_path, capture_output=True, timeout=900)
+    taxabench_on_two_processes("run", config_file, cwd=tmp_path, OMP_NUM_THREADS="1")
     two = pd.read_csv(config.run_dir / "metrics" / "all.csv")[VALUE_COLUMNS]
     one = pd.read_csv(reference.run_dir / "metrics" / "all.csv")[VALUE_COLUMNS]
     key = ["method", "metric", "scope"]

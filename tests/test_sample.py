@@ -12,7 +12,7 @@ import torch
 from taxabench.errors import ConfigError, TaxabenchError
 from taxabench.sample import TaxaDiffusionPipeline, TaxonomyPipeline, sample_method, shard, stage_grid
 from taxabench.train import TextCache, load_trained, method_dir, train_method
-from tests.conftest import experiment
+from tests.conftest import experiment, taxabench_on_two_processes
 
 FOUR_SPECIES = {"taxa": ["bubuii", "nomoatus", "kaorveii", "dristaii"], "images_per_taxon": 2, "steps": 3}
 
@@ -231,9 +231,6 @@ def test_stage_grid_and_cli(trained_run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_processes_write_the_same_bytes(trained_run, tmp_path):
-    import os
-    import subprocess
-    import sys
 
     single, settings = sample_into(trained_run, tmp_path / "one", batch_size=3)
     run = tmp_path / "two"
@@ -242,12 +239,5 @@ def test_two_processes_write_the_same_bytes(trained_run, tmp_path):
     settings.runs_dir, settings.name = str(tmp_path), "two"  # the run folder from the config: torchrun would
     config_file = tmp_path / "two.yaml"  # take an option named --run for an abbreviation of its own --run-path
     config_file.write_text(settings.to_yaml())
-    torchrun = Path(sys.executable).with_name("torchrun")
-    result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "taxabench", "sample", "--config", str(config_file),
-         "--method", "taxadiffusion"],
-        cwd=Path(__file__).parents[1], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    taxabench_on_two_processes("sample --method taxadiffusion", config_file)
     assert file_bytes(run / "samples" / "taxadiffusion") == file_bytes(single)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from taxabench.errors import ConfigError, TaxabenchError
 from taxabench.methods import build_method, list_methods
 from taxabench.train import SampleStream, load_trained, method_dir, train_method
-from tests.conftest import experiment
+from tests.conftest import experiment, taxabench_on_two_processes
 
 TWO_RANKS = {"ranks": ["class", "order"]}  # TaxaDiffusion on two ranks: two stages, enough to test progression
 
@@ -247,10 +247,6 @@ def test_two_processes_train_on_disjoint_shards_of_the_same_global_batch(tiny_wo
                                                                           tmp_path):
     """`torchrun --nproc_per_node 2` (gloo, CPU) with batch b ends where one process with batch 2b ends: each
     process trained on its own half of every global batch, and DDP averaged the gradients."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     options = {"taxadiffusion": {**TWO_RANKS, "dropout": 0.0}}  # no dropout layers: per-process masks would differ
     single = experiment(tiny_world, tmp_path / "one", train={"steps_per_stage": 3, "batch_size": 4},
@@ -261,14 +257,7 @@ def test_two_processes_train_on_disjoint_shards_of_the_same_global_batch(tiny_wo
                         method_options=options)
     config_file = tmp_path / "two.yaml"
     config_file.write_text(double.to_yaml())
-    torchrun = Path(sys.executable).with_name("torchrun")
-    result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "taxabench", "train", "--config", str(config_file),
-         "--method", "taxadiffusion"],
-        cwd=Path(__file__).parents[1], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    taxabench_on_two_processes("train --method taxadiffusion", config_file)
     for stage in ("stage-0", "stage-1"):
         a = trained_state(method_dir(single.run_dir, "taxadiffusion") / stage)
         b = trained_state(method_dir(double.run_dir, "taxadiffusion") / stage)
