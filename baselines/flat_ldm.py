@@ -63,6 +63,7 @@ class FlatLDM(Method):
         else:  # training images whose species is unknown (data.unknown_species: keep) train the "no species" id
             ids = [self.null if drop(g, draws.dropout) else self.index.get(tuple(item), self.null)
                    for item, g in zip(labels, draws.per_sample)]
+            draws.finest_real = [i != self.null for i in ids]
         return {"species": torch.tensor(ids)}
 
     def negative_inputs(

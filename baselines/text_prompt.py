@@ -31,6 +31,7 @@ class TextPromptMethod(Method):
         prompts = [species_prompt(self.ranks, item) for item in labels]
         if draws is not None:
             prompts = ["" if drop(g, draws.dropout) else p for p, g in zip(prompts, draws.per_sample)]
+            draws.finest_real = [bool(p) and item[-1] is not None for p, item in zip(prompts, labels)]
         return {"context": text(prompts)}
 
     def negative_inputs(

@@ -5,13 +5,21 @@ Three sources, one loader (`load_sd_folder`, each component's `from_pretrained`)
 - a local SD-format folder (`model_index.json`, `vae/`, `unet/`, `text_encoder/`, `tokenizer/`, `scheduler/`);
 - a hub id such as `runwayml/stable-diffusion-v1-5`, resolved offline-first by `taxabench.weights` (offline with
   no local copy, it fails within a second saying what to download and where to put it);
-- `tiny`: a small SD-format folder built offline from the dataset's training images (`build_tiny_backbone`) and
-  cached under `$TAXABENCH_HOME/backbones/` by a hash of everything that decides its weights.
+- `tiny`: a small SD-format folder built offline (`build_tiny_backbone`) and cached under
+  `$TAXABENCH_HOME/backbones/` by a hash of everything that decides its weights.
 
-The tiny backbone plays SD 1.5's role on a CPU: its VAE is trained briefly on the world's images (reconstruction
-error reported in `build.json`), its text encoder is a frozen random-init CLIP text transformer behind the real
-CLIP BPE tokenizer, and its UNet is pre-trained as a text-to-image model on captions that stop at a coarse rank
-(`backbone.tiny.caption_rank`), so it knows the look of the world but not its species.
+The tiny backbone plays SD 1.5's part on a CPU, with what SD brings to TaxaDiffusion (DESIGN.md §5):
+- a domain gap: on SynthTaxa it is pre-trained on a separate pre-training world (`synthtaxa.pretraining_world`)
+  that shares the benchmark's taxa down to `caption_rank` and has new genera and species below, so it has seen no
+  benchmark image, genus or species (`build.json` counts them);
+- a text encoder whose coarse names mean something and whose species names do not, as CLIP's for SD: a CLIP text
+  transformer behind the real CLIP BPE tokenizer, trained contrastively against a small image tower on the
+  pre-training world with captions naming ranks down to `caption_rank` only, then frozen; `build.json` reports, per
+  rank, its zero-shot accuracy on the benchmark's test images among that rank's names;
+- a UNet pre-trained as text-to-image on those coarse captions, in the sentence form (`"a photo of C O F."`) and in
+  TaxaDiffusion's per-rank string forms (`"family: F"`, `"class: C order: O family: F"`), with cross-attention
+  down to the 16x16 latent level at 64 px, where sibling species still differ (`build.json` measures how much of
+  their difference each attention resolution keeps).
 """
 
 from __future__ import annotations
@@ -32,9 +40,9 @@ import torch.nn.functional as F
 
 from taxabench.config import DataConfig, ExperimentConfig, TinyBackbone, taxabench_home
 from taxabench.errors import ConfigError, TaxabenchError
-from taxabench.taxonomy import bioclip_caption
+from taxabench.taxonomy import bioclip_caption, rank_prompts
 
-TINY_FORMAT_VERSION = 2  # bump when the tiny build changes: cached tiny backbones of another version are rebuilt
+TINY_FORMAT_VERSION = 3  # bump when the tiny build changes: cached tiny backbones of another version are rebuilt
 SD_COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 SD_BACKBONE_WEIGHTS = "sd-backbone"  # weights-spec name: $TAXABENCH_SD_BACKBONE_WEIGHTS points at a folder
 
@@ -255,13 +263,14 @@ def ensure_tiny_backbone(
 def build_tiny_backbone(
     data, data_config: DataConfig, tiny: TinyBackbone, out: Path, show_progress: bool = True
 ) -> Path:
-    """Build the tiny SD-format backbone into `out` from `data`'s training images; deterministic from `tiny.seed`.
+    """Build the tiny SD-format backbone into `out`; deterministic from `tiny.seed` (see the module docstring).
 
-    Steps: (1) the CLIP tokenizer from open_clip's BPE vocabulary; (2) a random-init CLIP text encoder, frozen;
-    (3) a small AutoencoderKL trained on the images, its latent scale measured as SD's `scaling_factor` is;
-    (4) a small UNet pre-trained as text-to-image on captions down to `tiny.caption_rank`; (5) everything written
-    with `save_pretrained` as a `StableDiffusionPipeline` folder, with `build.json` reporting the VAE's
-    reconstruction error and the UNet's loss.
+    Steps: (0) the pre-training images (a separate SynthTaxa world, or the benchmark's own training images);
+    (1) the CLIP tokenizer from open_clip's BPE vocabulary; (2) a CLIP text encoder trained contrastively on coarse
+    captions of the pre-training images, then frozen, and measured on the benchmark; (3) a small AutoencoderKL
+    trained on the pre-training images, its latent scale measured as SD's `scaling_factor` is; (4) a small UNet
+    pre-trained as text-to-image on coarse captions; (5) everything written with `save_pretrained` as a
+    `StableDiffusionPipeline` folder, with `build.json` reporting what each step measured.
     """
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -282,24 +291,8 @@ def build_tiny_backbone(
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(tiny.seed)
 
-    # 1. tokenizer: the real CLIP BPE, as SD 1.5 ships it (vocab.json + merges.txt)
-    tokenizer_dir = out / "tokenizer"
-    write_clip_tokenizer(tokenizer_dir, tiny.max_length)
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
-
-    # 2. text encoder: random init, frozen (it only has to give distinct names distinct embeddings)
-    torch.manual_seed(tiny.seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=tiny.text_width, intermediate_size=4 * tiny.text_width,
-            num_hidden_layers=tiny.text_layers, num_attention_heads=max(1, tiny.text_width // 32),
-            max_position_embeddings=tiny.max_length, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
-    ).eval().requires_grad_(False)
-
-    # 3. VAE
-    records = data.train
+    # 0. pre-training images
+    records, ranks, world_report = _pretraining_records(data, tiny, show_progress)
     if len(records) > tiny.max_images:
         keep = torch.randperm(len(records), generator=generator)[: tiny.max_images].sort().values.tolist()
         records = [records[i] for i in keep]
@@ -309,6 +302,29 @@ def build_tiny_backbone(
     eval_images = (
         torch.stack([item["pixel_values"] for item in TaxaImageDataset(held_out, image_size, data_config.resize, data_config.use_bbox)]) if held_out else images
     )
+    depth = ranks.index(tiny.caption_rank) + 1
+    lineages = [r.labels[:depth] for r in records]
+
+    # 1. tokenizer: the real CLIP BPE, as SD 1.5 ships it (vocab.json + merges.txt)
+    tokenizer_dir = out / "tokenizer"
+    write_clip_tokenizer(tokenizer_dir, tiny.max_length)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+
+    # 2. text encoder: trained contrastively on coarse captions, then frozen
+    torch.manual_seed(tiny.seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=tiny.text_width, intermediate_size=4 * tiny.text_width,
+            num_hidden_layers=tiny.text_layers, num_attention_heads=max(1, tiny.text_width // 32),
+            max_position_embeddings=tiny.max_length, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    text_report = _train_text_encoder(text_encoder, tokenizer, images, lineages, ranks[:depth], data, data_config,
+                                      tiny, generator, show_progress)
+    text_encoder.eval().requires_grad_(False)
+
+    # 3. VAE
     torch.manual_seed(tiny.seed + 1)
     n_blocks = len(tiny.vae_channels)
     vae = AutoencoderKL(
@@ -319,7 +335,7 @@ def build_tiny_backbone(
     )
     vae_report = _train_vae(vae, images, eval_images, tiny, generator, show_progress)
 
-    # 4. UNet, pre-trained as text-to-image down to the caption rank
+    # 4. UNet, pre-trained as text-to-image on coarse captions in the sentence and per-rank string forms
     torch.manual_seed(tiny.seed + 2)
     attention = tiny.unet_attention
     unet = UNet2DConditionModel(
@@ -327,14 +343,16 @@ def build_tiny_backbone(
         layers_per_block=1, block_out_channels=tuple(tiny.unet_channels),
         down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
-        cross_attention_dim=tiny.text_width, attention_head_dim=8, norm_num_groups=8,
+        only_cross_attention=[not s for s in tiny.unet_self_attention],
+        cross_attention_dim=tiny.text_width, attention_head_dim=tuple(tiny.unet_heads), norm_num_groups=8,
     )
     scheduler = PNDMScheduler.from_config(SD15_SCHEDULER)  # from_config keeps clip_sample, as SD 1.5's file has it
-    depth = data.ranks.index(tiny.caption_rank) + 1
-    captions = [bioclip_caption(data.ranks[:depth], r.labels[:depth]) for r in records]
+    captions = [caption_forms(ranks[:depth], lineage) for lineage in lineages]
     unet_report = _pretrain_unet(
         unet, vae, text_encoder, tokenizer, scheduler, images, captions, tiny, generator, show_progress
     )
+    latent_size = image_size // down
+    resolutions = [latent_size // 2**level for level, a in enumerate(attention) if a]
 
     # 5. write it as SD 1.5 is written
     pipeline = StableDiffusionPipeline(
@@ -348,13 +366,194 @@ def build_tiny_backbone(
         "data_fingerprint": data.fingerprint(),
         "image_size": image_size,
         "tiny": asdict(tiny),
+        "pretraining_world": world_report,
         "train_images": len(records),
+        "text_encoder": text_report,
         "vae": vae_report,
-        "unet": {**unet_report, "caption_rank": tiny.caption_rank, "example_caption": captions[0]},
+        "unet": {**unet_report, "caption_rank": tiny.caption_rank, "example_captions": list(captions[0]),
+                 "cross_attention_resolutions": resolutions,
+                 "sibling_difference_retained": _sibling_difference(data, image_size, [latent_size // 2**level
+                                                                    for level in range(len(attention))])},
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "build.json").write_text(json.dumps(report, indent=2) + "\n")
     return out
+
+
+def caption_forms(ranks, lineage) -> tuple[str, str, str]:
+    """A pre-training caption in each form the methods use: BioCLIP's sentence (`"a photo of C O F."`), the rank
+    strings joined (`"class: C order: O family: F"`, the authors' `prompt`, datasets/fishnet.py:175) and the finest
+    rank's own string (`"family: F"`, what a TaxaDiffusion rank module reads)."""
+    strings = rank_prompts(ranks, lineage)
+    return bioclip_caption(ranks, lineage), " ".join(strings), strings[-1]
+
+
+def _pretraining_records(data, tiny: TinyBackbone, show_progress: bool):
+    """The images the tiny backbone learns from, their ranks, and `build.json`'s account of them."""
+    from taxabench.config import DataConfig
+    from taxabench.data import load_dataset
+    from taxabench.data.synthtaxa import SPEC_FILE, generate_pretraining, pretraining_root, spec_from_json
+
+    spec_file = Path(data.root) / SPEC_FILE
+    if tiny.pretraining == "benchmark" or not spec_file.is_file():
+        why = ("backbone.tiny.pretraining is 'benchmark'" if tiny.pretraining == "benchmark"
+               else f"the dataset ({data.dataset}) is not a SynthTaxa world")
+        return data.train, data.ranks, {
+            "kind": "benchmark",
+            "statement": f"pre-trained on the benchmark's own training images ({why}): no domain gap.",
+        }
+    found = json.loads(spec_file.read_text())
+    if "pretraining" in found:
+        raise ConfigError(f"{data.root} is a pre-training world, not a benchmark")
+    spec = spec_from_json(found["spec"])
+    shared = spec.ranks.index(tiny.caption_rank) + 1
+    if shared >= len(spec.ranks):
+        raise ConfigError("backbone.tiny.caption_rank: the pre-training world needs new taxa below it; choose a "
+                          f"rank above {spec.ranks[-1]!r}")
+    root = generate_pretraining(spec, shared, tiny.pretraining_images_per_species,
+                                pretraining_root(spec, shared, tiny.pretraining_images_per_species), show_progress)
+    world = load_dataset(DataConfig(dataset="synthtaxa", root=str(root), eval_split=None))
+    seen = {}
+    for rank in data.ranks:
+        benchmark = {t.id for t in data.taxonomy.taxa(rank)}
+        seen[rank] = len(benchmark & {t.id for t in world.taxonomy.taxa(rank)}) if rank in world.ranks else 0
+    benchmark_images = {Path(r.image).resolve() for r in [*data.train, *data.eval]}
+    images_seen = sum(Path(r.image).resolve() in benchmark_images for r in world.train)
+    below = data.ranks[shared:]
+    unseen = all(seen[rank] == 0 for rank in below) and images_seen == 0
+    statement = (
+        f"pre-trained on a separate SynthTaxa world ({len(world.train)} images, {len(world.species)} species): it "
+        f"shares the benchmark's {', '.join(data.ranks[:shared])} taxa; its {', '.join(below)} taxa are new. "
+        + ("No benchmark image, " + " or ".join(below) + " was seen." if unseen
+           else f"WARNING: benchmark taxa or images were seen ({seen}, {images_seen} images).")
+    )
+    return world.train, world.ranks, {
+        "kind": "separate-world",
+        "root": str(root),
+        "images": len(world.train),
+        "species": len(world.species),
+        "shared_ranks": list(data.ranks[:shared]),
+        "benchmark_taxa_also_in_pretraining": seen,
+        "benchmark_images_in_pretraining": images_seen,
+        "statement": statement,
+    }
+
+
+def _sibling_difference(data, image_size: int, resolutions: list[int]) -> dict[str, float]:
+    """On SynthTaxa, the share of sibling species' pixel difference each latent resolution keeps."""
+    from taxabench.data.synthtaxa import SPEC_FILE, sibling_difference_retained, spec_from_json
+
+    spec_file = Path(data.root) / SPEC_FILE
+    if not spec_file.is_file():
+        return {}
+    from dataclasses import replace
+
+    spec = replace(spec_from_json(json.loads(spec_file.read_text())["spec"]), image_size=image_size)
+    return sibling_difference_retained(spec, resolutions)
+
+
+class _ImageTower(torch.nn.Module):
+    """The image side of the text encoder's contrastive training: a small CNN, discarded afterwards."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        layers, channels = [], 3
+        for out_channels in (32, 64, 128, 128):
+            layers += [torch.nn.Conv2d(channels, out_channels, 3, stride=2, padding=1), torch.nn.GELU()]
+            channels = out_channels
+        self.net = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                       torch.nn.Linear(channels, width))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(images), dim=-1)
+
+
+def _train_text_encoder(text_encoder, tokenizer, images, lineages, ranks, data, data_config, tiny: TinyBackbone,
+                        generator, show_progress: bool) -> dict:
+    """Teach the text encoder the coarse names, CLIP-style: for each caption rank with more than one taxon and each
+    caption form, an image must pick its own taxon's caption among that rank's captions (a softmax over them).
+    Genus and species names never appear. Then measure what it knows about the benchmark (`_text_knowledge`)."""
+    from taxabench.progress import progress_bar
+
+    width = tiny.text_width
+    torch.manual_seed(tiny.seed + 3)
+    tower = _ImageTower(width)
+    projection = torch.nn.Linear(width, width, bias=False)
+    groups = []  # (captions, target index per image)
+    for depth in range(1, len(ranks) + 1):
+        # unknown labels (None) sort first
+        taxa = sorted({lineage[:depth] for lineage in lineages}, key=lambda t: tuple(n or "" for n in t))
+        if len(taxa) < 2:
+            continue  # a constant rank (a domain) has nothing to contrast
+        index = {taxon: i for i, taxon in enumerate(taxa)}
+        targets = torch.tensor([index[lineage[:depth]] for lineage in lineages])
+        for form in range(3):
+            groups.append(([caption_forms(ranks[:depth], taxon)[form] for taxon in taxa], targets))
+    report: dict = {"steps": tiny.text_encoder_steps, "caption_ranks": list(ranks)}
+    if tiny.text_encoder_steps and groups:
+        ids = [tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids for captions, _ in groups]
+        params = [*text_encoder.parameters(), *tower.parameters(), *projection.parameters()]
+        optimizer = torch.optim.AdamW(params, lr=tiny.text_encoder_lr, weight_decay=1e-2)
+        schedule = _cosine_with_warmup(optimizer, tiny.text_encoder_steps)
+        started, losses = time.perf_counter(), []
+        text_encoder.train()
+        with progress_bar("tiny backbone: text encoder", tiny.text_encoder_steps, show_progress) as advance:
+            for _ in range(tiny.text_encoder_steps):
+                batch = torch.randint(0, len(images), (64,), generator=generator)
+                pictures = images[batch]
+                flip = torch.rand(len(batch), generator=generator) < 0.5
+                pictures = torch.where(flip[:, None, None, None], pictures.flip(-1), pictures)
+                features = tower(pictures)
+                loss = 0.0
+                for (_, targets), token_ids in zip(groups, ids):
+                    text = F.normalize(projection(text_encoder(token_ids).pooler_output), dim=-1)
+                    loss = loss + F.cross_entropy(20.0 * features @ text.T, targets[batch])
+                loss = loss / len(groups)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                advance(loss=losses[-1])
+        report.update(seconds=round(time.perf_counter() - started, 1),
+                      final_loss=round(sum(losses[-20:]) / len(losses[-20:]), 4))
+    text_encoder.eval()
+    tower.eval()
+    report["zero_shot_top1"] = _text_knowledge(text_encoder, tokenizer, tower, projection, data, data_config)
+    return report
+
+
+@torch.no_grad()
+def _text_knowledge(text_encoder, tokenizer, tower, projection, data, data_config) -> dict:
+    """What the text encoder knows about the benchmark: for each rank, the zero-shot top-1 of the benchmark's
+    test images among that rank's names (`"<rank>: <name>"`), through the image tower it was trained with. Well above
+    chance where names were in its captions; at chance (1 / taxa) for names it never read."""
+    from taxabench.data.images import TaxaImageDataset
+
+    records = data.eval or data.train
+    if not records:
+        return {}
+    dataset = TaxaImageDataset(records, data_config.image_size, data_config.resize, data_config.use_bbox)
+    features = torch.cat([tower(torch.stack([dataset[i]["pixel_values"] for i in range(start, min(start + 256, len(dataset)))]))
+                          for start in range(0, len(dataset), 256)])
+    knowledge = {}
+    for depth, rank in enumerate(data.ranks, start=1):
+        taxa = data.taxonomy.taxa(rank)
+        known = [(i, r.lineage()[:depth]) for i, r in enumerate(records) if len(r.lineage()) >= depth]
+        index = {t.lineage: j for j, t in enumerate(taxa)}
+        known = [(i, index[lineage]) for i, lineage in known if lineage in index]
+        if len(taxa) < 1 or not known:
+            continue
+        ids = tokenizer([f"{rank}: {t.name}" for t in taxa], padding="max_length",
+                        max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        text = F.normalize(projection(text_encoder(ids).pooler_output), dim=-1)
+        rows = torch.tensor([i for i, _ in known])
+        truth = torch.tensor([j for _, j in known])
+        predicted = (features[rows] @ text.T).argmax(dim=1)
+        knowledge[rank] = {"accuracy": round((predicted == truth).float().mean().item(), 4),
+                           "chance": round(1 / len(taxa), 4), "taxa": len(taxa), "images": len(known)}
+    return knowledge
 
 
 def write_clip_tokenizer(folder: Path, max_length: int) -> None:
@@ -437,7 +636,8 @@ def _train_vae(vae, images, eval_images, tiny: TinyBackbone, generator, show_pro
 
 
 def _pretrain_unet(unet, vae, text_encoder, tokenizer, scheduler, images, captions, tiny, generator, show_progress):
-    """Text-to-image pre-training: predict the noise added to the latents, captions dropped 10% of the time."""
+    """Text-to-image pre-training: predict the noise added to the latents; each image's caption in one of its forms
+    (drawn per step), dropped 10% of the time."""
     from diffusers import DDPMScheduler
 
     from taxabench.progress import progress_bar
@@ -447,12 +647,12 @@ def _pretrain_unet(unet, vae, text_encoder, tokenizer, scheduler, images, captio
         moments = [vae.encode(chunk).latent_dist for chunk in images.split(64)]
         mean = torch.cat([m.mean for m in moments])
         std = torch.cat([m.std for m in moments])
-        unique = [*sorted(set(captions)), ""]
+        unique = [*sorted({c for forms in captions for c in forms}), ""]
         ids = tokenizer(unique, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids
-        embeddings = dict(zip(unique, text_encoder(ids)[0]))
-    caption_index = torch.tensor([unique.index(c) for c in captions])
-    table = torch.stack([embeddings[c] for c in unique])
+        table = torch.cat([text_encoder(chunk)[0] for chunk in ids.split(256)])
+    position = {c: i for i, c in enumerate(unique)}
+    caption_index = torch.tensor([[position[c] for c in forms] for forms in captions])  # images x forms
     empty = len(unique) - 1
     alphas_cumprod = noise_scheduler.alphas_cumprod
     optimizer = torch.optim.AdamW(unet.parameters(), lr=tiny.unet_lr, weight_decay=1e-2)
@@ -467,7 +667,8 @@ def _pretrain_unet(unet, vae, text_encoder, tokenizer, scheduler, images, captio
             noise = torch.randn(latents.shape, generator=generator)
             timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator)
             dropped = torch.rand(len(index), generator=generator) < 0.1  # so that classifier-free guidance works
-            context = table[torch.where(dropped, empty, caption_index[index])]
+            form = torch.randint(0, caption_index.shape[1], (len(index),), generator=generator)
+            context = table[torch.where(dropped, empty, caption_index[index, form])]
             prediction = unet(noise_scheduler.add_noise(latents, noise, timesteps), timesteps, context).sample
             per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
             if tiny.unet_min_snr_gamma is not None:

@@ -103,6 +103,29 @@ class Bioscan1mOptions:
 
 
 @dataclass
+class RankStrings:
+    """How TaxaDiffusion's per-rank strings (`"<rank>: <name>"`) read on this dataset.
+
+    The authors' loaders write FishNet's and BIOSCAN's species rank as `"specific_epithet: <binomial>"`
+    (TaxaDiffusion/taxa_diffusion/datasets/fishnet.py:150-156, bioscan.py:137-143) and iNat's as
+    `"specific_epithet: <epithet>"` (inaturalist.py:189-197); the paper configs set that. Default: the rank's own
+    name and the epithet (`"species: saxatilis"`).
+    """
+
+    names: dict[str, str] = field(default_factory=dict)  # rank -> the word before the colon
+    species: Literal["epithet", "binomial"] = "epithet"
+
+    def validate(self, where: str) -> None:
+        from taxabench.taxonomy import RANKS
+
+        for rank, word in self.names.items():
+            if rank not in RANKS:
+                raise ConfigError(f"{where}.names: unknown rank {rank!r}; ranks are {', '.join(RANKS)}")
+            if not word.strip() or ":" in word:
+                raise ConfigError(f"{where}.names.{rank}: a non-empty word without ':', got {word!r}")
+
+
+@dataclass
 class DataConfig:
     dataset: str = "synthtaxa"  # registry name: `taxabench list` shows them
     root: str | None = None  # dataset folder; synthtaxa: default $TAXABENCH_HOME/synthtaxa/<preset>-seed<seed>
@@ -122,6 +145,7 @@ class DataConfig:
     few_shot: int | None = None  # cap on training images per species (the first N by path)
     species_subset: SpeciesSubset = field(default_factory=SpeciesSubset)
     columns: CsvColumns = field(default_factory=CsvColumns)
+    rank_strings: RankStrings = field(default_factory=RankStrings)
     synthtaxa: SynthTaxaOptions = field(default_factory=SynthTaxaOptions)
     fishnet: FishNetOptions = field(default_factory=FishNetOptions)
     bioscan1m: Bioscan1mOptions = field(default_factory=Bioscan1mOptions)
@@ -149,11 +173,20 @@ class DataConfig:
 class TinyBackbone:
     """The tiny SD-format backbone taxabench builds itself (taxabench/backbone.py)."""
 
+    # separate-world: pre-trained on a SynthTaxa world of its own that shares the benchmark's taxa down to
+    # caption_rank and has new genera and species below (a domain gap, as LAION -> FishNet); benchmark: on the
+    # dataset's own training images (the only choice for datasets that are not SynthTaxa)
+    pretraining: Literal["separate-world", "benchmark"] = "separate-world"
+    pretraining_images_per_species: int = 40  # images of each pre-training-world species (capped by max_images)
     vae_steps: int = 800
     # SynthTaxa tiny, samples of the pre-trained UNet classified by synthclip at family level: 56% after 1000 steps,
     # 89% after 2500, 98% after 4000. Fewer steps leave a UNet that cannot draw the world's body plans yet
     unet_pretrain_steps: int = 2500
-    caption_rank: str = "family"  # the UNet is pre-trained on captions down to this rank, not species
+    # the captions of pre-training (text encoder and UNet) name the ranks down to this one, never genus or species
+    caption_rank: str = "family"
+    # contrastive steps that teach the CLIP text encoder the coarse names before it is frozen (0: random init)
+    text_encoder_steps: int = 200
+    text_encoder_lr: float = 2e-3
     seed: int = 0
     batch_size: int = 16
     vae_lr: float = 2e-3
@@ -165,8 +198,13 @@ class TinyBackbone:
     vae_channels: list[int] = field(default_factory=lambda: [16, 32, 32])  # 3 levels: 4x downsampling
     latent_channels: int = 8
     unet_channels: list[int] = field(default_factory=lambda: [32, 64])
-    # which UNet levels have (self- and cross-) attention; attention at 16x16 latents would cost 2.5x per step on CPU
-    unet_attention: list[bool] = field(default_factory=lambda: [False, True])
+    # which UNet levels have cross-attention: at 64 px the 16x16 latent level is where sibling species still
+    # differ (about half of their pixel difference survives at 16x16, a sixth at 8x8; build.json measures it)
+    unet_attention: list[bool] = field(default_factory=lambda: [True, True])
+    # which attention levels also self-attend; 16x16 self-attention would cost 2.4x per step on CPU, cross-attention
+    # alone there 1.3x (measured against attention at 8x8 only)
+    unet_self_attention: list[bool] = field(default_factory=lambda: [False, True])
+    unet_heads: list[int] = field(default_factory=lambda: [2, 8])  # attention heads per level
     text_width: int = 64  # a multiple of 8: TaxaDiffusion's per-rank modules have 8 heads
     text_layers: int = 2
     max_length: int = 32  # tokenizer / text-encoder sequence length
@@ -178,6 +216,14 @@ class TinyBackbone:
             raise ConfigError(f"{where}: vae_steps and unet_pretrain_steps may not be negative")
         if len(self.vae_channels) < 1 or len(self.unet_channels) < 1:
             raise ConfigError(f"{where}: vae_channels and unet_channels need at least one level each")
+        _positive(self.pretraining_images_per_species, f"{where}.pretraining_images_per_species")
+        if self.text_encoder_steps < 0:
+            raise ConfigError(f"{where}.text_encoder_steps: may not be negative")
+        for key in ("unet_self_attention", "unet_heads"):
+            if len(getattr(self, key)) != len(self.unet_channels):
+                raise ConfigError(f"{where}.{key}: one entry per UNet level ({len(self.unet_channels)})")
+        if any(c % h for c, h in zip(self.unet_channels, self.unet_heads)):
+            raise ConfigError(f"{where}.unet_heads: each must divide its level's channels {self.unet_channels}")
         if len(self.unet_attention) != len(self.unet_channels) or not any(self.unet_attention):
             raise ConfigError(
                 f"{where}.unet_attention: one flag per UNet level ({len(self.unet_channels)}), at least one true "
@@ -212,6 +258,10 @@ class TrainConfig:
     lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"  # after the warm-up
     max_grad_norm: float = 1.0
     condition_dropout: float = 0.1  # probability that a rank's name is replaced by "<rank>: None"
+    # single-rank: per sample, at most one rank is dropped, each with probability condition_dropout (the authors'
+    # FishNet/BIOSCAN loaders: 1/21 per rank, fishnet.py:136-156); cascade: each rank drops with that probability
+    # and takes every finer rank with it. Text-only and flat-label methods drop their one condition either way
+    condition_dropout_mode: Literal["single-rank", "cascade"] = "cascade"
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     ema_decay: float | None = None  # None: no EMA
     cache_latents: bool = True  # encode each image with the frozen VAE once
@@ -245,10 +295,11 @@ class SampleConfig:
     images_per_taxon: int = 8
     rank: str = "species"  # generate for every taxon of this rank
     taxa: list[str] = field(default_factory=list)  # restrict to these taxa (ids, slugs or unique names)
-    guidance: Literal["default", "taxonomy", "cfg", "none"] = "default"  # default: the method's own
+    # a registered guidance kind (taxabench/guidance.py: taxonomy, cfg, vanilla-cfg, none); default: the method's own
+    guidance: str = "default"
     # `taxabench run` also samples each method with these kinds (where it has them besides its default), into
-    # samples/<method>+<kind>/, for the report's guidance ablation (e.g. [cfg]: taxonomy guidance vs vanilla CFG)
-    guidance_ablation: list[Literal["taxonomy", "cfg", "none"]] = field(default_factory=list)
+    # samples/<method>+<kind>/, for the report's guidance ablation (e.g. [vanilla-cfg]: the paper's ablation)
+    guidance_ablation: list[str] = field(default_factory=list)
     guidance_scale: float = 9.0
     steps: int = 25
     scheduler: Literal["ddim", "pndm", "dpm++", "euler"] = "ddim"
@@ -263,6 +314,12 @@ class SampleConfig:
         _positive(self.batch_size, f"{where}.batch_size")
         if self.guidance_scale < 0:
             raise ConfigError(f"{where}.guidance_scale: may not be negative, got {self.guidance_scale}")
+        from taxabench.guidance import GUIDANCE
+
+        if self.guidance != "default":
+            _registered(GUIDANCE, self.guidance, f"{where}.guidance")
+        for index, kind in enumerate(self.guidance_ablation):
+            _registered(GUIDANCE, kind, f"{where}.guidance_ablation[{index}]")
         if self.stage is not None and self.stage < 0:
             raise ConfigError(f"{where}.stage: a stage index is at least 0, got {self.stage}")
 

@@ -255,6 +255,66 @@ def metric_models_section(models: dict) -> str:
     return markdown_table(["extractor", "weights", "input protocol", "quality"], rows)
 
 
+def training_section(run: RunFolder) -> str:
+    """Condition dropout as each method met it: the mean, per stage, of the fraction of training samples whose
+    finest conditioned rank kept its real name (`finest_real` in `checkpoints/<method>/loss.csv`)."""
+    train = run.config.get("train", {})
+    rows = []
+    for log in sorted(run.root.glob("checkpoints/*/loss.csv")):
+        frame = pd.read_csv(log)
+        if "finest_real" not in frame.columns:
+            continue
+        for stage, group in frame.groupby("stage"):
+            rows.append([f"`{log.parent.name}`", f"stage-{stage}", str(len(group)),
+                         f"{group['finest_real'].mean():.1%}"])
+    if not rows:
+        return ""
+    head = (f"Condition dropout: `{train.get('condition_dropout_mode', 'cascade')}`, p = "
+            f"{train.get('condition_dropout', '?')}. Share of training samples whose finest conditioned rank "
+            "(a TaxaDiffusion stage's own rank; a baseline's species) kept its real name:")
+    return head + "\n\n" + markdown_table(["method", "stage", "steps", "finest rank real"], rows)
+
+
+def guidance_legend(table: pd.DataFrame, config: dict) -> str:
+    """What each guidance kind in the run is, so that no reader confuses the two CFGs."""
+    from taxabench.guidance import GUIDANCE
+
+    default = config.get("sample", {}).get("guidance", "default")
+    used = {m.split(GUIDANCE_SEPARATOR, 1)[1] for m in dict.fromkeys(table[KEY_METHOD]) if GUIDANCE_SEPARATOR in m}
+    lines = [f"- methods without `+kind`: their default guidance (`sample.guidance: {default}`; TaxaDiffusion and its "
+             "ablations: taxonomy guidance, the baselines: `cfg`)"]
+    for name in sorted(used | {"taxonomy", "cfg"}):
+        if name in GUIDANCE:
+            kind = GUIDANCE.get(name)
+            lines.append(f"- `{name}`, {kind.label}: {kind.description}")
+    return "\n".join(lines)
+
+
+def backbone_section(root: Path) -> str:
+    """A tiny backbone's own account of itself, from the checkpoint manifests: its pre-training world and what
+    its frozen text encoder knows per rank."""
+    builds = {}
+    for path in sorted(root.glob("checkpoints/*/manifest.json")):
+        backbone = json.loads(path.read_text()).get("backbone", {})
+        if backbone.get("build"):
+            builds[backbone["identity"]] = backbone["build"]
+    parts = []
+    for identity, build in builds.items():
+        world = build.get("pretraining_world", {})
+        parts.append(f"`{identity}`: " + (world.get("statement") or "pre-trained on the benchmark's own training images."))
+        knowledge = build.get("text_encoder", {}).get("zero_shot_top1", {})
+        if knowledge:
+            rows = [[rank, f"{v['accuracy']:.1%}", f"{v['chance']:.1%}", str(v["taxa"]), str(v["images"])]
+                    for rank, v in knowledge.items()]
+            parts.append("What its frozen text encoder knows: zero-shot top-1 of benchmark test images among each "
+                         "rank's names (`\"<rank>: <name>\"`), through the contrastive image tower it was trained "
+                         "with:\n\n" + markdown_table(["rank", "top-1", "chance", "taxa", "images"], rows))
+        attention = build.get("unet", {}).get("cross_attention_resolutions")
+        if attention:
+            parts.append(f"Cross-attention at latent resolutions {', '.join(f'{r}x{r}' for r in attention)}.")
+    return "\n\n".join(parts)
+
+
 def backbone_identities(root: Path) -> list[str]:
     """The backbones the run's methods were trained on, from their checkpoint manifests."""
     found = [json.loads(p.read_text())["backbone"]["identity"] for p in sorted(root.glob("checkpoints/*/manifest.json"))]
@@ -337,6 +397,13 @@ def render(run: RunFolder, figures: dict[str, str]) -> str:
     ablations = ablation_table(table)
     if ablations:
         parts += ["", "## Ablations", "", ablations]
+    parts += ["", "Guidance kinds:", "", guidance_legend(table, run.config)]
+    training = training_section(run)
+    if training:
+        parts += ["", "## Training", "", training]
+    backbone = backbone_section(run.root)
+    if backbone:
+        parts += ["", "## Backbone", "", backbone]
     if figures.get("stages"):
         parts += ["", "## Across progressive stages", "", f"![stages]({figures['stages']})"]
     parts += ["", "## Metric models", "", metric_models_section(run.metric_models),

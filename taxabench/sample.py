@@ -38,6 +38,7 @@ from diffusers.utils import BaseOutput
 
 from taxabench.config import ExperimentConfig, SampleConfig
 from taxabench.errors import TaxabenchError
+from taxabench.guidance import GUIDANCE
 from taxabench.methods import GUIDANCE_KINDS, Method, Stage
 from taxabench.methods.base import move_inputs
 from taxabench.progress import progress_bar
@@ -166,7 +167,7 @@ class TaxonomyPipeline(DiffusionPipeline):
                 f"`height` and `width` have to be divisible by {self.vae_scale_factor} but are {height} and {width}"
             )
         if guidance not in ("default", *GUIDANCE_KINDS):
-            raise TaxabenchError(f"`guidance` must be default, taxonomy, cfg or none, got {guidance!r}")
+            raise TaxabenchError(f"`guidance` must be default or one of {', '.join(GUIDANCE_KINDS)}, got {guidance!r}")
         return self.method.check_guidance(guidance)
 
     def resolve_taxa(self, taxa: Sequence[str | Taxon | Sequence[str]]) -> list[Taxon]:
@@ -188,7 +189,7 @@ class TaxonomyPipeline(DiffusionPipeline):
         positive = self.method.encoder_hidden_states(
             move_inputs(self.method.condition_inputs(labels, self.stage, text), device), self.stage
         )
-        if guidance == "none":
+        if not GUIDANCE.get(guidance).guided:
             return positive, None
         negative = self.method.encoder_hidden_states(
             move_inputs(self.method.negative_inputs(guidance, labels, self.stage, text), device), self.stage
@@ -225,8 +226,10 @@ class TaxonomyPipeline(DiffusionPipeline):
             seeds (`list[int]`, *optional*): one seed per image, taxon-major; default
                 `derive_seed(seed, "sample", taxon.id, j)` for image j of each taxon.
             seed (`int`, *optional*, defaults to 0): the run seed the default per-image seeds derive from.
-            guidance (`str`, *optional*, defaults to `"default"`): `taxonomy` (negative: the top-rank-only
-                condition), `cfg` (negative: the unconditional condition), `none`, or `default` (the method's own).
+            guidance (`str`, *optional*, defaults to `"default"`): a registered guidance kind
+                (`taxabench.guidance`): `taxonomy` (negative: the top-rank-only condition), `cfg` (the trained
+                unconditional condition), `vanilla-cfg` (the raw text embedding of `""`), `none`, or `default`
+                (the method's own).
             guidance_scale (`float`, *optional*, defaults to 9.0): s in ε̃ = ε(c⁻) + s·(ε(c) − ε(c⁻)), i.e. the
                 paper's w = s − 1 (the authors' sampler uses 9).
             num_inference_steps (`int`, *optional*, defaults to 25): denoising steps.

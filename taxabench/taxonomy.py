@@ -196,12 +196,31 @@ class Taxonomy:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def rank_prompts(ranks: Sequence[str], labels: Sequence[str | None]) -> list[str]:
+def rank_prompts(
+    ranks: Sequence[str], labels: Sequence[str | None], names: Mapping[str, str] | None = None,
+    binomial: bool = False, all_ranks: Sequence[str] | None = None, all_labels: Sequence[str | None] | None = None,
+) -> list[str]:
     """TaxaDiffusion's per-rank strings: `["class: Actinopterygii", ..., "species: saxatilis"]`.
 
+    `names` renames a rank in its string (the authors write FishNet's species rank as `specific_epithet`);
+    `binomial` writes a species as genus + epithet (`"specific_epithet: Abudefduf saxatilis"`, as the authors'
+    FishNet and BIOSCAN loaders do), taking the genus from `all_labels` over `all_ranks` (default: `labels`).
     An unknown label reads `"<rank>: None"`, the same string condition dropout uses (DESIGN.md §2).
     """
-    return [f"{rank}: {label if label is not None else UNKNOWN_RANK_TEXT}" for rank, label in zip(ranks, labels)]
+    names = names or {}
+    lineage = dict(zip(all_ranks or ranks, all_labels or labels))
+    strings = []
+    for rank, label in zip(ranks, labels):
+        text = label if label is not None else UNKNOWN_RANK_TEXT
+        if binomial and rank == "species" and label is not None and lineage.get("genus"):
+            text = f"{_capitalised(lineage['genus'])} {label}"
+        strings.append(f"{names.get(rank, rank)}: {text}")
+    return strings
+
+
+def unknown_rank_prompt(rank: str, names: Mapping[str, str] | None = None) -> str:
+    """`"class: None"`: the string of a rank whose name is unknown or dropped."""
+    return f"{(names or {}).get(rank, rank)}: {UNKNOWN_RANK_TEXT}"
 
 
 def bioclip_caption(ranks: Sequence[str], labels: Sequence[str | None], above: Sequence[str] = ()) -> str:

@@ -278,7 +278,7 @@ def _open_manifest(root, method, stages, fingerprint, backbone, config, data, is
                    for s in stages],
         "completed": [],
         "backbone": {"source": backbone.source, "path": str(Path(backbone.path).resolve()),
-                     "identity": backbone.identity},
+                     "identity": backbone.identity, "build": _backbone_build(backbone.path)},
         "fingerprint": fingerprint,
     }
     if is_main:
@@ -288,6 +288,13 @@ def _open_manifest(root, method, stages, fingerprint, backbone, config, data, is
         (root / "config.yaml").write_text(config.to_yaml())
         _write_json(path, manifest)
     return manifest
+
+
+def _backbone_build(path) -> dict:
+    """What a tiny backbone's `build.json` says of itself (pre-training world, text-encoder knowledge, attention),
+    kept with the checkpoint so that reports can show it; empty for other backbones."""
+    build = Path(path) / "build.json"
+    return json.loads(build.read_text()) if build.is_file() else {}
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -537,7 +544,7 @@ class StageTrainer:
         noise_scheduler = backbone.noise_scheduler
         num_timesteps = noise_scheduler.config.num_train_timesteps
         accumulation = train.gradient_accumulation_steps
-        losses = []
+        losses, real = [], torch.zeros(2)
         for micro in range(accumulation):
             micro_batch = step * accumulation + micro
             positions = self.stream.positions(micro_batch)
@@ -546,6 +553,7 @@ class StageTrainer:
                 per_sample=[generator(config.seed, "train-sample", stage.index, p) for p in positions],
                 per_step=generator(config.seed, "train-step", stage.index, micro_batch),
                 dropout=train.condition_dropout,
+                dropout_mode=train.condition_dropout_mode,
             )
             # randomness inside modules (dropout layers) also follows the step, not the call history
             torch.manual_seed(derive_seed(config.seed, "train-modules", stage.index, micro_batch,
@@ -567,6 +575,7 @@ class StageTrainer:
                     target = noise
                 labels = [self.data.train[i].labels for i in indices]
                 inputs = move_inputs(self.method.condition_inputs(labels, stage, self.text, draws), device)
+                real += torch.tensor([sum(draws.finest_real), len(draws.finest_real)], dtype=torch.float32)
                 prediction = self.model(noisy, timesteps, inputs)
                 loss = F.mse_loss(prediction.float(), target.float())
                 accelerator.backward(loss)
@@ -578,6 +587,10 @@ class StageTrainer:
             losses.append(loss.detach())
         if self.ema is not None:
             self.ema.update()
+        real = accelerator.gather(real.to(device).reshape(1, 2)).sum(dim=0)
+        # the fraction of this step's samples whose finest conditioned rank kept its real name (NaN: the method
+        # reported none)
+        self.finest_real = (real[0] / real[1]).item() if real[1] > 0 else float("nan")
         return accelerator.gather(torch.stack(losses).mean().reshape(1)).mean().item()
 
 
@@ -599,7 +612,8 @@ def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Pat
             seconds = time.perf_counter() - started
             rate = trainer.global_batch / seconds
             if accelerator.is_main_process:
-                _log(loss_log, stage.index, step + 1, step_loss, trainer.lr_scheduler.get_last_lr()[0], rate, seconds)
+                _log(loss_log, stage.index, step + 1, step_loss, trainer.lr_scheduler.get_last_lr()[0], rate, seconds,
+                     trainer.finest_real)
             advance(loss=step_loss, **{"img/s": rate})
             done = step + 1
             if done % train.checkpoint_every == 0 and done < stage.steps:
@@ -663,16 +677,20 @@ def _save_state(accelerator, state_dir: Path, step: int, keep: int) -> None:
     accelerator.wait_for_everyone()
 
 
-LOG_COLUMNS = ("stage", "step", "loss", "lr", "images_per_s", "seconds")
+# finest_real: the fraction of the step's samples whose finest conditioned rank kept its real name (condition
+# dropout and unknown labels take it away); the report shows its mean per method and stage
+LOG_COLUMNS = ("stage", "step", "loss", "lr", "images_per_s", "seconds", "finest_real")
 
 
-def _log(path: Path, stage: int, step: int, loss: float, lr: float, rate: float, seconds: float) -> None:
+def _log(path: Path, stage: int, step: int, loss: float, lr: float, rate: float, seconds: float,
+         finest_real: float) -> None:
     new = not path.is_file()
     with open(path, "a", newline="") as handle:
         writer = csv.writer(handle)
         if new:
             writer.writerow(LOG_COLUMNS)
-        writer.writerow([stage, step, f"{loss:.6f}", f"{lr:.3e}", f"{rate:.2f}", f"{seconds:.4f}"])
+        writer.writerow([stage, step, f"{loss:.6f}", f"{lr:.3e}", f"{rate:.2f}", f"{seconds:.4f}",
+                         f"{finest_real:.4f}"])
 
 
 def _truncate_log(path: Path, stage: int, step: int) -> None:

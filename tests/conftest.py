@@ -57,7 +57,7 @@ def taxabench_on_two_processes(command: str, config_file: Path, cwd: Path | None
 
 
 # the tiny backbone the tests share: the real architecture, trained for a handful of steps (built once, ~15 s)
-TEST_BACKBONE = {"vae_steps": 8, "unet_pretrain_steps": 8}
+TEST_BACKBONE = {"vae_steps": 8, "unet_pretrain_steps": 8, "text_encoder_steps": 4, "pretraining_images_per_species": 4}
 
 
 def experiment(world: Path, runs_dir: Path, **sections):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,8 +71,13 @@ def test_build_report_matches_an_independent_reconstruction(tiny_backbone, tiny_
     assert report["vae"]["eval_images"] == len(images)
     assert report["vae"]["reconstruction_mse"] == pytest.approx(mse, rel=1e-3)
     assert report["vae"]["reconstruction_psnr_db"] == pytest.approx(10 * math.log10(4 / mse), abs=0.01)
-    # scaling_factor makes the training latents unit-variance, as SD's 0.18215 does for its VAE
-    train = torch.stack([item["pixel_values"] for item in TaxaImageDataset(tiny_data.train, 64)])
+    # scaling_factor makes the pre-training latents unit-variance, as SD's 0.18215 does for its VAE
+    from taxabench.config import DataConfig
+    from taxabench.data import load_dataset
+
+    world = load_dataset(DataConfig(root=report["pretraining_world"]["root"], eval_split=None))
+    assert report["train_images"] == len(world.train)
+    train = torch.stack([item["pixel_values"] for item in TaxaImageDataset(world.train, 64)])
     with torch.no_grad():
         latent_mean, _ = backbone.latent_distribution(train)
     assert (latent_mean * backbone.vae.config.scaling_factor).std().item() == pytest.approx(1.0, rel=1e-3)
@@ -133,3 +139,61 @@ def test_cli_builds_into_out(tiny_world, tiny_backbone, tmp_path, capsys):
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == (
         tiny_backbone[0] / "unet" / "diffusion_pytorch_model.safetensors"
     ).read_bytes()
+
+
+def test_backbone_never_saw_a_benchmark_image_genus_or_species(tiny_backbone, tiny_data):
+    """The pre-training world shares the benchmark's taxa down to caption_rank (family) and nothing below."""
+    from taxabench.config import DataConfig
+    from taxabench.data import load_dataset
+
+    report = json.loads((tiny_backbone[0] / "build.json").read_text())["pretraining_world"]
+    assert report["kind"] == "separate-world" and "No benchmark image, genus or species was seen" in report["statement"]
+    world = load_dataset(DataConfig(root=report["root"], eval_split=None))
+    benchmark_images = {Path(r.image).resolve() for r in [*tiny_data.train, *tiny_data.eval]}
+    assert not benchmark_images & {Path(r.image).resolve() for r in world.train}
+    for rank in ("genus", "species"):
+        names = {t.name for t in tiny_data.taxonomy.taxa(rank)}
+        assert not names & {t.name for t in world.taxonomy.taxa(rank)}, rank
+        assert report["benchmark_taxa_also_in_pretraining"][rank] == 0
+    for rank in ("class", "order", "family"):
+        assert {t.id for t in world.taxonomy.taxa(rank)} == {t.id for t in tiny_data.taxonomy.taxa(rank)}, rank
+    # the coarse traits of a shared family are the benchmark's; what lies below is drawn anew
+    traits = {r.labels[:3]: r.extra for r in tiny_data.train}
+    for record in world.train[:20]:
+        mine, theirs = record.extra, traits[record.labels[:3]]
+        assert all(mine[f"trait_{t}"] == theirs[f"trait_{t}"] for t in ("silhouette", "hue", "proportions"))
+
+
+def test_text_encoder_knowledge_is_measured_per_rank(tiny_backbone, tiny_data):
+    knowledge = json.loads((tiny_backbone[0] / "build.json").read_text())["text_encoder"]["zero_shot_top1"]
+    assert list(knowledge) == list(tiny_data.ranks)
+    for rank, entry in knowledge.items():
+        taxa = len(tiny_data.taxonomy.taxa(rank))
+        assert entry["taxa"] == taxa and entry["chance"] == pytest.approx(1 / taxa, abs=1e-4)
+        assert entry["images"] == len(tiny_data.eval) and 0.0 <= entry["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_text_encoder_knows_coarse_names_and_not_species(tmp_path):
+    """Trained on captions naming class..family only, the frozen text encoder separates the benchmark's orders and
+    families well above chance and its species at chance (the names it never read)."""
+    from taxabench.config import DataConfig, SynthTaxaOptions, TinyBackbone
+    from taxabench.data import load_dataset
+
+    config = DataConfig(root=str(tmp_path / "world"), synthtaxa=SynthTaxaOptions(preset="tiny-domain", seed=0))
+    data = load_dataset(config)
+    tiny = TinyBackbone(vae_steps=1, unet_pretrain_steps=1, text_encoder_steps=150, pretraining_images_per_species=32)
+    folder = build_tiny_backbone(data, config, tiny, tmp_path / "backbone", show_progress=False)
+    knowledge = json.loads((folder / "build.json").read_text())["text_encoder"]["zero_shot_top1"]
+    for rank in ("order", "family"):
+        assert knowledge[rank]["accuracy"] > knowledge[rank]["chance"] + 0.25, (rank, knowledge[rank])
+    assert knowledge["species"]["accuracy"] < knowledge["species"]["chance"] + 0.05, knowledge["species"]
+
+
+def test_cross_attention_reaches_the_16x16_latents(tiny_backbone):
+    report = json.loads((tiny_backbone[0] / "build.json").read_text())["unet"]
+    assert report["cross_attention_resolutions"] == [16, 8]
+    retained = report["sibling_difference_retained"]
+    assert retained["16x16"] > 2 * retained["8x8"]  # what tells siblings apart lives between the two
+    backbone = load_sd_folder(tiny_backbone[0], identity="test", source="tiny")
+    assert backbone.unet.down_blocks[0].attentions  # the 16x16 level attends to the text

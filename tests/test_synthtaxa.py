@@ -105,3 +105,27 @@ def test_every_rank_owns_a_trait(n_ranks):
 def test_unknown_preset():
     with pytest.raises(DataError, match="unknown synthtaxa preset 'huge'; available: tiny"):
         spec_for("huge", 0)
+
+
+def test_pretraining_world_shares_coarse_taxa_and_no_genus_or_species():
+    from taxabench.data.synthtaxa import build_world, pretraining_world
+
+    for preset in ("tiny", "tiny-domain", "small-domain"):
+        spec = spec_for(preset, 0)
+        benchmark, pretraining = build_world(spec), pretraining_world(spec, 3, 5)
+        assert {s.lineage[:3] for s in benchmark} == {s.lineage[:3] for s in pretraining}
+        below = {n for s in benchmark for n in s.lineage[3:]}
+        assert not below & {n for s in pretraining for n in s.lineage[3:]}, preset
+        assert len(pretraining) == len(benchmark) and all(s.train_images == 5 for s in pretraining)
+
+
+def test_domain_presets_have_a_constant_top_rank_that_owns_no_trait():
+    from taxabench.data.synthtaxa import build_world, traits_by_rank
+
+    for preset in ("tiny-domain", "small-domain"):
+        spec = spec_for(preset, 0)
+        world = build_world(spec)
+        assert len({s.lineage[0] for s in world}) == 1
+        owned = traits_by_rank(spec.ranks, spec.domain_top)
+        assert owned["class"] == () and "silhouette" in owned["order"]
+        assert len({s.traits["silhouette"] for s in world}) > 1

@@ -158,7 +158,7 @@ def test_every_training_option_runs(tiny_world, tiny_data, tiny_backbone, tmp_pa
     # 0.02 epochs of 351 images in global batches of 4 x 2: one optimizer step per stage
     assert [s["steps"] for s in manifest["stages"]] == [1, 1] and manifest["completed"] == ["stage-0", "stage-1"]
     log = (folder / "loss.csv").read_text().splitlines()
-    assert log[0] == "stage,step,loss,lr,images_per_s,seconds" and len(log) == 3
+    assert log[0] == "stage,step,loss,lr,images_per_s,seconds,finest_real" and len(log) == 3
     with pytest.raises(TaxabenchError, match="fp16 needs a CUDA device"):
         train_method(experiment(tiny_world, tmp_path / "fp16", train={"mixed_precision": "fp16"}), "sd-lora",
                      data=tiny_data, show_progress=False)
@@ -267,8 +267,8 @@ def test_two_processes_train_on_disjoint_shards_of_the_same_global_batch(tiny_wo
 
 
 def test_taxadiffusion_condition_dropout_cascades_from_coarse_to_fine(tiny_world, tiny_data, tiny_backbone, tmp_path):
-    """Each rank is dropped with probability p and every finer rank with it (the authors' `map_condition`), so a
-    condition is a lineage cut at some rank and the fully unknown condition (the CFG negative) has probability p."""
+    """`cascade`: each rank is dropped with probability p and every finer rank with it, so a condition is a lineage
+    cut at some rank and the fully unknown condition (the `cfg` negative) has probability p."""
     from taxabench.backbone import load_sd_folder
     from taxabench.seeds import generator
 
@@ -280,7 +280,7 @@ def test_taxadiffusion_condition_dropout_cascades_from_coarse_to_fine(tiny_world
     p, n = 0.3, 4000
     kept_counts = []
     for i in range(n):
-        row = method.dropped(strings, generator(0, "test", i), p)
+        row = method.dropped(strings, generator(0, "test", i), p, "cascade")
         kept = sum(not s.endswith(": None") for s in row)
         assert row[:kept] == strings[:kept], row
         assert all(s == f"{rank}: None" for s, rank in zip(row[kept:], tiny_data.ranks[kept:])), row

@@ -10,6 +10,14 @@ metric model, never seen by the generators).
 
 The world is written as PNGs plus `metadata.csv` in the generic `csv` format, with the ground-truth traits as
 extra columns, and read back through the `csv` adapter like any user dataset.
+
+Presets ending in `-domain` have a constant top rank that owns no trait (a domain rank, as FishNet's class is
+nearly always Actinopterygii and iNat's kingdom one of a few), so the most salient trait sits below it where
+taxonomy guidance can amplify it.
+
+The pre-training world (`pretraining_world`) is what the tiny backbone learns the look of the world from, as SD 1.5
+learnt from LAION: the same trait vocabulary and rendering, the benchmark's tree down to a shared rank (names and
+traits), and below it new genera and species, none of them the benchmark's (no name reused).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from taxabench.data.csv import CsvAdapter
 from taxabench.errors import DataError
 from taxabench.taxonomy import check_ranks
 
-FORMAT_VERSION = 1  # bump when the rendering changes: cached worlds of another version are rebuilt elsewhere
+FORMAT_VERSION = 2  # bump when the rendering changes: cached worlds of another version are rebuilt elsewhere
 
 # Traits owned by the coarse ranks, coarse to fine, spread over all ranks but the last (see `traits_by_rank`).
 COARSE_TRAITS = ("silhouette", "hue", "proportions", "fin_colour", "pattern_colour", "pattern")
@@ -66,11 +74,14 @@ class SynthTaxaSpec:
     test_images: int = 8  # held-out real images per species (what metrics compare against)
     reference_images: int = 24  # per species, for training the synthclip metric model
     seed: int = 0
+    domain_top: bool = False  # the top rank has one taxon and owns no trait (a domain rank)
 
     def check(self) -> None:
         check_ranks(self.ranks, "synthtaxa ranks")
         if len(self.branching) != len(self.ranks) or min(self.branching) < 1:
             raise DataError(f"synthtaxa: branching {self.branching} must give one positive count per rank {self.ranks}")
+        if self.domain_top and (self.branching[0] != 1 or len(self.ranks) < 3):
+            raise DataError("synthtaxa: a domain top rank needs branching 1 at the top and at least 3 ranks")
         if self.image_size % 8 or self.image_size < 16:
             raise DataError(f"synthtaxa: image_size must be a multiple of 8, at least 16, got {self.image_size}")
 
@@ -85,6 +96,11 @@ PRESETS: dict[str, SynthTaxaSpec] = {
     "inat-like": SynthTaxaSpec(ranks=("kingdom", "phylum", "class", "order", "family", "genus", "species"),
                                branching=(1, 2, 2, 2, 2, 2, 4), image_size=128, head_images=80, test_images=16,
                                reference_images=32),
+    # a constant top rank, as FishNet's class (Actinopterygii): 32 species, 4 per genus; the demo
+    "tiny-domain": SynthTaxaSpec(branching=(1, 2, 2, 2, 4), domain_top=True),
+    # the controlled benchmark with a constant top rank: 108 species, 4 per genus
+    "small-domain": SynthTaxaSpec(branching=(1, 3, 3, 3, 4), head_images=60, test_images=16, reference_images=32,
+                                  domain_top=True),
 }
 
 
@@ -94,12 +110,16 @@ def spec_for(preset: str, seed: int) -> SynthTaxaSpec:
     return replace(PRESETS[preset], seed=seed)
 
 
-def traits_by_rank(ranks: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+def traits_by_rank(ranks: tuple[str, ...], domain_top: bool = False) -> dict[str, tuple[str, ...]]:
     """Which traits each rank decides: the coarse traits in contiguous blocks over all ranks but the last.
 
     With 5 ranks: class -> silhouette; order -> hue, proportions; family -> fin and pattern colour;
-    genus -> pattern; species -> pattern scale and mark.
+    genus -> pattern; species -> pattern scale and mark. With a domain top rank, it owns nothing and the others
+    share the coarse traits: order -> silhouette, hue; family -> proportions, fin colour; genus -> pattern colour,
+    pattern.
     """
+    if domain_top:
+        return {ranks[0]: (), **traits_by_rank(ranks[1:])}
     coarse = len(ranks) - 1
     if coarse == 0:
         return {ranks[0]: COARSE_TRAITS + SPECIES_TRAITS}
@@ -131,27 +151,81 @@ def build_world(spec: SynthTaxaSpec) -> list[Species]:
     """The species of the world, each with its lineage, inherited traits and number of training images."""
     spec.check()
     rng = np.random.default_rng([spec.seed, 7])
-    owned = traits_by_rank(spec.ranks)
-    used_names: set[str] = set()
     leaves: list[tuple[tuple[str, ...], dict[str, object]]] = []
-
-    def grow(depth: int, lineage: tuple[str, ...], traits: dict[str, object]) -> None:
-        if depth == len(spec.ranks):
-            leaves.append((lineage, traits))
-            return
-        rank, count = spec.ranks[depth], spec.branching[depth]
-        values = {trait: _sibling_values(trait, count, rng) for trait in owned[rank]}
-        for child in range(count):
-            name = _new_name(rank, rng, used_names, genus=lineage[-1] if rank == "species" else None)
-            grow(depth + 1, (*lineage, name), {**traits, **{t: v[child] for t, v in values.items()}})
-
-    grow(0, (), {})
+    _grow(spec, 0, (), {}, rng, set(), leaves)
     # A log-linear long tail from `head_images` down to 1: about half the species have 5 images or fewer.
     # Which species is common and which rare is shuffled over the tree.
     order = rng.permutation(len(leaves))
     last = max(1, len(leaves) - 1)
     counts = {int(leaf): max(1, round(spec.head_images ** (1 - rank / last))) for rank, leaf in enumerate(order)}
     return [Species(lineage, traits, counts[i]) for i, (lineage, traits) in enumerate(leaves)]
+
+
+def _grow(spec: SynthTaxaSpec, depth: int, lineage: tuple[str, ...], traits: dict[str, object],
+          rng: np.random.Generator, used_names: set[str], leaves: list, unique_epithets: bool = False) -> None:
+    """Grow the subtree under `lineage` depth-first: each rank draws distinct trait values for its children."""
+    if depth == len(spec.ranks):
+        leaves.append((lineage, traits))
+        return
+    owned = traits_by_rank(spec.ranks, spec.domain_top)
+    rank, count = spec.ranks[depth], spec.branching[depth]
+    values = {trait: _sibling_values(trait, count, rng) for trait in owned[rank]}
+    for child in range(count):
+        genus = lineage[-1] if rank == "species" and not unique_epithets else None
+        name = _new_name(rank, rng, used_names, genus=genus)
+        _grow(spec, depth + 1, (*lineage, name), {**traits, **{t: v[child] for t, v in values.items()}}, rng,
+              used_names, leaves, unique_epithets)
+
+
+def pretraining_world(spec: SynthTaxaSpec, shared_depth: int, images_per_species: int) -> list[Species]:
+    """The tiny backbone's pre-training world: the benchmark's taxa down to rank `shared_depth - 1` (names and
+    traits), then new taxa below, drawn from the same trait vocabulary with another seed; no name below the shared
+    ranks is one of the benchmark's (species epithets included), so every benchmark genus and species is new to a
+    backbone pre-trained on it."""
+    if not 1 <= shared_depth < len(spec.ranks):
+        raise DataError(f"synthtaxa: the pre-training world shares 1..{len(spec.ranks) - 1} ranks, not {shared_depth}")
+    benchmark = build_world(spec)
+    below = {t for rank in spec.ranks[shared_depth:] for t in traits_by_rank(spec.ranks, spec.domain_top)[rank]}
+    shared = {}
+    for species in benchmark:
+        shared.setdefault(species.lineage[:shared_depth],
+                          {k: v for k, v in species.traits.items() if k not in below})
+    used = {name for species in benchmark for name in species.lineage}
+    rng = np.random.default_rng([spec.seed, 7, 1])
+    leaves: list[tuple[tuple[str, ...], dict[str, object]]] = []
+    for lineage, traits in shared.items():
+        _grow(spec, shared_depth, lineage, traits, rng, used, leaves, unique_epithets=True)
+    return [Species(lineage, traits, images_per_species) for lineage, traits in leaves]
+
+
+def sibling_difference_retained(spec: SynthTaxaSpec, resolutions: list[int], pairs: int = 64) -> dict[str, float]:
+    """How much of what tells sibling species apart survives at each resolution: pairs of sibling species are
+    rendered with the same nuisance draws (pose, position, background, lighting, noise), so their pixel difference is
+    the species traits alone; the share of its energy left after an area downsampling to `r x r` and back is
+    reported per resolution (1.0: fully resolvable; a trait under one pixel of that grid averages away)."""
+    import torch
+    import torch.nn.functional as F
+
+    world = build_world(spec)
+    by_parent: dict[tuple[str, ...], list[Species]] = {}
+    for species in world:
+        by_parent.setdefault(species.lineage[:-1], []).append(species)
+    siblings = [group for group in by_parent.values() if len(group) > 1]
+    if not siblings:
+        return {}
+    differences = []
+    for i in range(pairs):
+        group = siblings[i % len(siblings)]
+        a, b = group[i % len(group)], group[(i + 1) % len(group)]
+        pixels = [render(s.traits, spec.image_size, np.random.default_rng([spec.seed, 5, i]))[0] for s in (a, b)]
+        differences.append(pixels[0].astype(np.float32) - pixels[1].astype(np.float32))
+    diff = torch.from_numpy(np.stack(differences)).permute(0, 3, 1, 2)
+    total = diff.square().sum().item()
+    retained = {}
+    for r in resolutions:
+        low = F.interpolate(F.adaptive_avg_pool2d(diff, r), size=diff.shape[-1], mode="nearest")
+        retained[f"{r}x{r}"] = round(low.square().sum().item() / total, 4)
+    return retained
 
 
 def _sibling_values(trait: str, count: int, rng: np.random.Generator) -> list[object]:
@@ -184,7 +258,7 @@ def _new_name(rank: str, rng: np.random.Generator, used: set[str], genus: str | 
         stem = "".join(rng.choice(_SYLLABLES) for _ in range(int(rng.integers(2, 4))))
         name = stem + rng.choice(_SUFFIXES[rank])
         name = name.lower() if rank == "species" else name.capitalize()
-        key = f"{genus}/{name}" if rank == "species" else name
+        key = f"{genus}/{name}" if genus else name  # species names repeat under different genera
         if key not in used:
             used.add(key)
             return name
@@ -348,18 +422,49 @@ def generate(spec: SynthTaxaSpec, out: Path, show_progress: bool = True) -> Path
         raise DataError(f"{out} exists and is not a SynthTaxa folder; choose an empty or new folder")
 
     world = build_world(spec)
+    counts = {"train": None, "test": spec.test_images, "reference": spec.reference_images}
+    summary = {"traits_by_rank": {r: list(t) for r, t in traits_by_rank(spec.ranks, spec.domain_top).items()}}
+    return _write_world(world, spec, counts, out, {**wanted, **summary}, seed=[spec.seed], show_progress=show_progress)
+
+
+def generate_pretraining(spec: SynthTaxaSpec, shared_depth: int, images_per_species: int, out: Path,
+                         show_progress: bool = True) -> Path:
+    """Write the pre-training world of `spec` (`pretraining_world`, training images only) to `out`, as `generate`
+    writes a benchmark world; reuse it when `out` already holds it."""
+    out = Path(out)
+    wanted = {"format_version": FORMAT_VERSION, "spec": _spec_json(spec),
+              "pretraining": {"shared_ranks": list(spec.ranks[:shared_depth]), "images_per_species": images_per_species}}
+    if (out / SPEC_FILE).is_file():
+        found = json.loads((out / SPEC_FILE).read_text())
+        if {k: found.get(k) for k in wanted} == wanted:
+            return out
+        raise DataError(f"{out} holds another SynthTaxa world ({out / SPEC_FILE}); delete it or choose another folder")
+    world = pretraining_world(spec, shared_depth, images_per_species)
+    benchmark_names = {n for s in build_world(spec) for n in s.lineage[shared_depth:]}
+    summary = {
+        "shared_taxa": len({s.lineage[:shared_depth] for s in world}),
+        "new_taxa": {rank: len({s.lineage[: i + 1] for s in world})
+                     for i, rank in enumerate(spec.ranks) if i >= shared_depth},
+        "benchmark_names_below_shared_ranks": len(benchmark_names & {n for s in world for n in s.lineage[shared_depth:]}),
+    }
+    return _write_world(world, spec, {"train": None}, out, {**wanted, **summary}, seed=[spec.seed, 99],
+                        show_progress=show_progress)
+
+
+def _write_world(world: list[Species], spec: SynthTaxaSpec, counts: dict[str, int | None], out: Path,
+                 summary: dict, seed: list[int], show_progress: bool) -> Path:
+    """Render every image of `world` (a count of None: each species' own training count) atomically into `out`."""
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     rows = []
     jobs = [(i, split, j) for i, sp in enumerate(world)
-            for split, count in (("train", sp.train_images), ("test", spec.test_images),
-                                 ("reference", spec.reference_images))
-            for j in range(count)]
+            for split, count in counts.items()
+            for j in range(sp.train_images if count is None else count)]
     with Progress(disable=not show_progress, transient=True) as progress:
         task = progress.add_task(f"SynthTaxa: rendering {len(jobs)} images", total=len(jobs))
         for i, split, j in jobs:
             species = world[i]
-            rng = np.random.default_rng([spec.seed, i, SPLIT_SEEDS[split], j])
+            rng = np.random.default_rng([*seed, i, SPLIT_SEEDS[split], j])
             pixels, nuisance = render(species.traits, spec.image_size, rng)
             relative = f"images/{split}/{'.'.join(species.lineage)}/{j:04d}.png"
             (partial / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -369,8 +474,7 @@ def generate(spec: SynthTaxaSpec, out: Path, show_progress: bool = True) -> Path
                          **{k: round(v, 4) for k, v in nuisance.items()}})
             progress.advance(task)
     pd.DataFrame(rows).to_csv(partial / METADATA_FILE, index=False)
-    summary = {**wanted, "images": len(rows), "species": len(world),
-               "traits_by_rank": {r: list(t) for r, t in traits_by_rank(spec.ranks).items()}}
+    summary = {**summary, "images": len(rows), "species": len(world)}
     (partial / SPEC_FILE).write_text(json.dumps(summary, indent=2))
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -386,6 +490,19 @@ def generate(spec: SynthTaxaSpec, out: Path, show_progress: bool = True) -> Path
 
 def _spec_json(spec: SynthTaxaSpec) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
+
+
+def spec_from_json(spec: dict) -> SynthTaxaSpec:
+    """The spec a world's `synthtaxa.json` records."""
+    return SynthTaxaSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+
+
+def pretraining_root(spec: SynthTaxaSpec, shared_depth: int, images_per_species: int) -> Path:
+    """Where the pre-training world of `spec` is cached (`generate_pretraining` writes it)."""
+    import hashlib
+
+    key = json.dumps([_spec_json(spec), shared_depth, images_per_species], sort_keys=True)
+    return taxabench_home() / "synthtaxa" / f"pretraining-{hashlib.sha256(key.encode()).hexdigest()[:16]}-v{FORMAT_VERSION}"
 
 
 def default_root(preset: str, seed: int) -> Path:

@@ -38,7 +38,9 @@ def build_method(name: str, config, ranks: Sequence[str], species: Sequence[Labe
     options = cls.parse_options(config.method_options.get(name), f"method_options.{name}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return cls(options, ranks, species, backbone)
+        method = cls(options, ranks, species, backbone)
+    method.string_format = config.data.rank_strings
+    return method
 
 
 def _register_builtins() -> None:

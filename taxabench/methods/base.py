@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from taxabench.config import RankStrings
 from taxabench.errors import ConfigError, TaxabenchError
+from taxabench.guidance import guidance_kinds
 
 Labels = tuple[str | None, ...]  # one label per dataset rank, coarse to fine; None = unknown
 TextEncoder = Callable[[list[str]], torch.Tensor]  # strings -> (n, tokens, width), cached by the caller
-GUIDANCE_KINDS = ("taxonomy", "cfg", "none")
+GUIDANCE_KINDS = guidance_kinds()  # every registered kind (taxabench/guidance.py)
 
 CONDITIONER_FILE = "conditioner.safetensors"
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the diffusers LoRA file name
@@ -64,6 +66,10 @@ class TrainingDraws:
     per_sample: list[torch.Generator]
     per_step: torch.Generator
     dropout: float  # condition dropout probability (train.condition_dropout)
+    dropout_mode: str = "cascade"  # train.condition_dropout_mode: single-rank or cascade
+    # filled by the method: per sample, whether its finest conditioned rank kept its real name (the training log
+    # reports the fraction per step)
+    finest_real: list[bool] = field(default_factory=list)
 
 
 @dataclass
@@ -100,6 +106,7 @@ class Method:
         self.backbone = backbone
         self.conditioner: nn.Module = nn.ModuleDict()  # the method's own modules (empty for text-only methods)
         self.lora: LoraSettings | None = None
+        self.string_format = RankStrings()  # data.rank_strings, set by `build_method`
         self.check_dataset_ranks(options, self.ranks)
 
     @classmethod
@@ -155,6 +162,11 @@ class Method:
     def encoder_hidden_states(self, inputs: dict[str, Any], stage: Stage | None) -> torch.Tensor:
         """The UNet's cross-attention context, `batch x tokens x cross_attention_dim`."""
         return inputs["context"]
+
+    def vanilla_cfg_negative(self, count: int, text: TextEncoder) -> dict[str, Any]:
+        """The `vanilla-cfg` negative: the text encoder's raw embedding of `""`, through no trained module (the
+        authors' pipeline, pipeline_stable_diffusion_taxonomy.py:230-244: `encode_prompt` with no negative prompt)."""
+        return {"context": text([""] * count)}
 
     def check_guidance(self, kind: str) -> str:
         kind = self.default_guidance if kind == "default" else kind
@@ -279,3 +291,26 @@ def move_inputs(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def drop(generator: torch.Generator, probability: float) -> bool:
     """One Bernoulli draw from a sample's generator (condition dropout)."""
     return bool(torch.rand((), generator=generator).item() < probability)
+
+
+def dropped_ranks(generator: torch.Generator, probability: float, ranks: int, mode: str) -> list[bool]:
+    """Which of `ranks` ranks (coarse to fine) condition dropout replaces by `"<rank>: None"` for one sample.
+
+    `single-rank`, the authors' FishNet/BIOSCAN scheme (TaxaDiffusion/taxa_diffusion/datasets/fishnet.py:136-156):
+    one uniform draw; rank r is dropped alone when it falls in [r·p, (r+1)·p), so each rank with probability p and
+    never two (their p = 1/21: `randint(0, 20)`, values 0..4 drop one of five ranks). `cascade`: one Bernoulli(p)
+    draw per rank whatever the outcome, and a dropped rank takes every finer rank with it.
+    """
+    if mode == "single-rank":
+        if probability * ranks > 1 + 1e-9:
+            raise TaxabenchError(
+                f"train.condition_dropout: single-rank dropout of {ranks} ranks needs p <= 1/{ranks}, got {probability}"
+            )
+        u = torch.rand((), generator=generator).item()
+        hit = int(u // probability) if probability > 0 else ranks
+        return [r == hit for r in range(ranks)]
+    out, dropped = [], False
+    for _ in range(ranks):
+        dropped = drop(generator, probability) or dropped
+        out.append(dropped)
+    return out

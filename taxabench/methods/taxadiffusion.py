@@ -1,22 +1,31 @@
 """TaxaDiffusion (Monsefi et al., "Progressively Trained Diffusion Model for Fine-Grained Species Generation",
-arXiv 2506.01923, ICCV 2025), §3, as DESIGN.md §2 summarises it and the authors' code implements it.
+arXiv 2506.01923, ICCV 2025), §3, as DESIGN.md §2 summarises it and the authors' code
+(github.com/aminK8/TaxaDiffusion, commit add8893; paths below under TaxaDiffusion/) implements it.
 
 Conditioning (§3.2): each rank of a lineage becomes its own string (`"class: Actinopterygii"`, ...,
-`"species: saxatilis"`), encoded separately by the frozen text encoder (tokens x width each). Each rank r has its own
-small module T_r, two Transformer encoder layers of the text encoder's width with 8 heads. The context for rank
-depth k is the sum c^(k) = Σ_{r ≤ k} T_r(E(s_r)): it replaces the prompt embedding in the UNet's cross-attention;
-finer ranks are simply absent from the sum.
+`"specific_epithet: Abudefduf saxatilis"` with the authors' FishNet strings, `data.rank_strings`), encoded
+separately by the frozen text encoder (tokens x width each). Each rank r has its own small module T_r, two
+Transformer encoder layers of the text encoder's width with 8 heads (taxa_diffusion/models/taxonomy.py:10-15). The
+context for rank depth k is the sum c^(k) = Σ_{r ≤ k} T_r(E(s_r)) (taxonomy.py:18-24): it replaces the prompt
+embedding in the UNet's cross-attention; finer ranks are simply absent from the sum.
 
 Progressive training (§3.3): stage k trains T_k only; T_0..T_{k-1} are frozen. A LoRA (rank 4, alpha 4) on the
-UNet's attention projections adapts it to the domain in stage 0 and stays frozen afterwards. Condition dropout
-cascades, as the authors' datasets do it (`map_condition`): each rank's name is replaced by `"<rank>: None"` with
-probability `train.condition_dropout`, and once a rank is dropped every finer rank is dropped too. So a training
-condition is always a lineage cut at some rank, and the fully unknown condition (the negative of vanilla CFG) is
-seen with probability `train.condition_dropout`, as the text baselines see the empty prompt. The unknown-rank
-string is the same one real missing labels get.
+UNet's attention projections adapts it to the domain in stage 0 and stays frozen afterwards.
 
-Taxonomy guidance (§3.4): ε̃ = (1+w)·ε(x, t, c^(i)) − w·ε(x, t, c^(0)): the top-rank-only condition c^(0) takes the
-place of the unconditional branch (`negative_inputs("taxonomy", ...)`). The sampler applies the formula.
+Condition dropout (`train.condition_dropout_mode`, `dropped_ranks` in methods/base.py): `single-rank` is the
+authors' FishNet/BIOSCAN scheme (datasets/fishnet.py:136-156, bioscan.py:123-143): per sample an integer in 0..20,
+and 0..4 replace exactly one rank's string by `"<rank>: None"`; never two ranks, never the whole lineage.
+`cascade` is taxabench's earlier scheme, not the authors': each rank drops with probability p and takes every finer
+rank with it, so the fully unknown lineage (the `cfg` negative below) is trained with probability p. (The authors'
+iNat loader cascades too, inaturalist.py:91-109, but only over integer labels its training never reads: its text
+strings, inaturalist.py:189-197, are never dropped.)
+
+Guidance (§3.4, taxabench/guidance.py): `taxonomy`, ε̃ = (1+w)·ε(x, t, c^(i)) − w·ε(x, t, c^(0)), the top-rank-only
+condition through its module in place of the unconditional branch (pipeline_stable_diffusion_taxonomy.py:245-246);
+at stage 0, where c^(0) is the positive, the raw text embedding of `"<top rank>: None"` (pipeline:177-180, 244).
+`vanilla-cfg`, the authors' vanilla CFG: the raw text embedding of `""` (pipeline:230-244), `"<top rank>: None"` at
+stage 0 as above. `cfg`: the all-`None` lineage through the trained modules (a trained unconditional; taxabench's).
+The sampler applies the formula.
 
 Ablations (paper §4.4), registered as their own methods below: all ranks trained jointly in one stage; a random
 rank's module trained at each step.
@@ -32,8 +41,16 @@ import torch
 from torch import nn
 
 from taxabench.errors import TaxabenchError
-from taxabench.methods.base import Labels, LoraSettings, Method, Stage, TextEncoder, TrainingDraws, drop
-from taxabench.taxonomy import UNKNOWN_RANK_TEXT, check_ranks, rank_prompts
+from taxabench.methods.base import (
+    Labels,
+    LoraSettings,
+    Method,
+    Stage,
+    TextEncoder,
+    TrainingDraws,
+    dropped_ranks,
+)
+from taxabench.taxonomy import check_ranks, rank_prompts, unknown_rank_prompt
 
 
 @dataclass
@@ -83,7 +100,7 @@ class TaxaDiffusion(Method):
     description = "TaxaDiffusion: per-rank modules summed into the UNet context, trained progressively (paper §3)"
     Options = TaxaDiffusionOptions
     default_guidance = "taxonomy"
-    guidance_kinds = ("taxonomy", "cfg", "none")
+    guidance_kinds = ("taxonomy", "cfg", "vanilla-cfg", "none")
 
     def __init__(self, options: TaxaDiffusionOptions, ranks: Sequence[str], species: Sequence[Labels], backbone):
         super().__init__(options, ranks, species, backbone)
@@ -136,7 +153,13 @@ class TaxaDiffusion(Method):
     # -- conditioning (§3.2) --------------------------------------------------------------------------------------
     def rank_strings(self, labels: Labels, depth: int) -> list[str]:
         names = [labels[i] for i in self.label_index[: depth + 1]]
-        return rank_prompts(self.conditioned_ranks[: depth + 1], names)
+        return rank_prompts(
+            self.conditioned_ranks[: depth + 1], names, self.string_format.names,
+            binomial=self.string_format.species == "binomial", all_ranks=self.ranks, all_labels=labels,
+        )
+
+    def unknown_string(self, rank: str) -> str:
+        return unknown_rank_prompt(rank, self.string_format.names)
 
     def condition_inputs(
         self, labels: Sequence[Labels], stage: Stage | None, text: TextEncoder, draws: TrainingDraws | None = None
@@ -144,27 +167,31 @@ class TaxaDiffusion(Method):
         depth = self.depth(stage)
         strings = [self.rank_strings(item, depth) for item in labels]
         if draws is not None:
-            strings = [self.dropped(row, g, draws.dropout) for row, g in zip(strings, draws.per_sample)]
+            strings = [self.dropped(row, g, draws.dropout, draws.dropout_mode) for row, g in zip(strings, draws.per_sample)]
+            finest = self.unknown_string(self.conditioned_ranks[depth])
+            draws.finest_real = [row[-1] != finest for row in strings]
         return self._embedded(strings, depth, text)
 
-    def dropped(self, strings: list[str], generator: torch.Generator, probability: float) -> list[str]:
-        """Condition dropout of one sample's rank strings, cascading from coarse to fine (the authors'
-        `map_condition`: "all subsequent conditions are set to None"). One draw per rank whatever the outcome, so
-        the draws a sample makes do not depend on its earlier ones."""
-        out, dropped = [], False
-        for rank, string in zip(self.conditioned_ranks, strings):
-            dropped = drop(generator, probability) or dropped
-            out.append(f"{rank}: {UNKNOWN_RANK_TEXT}" if dropped else string)
-        return out
+    def dropped(self, strings: list[str], generator: torch.Generator, probability: float, mode: str) -> list[str]:
+        """Condition dropout of one sample's rank strings (`train.condition_dropout_mode`, see the module doc)."""
+        drops = dropped_ranks(generator, probability, len(self.conditioned_ranks), mode)
+        return [self.unknown_string(rank) if gone else string
+                for rank, string, gone in zip(self.conditioned_ranks, strings, drops)]
 
     def negative_inputs(
         self, kind: str, labels: Sequence[Labels], stage: Stage | None, text: TextEncoder
     ) -> dict[str, Any]:
         depth = self.depth(stage)
+        if kind in ("taxonomy", "vanilla-cfg") and depth == 0:
+            # c^(0) is the positive itself: the authors' pipeline uses the raw "<top rank>: None" string
+            # (pipeline_stable_diffusion_taxonomy.py:177-180 and 244; it hard-codes "class: None", FishNet's top rank)
+            return {"context": text([self.unknown_string(self.conditioned_ranks[0])] * len(labels))}
         if kind == "taxonomy":  # c^(0): the top rank alone, through its own module (§3.4)
             return self._embedded([self.rank_strings(item, 0) for item in labels], 0, text)
-        if kind == "cfg":  # every rank unknown: what condition dropout teaches as "no condition"
-            unknown = rank_prompts(self.conditioned_ranks[: depth + 1], [None] * (depth + 1))
+        if kind == "vanilla-cfg":
+            return self.vanilla_cfg_negative(len(labels), text)
+        if kind == "cfg":  # every rank unknown, through the modules: what cascade dropout teaches as "no condition"
+            unknown = [self.unknown_string(rank) for rank in self.conditioned_ranks[: depth + 1]]
             return self._embedded([unknown for _ in labels], depth, text)
         raise TaxabenchError(f"method '{self.name}': no negative for guidance {kind!r}")
 
@@ -174,6 +201,8 @@ class TaxaDiffusion(Method):
         return {"rank_embeddings": embeddings, "depth": depth, "trained_rank": None}
 
     def encoder_hidden_states(self, inputs: dict[str, Any], stage: Stage | None) -> torch.Tensor:
+        if "context" in inputs:  # a raw text-encoder embedding (a vanilla-CFG or stage-0 negative): no module
+            return inputs["context"]
         return self.conditioner(inputs["rank_embeddings"], inputs["depth"], inputs["trained_rank"])
 
 
@@ -202,8 +231,10 @@ class TaxaDiffusionRandom(TaxaDiffusionJoint):
         if draws is None:
             return super().condition_inputs(labels, stage, text)
         rank = int(torch.randint(0, len(self.conditioned_ranks), (), generator=draws.per_step).item())
-        strings = [self.dropped(self.rank_strings(item, rank), g, draws.dropout)
+        strings = [self.dropped(self.rank_strings(item, rank), g, draws.dropout, draws.dropout_mode)[: rank + 1]
                    for item, g in zip(labels, draws.per_sample)]
+        finest = self.unknown_string(self.conditioned_ranks[rank])
+        draws.finest_real = [row[-1] != finest for row in strings]
         inputs = self._embedded(strings, rank, text)
         inputs["trained_rank"] = rank
         return inputs
