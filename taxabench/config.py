@@ -306,6 +306,9 @@ class EvalConfig:
     weights: dict[str, str] = field(default_factory=dict)  # extractor -> explicit weights file or folder
     lpips_size: int | None = None  # common size images are resized to for LPIPS; None: data.image_size
     lpips_max_real: int = 32  # real images of its taxon each generated image is compared with (seeded subset)
+    # all: each generated image against all those real images (mean); index: the i-th generated against the i-th
+    # real image of its taxon, as the paper group's LPIPS script pairs them
+    lpips_pairing: Literal["all", "index"] = "all"
     # pretrained: require the ImageNet VGG16; untrained: a seeded random backbone; auto: pretrained when it resolves
     # offline, else untrained. An untrained backbone is named "LPIPS (VGG, untrained backbone)" everywhere.
     lpips_backbone: Literal["auto", "pretrained", "untrained"] = "auto"
