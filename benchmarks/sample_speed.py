@@ -214,7 +214,7 @@ def run_levers(args) -> str:
         result.extra["first call (s)"] = f"{result.first_call_seconds:.1f}" if result.measured else ""
         if image is not None and reference is not None:
             difference = np.abs(decode_image(image).astype(np.int16) - decode_image(reference).astype(np.int16))
-            result.extra["first image vs defaults: max / mean |Δ| (levels)"] = (
+            result.extra["first image vs defaults: max / mean abs. difference (levels)"] = (
                 f"{difference.max()} / {difference.mean():.2f}")
         if flops and peak and result.measured:
             result.extra["MFU (bf16 peak)"] = model_flop_utilisation(result.items_per_second, flops, peak)

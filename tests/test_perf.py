@@ -219,6 +219,26 @@ def test_sd15_shape_is_refused_on_cpu_unless_asked():
         train_speed.main(["--size", "sd15", "--device", "cpu"])
 
 
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_both_lever_tables(tmp_path):
+    """`gpu_check.sh --dry-run` end to end on a CPU: the CUDA tests skip, both lever tables are written, the
+    CUDA-only levers are rows that say why, and the script passes."""
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the dry run is for a CPU")
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", str(tmp_path)], capture_output=True,
+                            text=True, timeout=3600, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable,
+                                                          "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = (tmp_path / "dry-run-cpu.md").read_text()
+    assert "#### Training levers" in report and "#### Sampling levers" in report
+    assert report.count("refused on cpu: train.attention: 'efficient' is a CUDA kernel") == 1
+    assert "refused on cpu: sample.compile_mode" not in report  # the CPU's compile mode is default: skipped
+    assert report.count("skipped in a dry run") == 2 and "Batch sweep" in report
+
+
 def test_gpu_check_script_parses_and_fails_clearly_without_cuda(tmp_path):
     import subprocess
     import sys
