@@ -285,7 +285,8 @@ class SynthClipConfig:
 
 @dataclass
 class EvalConfig:
-    metrics: list[str] = field(default_factory=lambda: ["fd", "kid", "lpips", "clip_score", "taxa_accuracy"])
+    metrics: list[str] = field(default_factory=lambda: ["fd", "kid", "lpips", "clip_score", "taxa_accuracy",
+                                                        "mistake_severity", "path_consistency"])
     fd_extractor: str = "synthclip"  # features for fd and kid; `inception` for the paper's FID on real data
     clip_model: str = "synthclip"  # clip_score and taxa_accuracy; `bioclip` on real data
     weights: dict[str, str] = field(default_factory=dict)  # extractor -> explicit weights file or folder

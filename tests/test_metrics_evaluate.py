@@ -15,6 +15,8 @@ from taxabench.metrics.cache import features_dir
 from taxabench.metrics.evaluation import SmallSampleWarning
 from taxabench.metrics.metric_fd import fd_from_features
 
+DEFAULT_METRICS = config_from_dict({}).eval.metrics
+
 
 def experiment(tiny_world, runs_dir, clip_folder, **eval_overrides):
     return config_from_dict({
@@ -49,7 +51,14 @@ def test_csv_rows_cover_every_metric_scope_with_counts(evaluated, data):
     _, result, species = evaluated
     table = pd.read_csv(result.csv_path)
     assert tuple(table.columns) == CSV_COLUMNS
-    assert set(table.metric) == {"fd", "kid", "lpips", "lpips_diversity", "clip_score", "top1", "top5"}
+    generated = table[table.method == "copy"]
+    assert set(generated.metric) == {"fd", "kid", "lpips", "lpips_diversity", "clip_score", "top1", "top5",
+                                     "mistake_severity", "path_consistency"}
+    # the per-image identity metrics also score the held-out real images: the ceiling rows
+    ceiling = table[table.method == "real-images"]
+    assert set(ceiling.metric) == {"clip_score", "top1", "top5", "mistake_severity", "path_consistency"}
+    assert (ceiling[ceiling.scope == "overall"].n_generated == 6 * 8).all()
+    table = generated
     scopes = set(table.scope)
     assert scopes == {"overall", "rare", "common", *data.ranks}
     fd = table[(table.metric == "fd")].set_index("scope")
@@ -103,7 +112,7 @@ def test_reevaluation_reads_caches_and_replaces_its_rows(evaluated, monkeypatch)
         with pytest.warns(SmallSampleWarning):
             again = evaluate(config, "copy", show_progress=False)
     finally:
-        config.eval.metrics = ["fd", "kid", "lpips", "clip_score", "taxa_accuracy"]
+        config.eval.metrics = DEFAULT_METRICS
     after = pd.read_csv(again.csv_path)
     assert set(after.metric) == {"fd", "lpips", "lpips_diversity", "clip_score"} and len(after) < len(before)
     for metric in ("fd", "lpips"):
@@ -118,9 +127,9 @@ def test_other_methods_rows_are_kept(evaluated, data):
     try:
         evaluate(config, "second", show_progress=False)
     finally:
-        config.eval.metrics = ["fd", "kid", "lpips", "clip_score", "taxa_accuracy"]
+        config.eval.metrics = DEFAULT_METRICS
     table = pd.read_csv(result.csv_path)
-    assert {"copy", "second"} == set(table.method)
+    assert {"copy", "second", "real-images"} == set(table.method)
     assert (table[table.method == "second"].scope == "overall").sum() == 1
 
 

@@ -5,8 +5,10 @@ Reads `runs/<name>/samples/<method>/` (contract: `taxabench.metrics.samples`), c
 
 - `runs/<name>/metrics/<method>.json`: every measurement with its N, CI, extractor, weights identity, protocol,
   per-taxon values for the rank scopes, and the warnings;
-- `runs/<name>/metrics/all.csv`: the method's rows, replacing any earlier rows of the same method. This file is the
-  single source of the report tables. Columns (`CSV_COLUMNS`, in this order):
+- `runs/<name>/metrics/all.csv`: the method's rows, replacing any earlier rows of the same method, and the rows of
+  method `real-images` (`CEILING_METHOD`): the per-image metrics scored on the held-out real images of the same
+  taxa, the ceiling row of the report's tables (the same for every method of a run). This file is the single
+  source of the report tables. Columns (`CSV_COLUMNS`, in this order):
 
   ===================  =====================================================================================
   method               the method name (sample folder name)
@@ -56,7 +58,7 @@ from taxabench.metrics.features import (
     real_images,
     resolve_device,
 )
-from taxabench.metrics.metric_base import Measurement
+from taxabench.metrics.metric_base import SUBJECT_GENERATED, SUBJECT_REAL, Measurement
 from taxabench.metrics.samples import read_samples, samples_folder
 from taxabench.metrics.scopes import SCOPE_OVERALL, EvalSets
 
@@ -77,6 +79,7 @@ KEY_PROTOCOL = "protocol"
 CSV_COLUMNS = (KEY_METHOD, KEY_METRIC, KEY_NAME, KEY_SCOPE, KEY_VALUE, KEY_CI_LOW, KEY_CI_HIGH, KEY_N_REAL,
                KEY_N_GENERATED, KEY_N_TAXA, KEY_EXTRACTOR, KEY_WEIGHTS, KEY_HIGHER_IS_BETTER, KEY_PROTOCOL)
 
+CEILING_METHOD = "real-images"  # the rows of held-out real images scored like generated ones
 FD_MIN_IMAGES = 2000  # below this many images on a side, FD is strongly biased upwards (warned, not refused)
 
 
@@ -93,7 +96,7 @@ class EvalResult:
     warnings: list[str]
 
     def headline(self) -> list[Measurement]:
-        return [m for m in self.measurements if m.scope.scope == SCOPE_OVERALL]
+        return [m for m in self.measurements if m.scope.scope == SCOPE_OVERALL and m.subject == SUBJECT_GENERATED]
 
 
 @dataclass
@@ -222,6 +225,9 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
     from taxabench.metrics.registry import METRICS
 
     run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+    if method == CEILING_METHOD:
+        raise TaxabenchError(f"'{CEILING_METHOD}' names the real-image ceiling rows of metrics/all.csv; "
+                             "give the samples another name")
     metrics = [METRICS.get(name)() for name in config.eval.metrics]  # unknown names fail before any work
     data = load_dataset(config.data)
     samples = read_samples(samples_folder(run_dir, method), method, data.taxonomy)
@@ -241,7 +247,10 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
     if PartialState().is_main_process:
         report = _json_report(method, config, data, context, measurements, notes)
         atomic_write_bytes(json_path, json.dumps(report, indent=2, allow_nan=False).encode())
-        write_csv_rows(csv_path, method, measurements)
+        write_csv_rows(csv_path, method, [m for m in measurements if m.subject == SUBJECT_GENERATED])
+        ceiling = [m for m in measurements if m.subject == SUBJECT_REAL]
+        if ceiling:
+            write_csv_rows(csv_path, CEILING_METHOD, ceiling)
     return EvalResult(method, measurements, json_path, csv_path, notes)
 
 
@@ -304,7 +313,7 @@ def _json_report(method: str, config: ExperimentConfig, data: TaxaData, context:
                  "ci_method": "percentile bootstrap over taxa, re-centred on the estimate"},
         "warnings": notes,
         "measurements": [
-            {**{k: _finite(v) for k, v in row.items() if k != KEY_METHOD}, "protocol": m.protocol,
+            {**{k: _finite(v) for k, v in row.items() if k != KEY_METHOD}, "protocol": m.protocol, "subject": m.subject,
              "n_bootstrap": m.scope.n_bootstrap,
              "per_taxon": {k: _finite(v) for k, v in m.scope.per_taxon.items()} if m.scope.per_taxon else None,
              "skipped_taxa": m.scope.skipped_taxa}

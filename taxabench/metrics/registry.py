@@ -31,9 +31,12 @@ def _register_builtins() -> None:
     from taxabench.metrics.metric_fd import FrechetDistance
     from taxabench.metrics.metric_kid import KernelDistance
     from taxabench.metrics.metric_lpips import Lpips
+    from taxabench.metrics.metric_mistake_severity import MistakeSeverity
+    from taxabench.metrics.metric_path_consistency import PathConsistency
     from taxabench.metrics.metric_taxa_accuracy import TaxaAccuracy
 
-    for metric in (FrechetDistance, KernelDistance, Lpips, ClipScore, TaxaAccuracy):
+    for metric in (FrechetDistance, KernelDistance, Lpips, ClipScore, TaxaAccuracy, MistakeSeverity,
+                   PathConsistency):
         register_metric(metric.key, metric)
     for extractor in (InceptionExtractor, BioClipExtractor, BioClip2Extractor, SynthClipExtractor, LpipsVggExtractor):
         register_extractor(extractor.name, extractor)
