@@ -44,6 +44,7 @@ from torch import nn
 from taxabench import __version__
 from taxabench.config import ExperimentConfig
 from taxabench.errors import TaxabenchError
+from taxabench.levers import attention_backend, check_levers, to_channels_last
 from taxabench.methods import Method, Stage, TrainingDraws, build_method, get_method
 from taxabench.methods.base import move_inputs
 from taxabench.progress import progress_bar
@@ -57,7 +58,7 @@ TRAINABLE_STATE = "trainable.safetensors"
 STEP_FILE = "training_state.json"
 # train fields that change how a run is executed, not what it learns: they may change between restarts
 OPERATIONAL_KEYS = ("checkpoint_every", "checkpoints_total_limit", "num_workers", "cache_latents", "cache_text",
-                    "compile")
+                    "compile", "compile_mode", "channels_last", "attention")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -406,15 +407,17 @@ class TextCache:
 class Denoiser(nn.Module):
     """The trainable forward pass: the method's condition modules, then the UNet (what accelerate/DDP wraps)."""
 
-    def __init__(self, unet: nn.Module, method: Method, stage: Stage):
+    def __init__(self, unet: nn.Module, method: Method, stage: Stage, attention: str = "auto"):
         super().__init__()
         self.unet = unet
         self.conditioner = method.conditioner
         self.method, self.stage = method, stage  # plain attributes, not submodules
+        self.attention = attention  # the UNet's SDPA kernel (`train.attention`), not the condition modules'
 
     def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         context = self.method.encoder_hidden_states(inputs, self.stage)
-        return self.unet(noisy_latents, timesteps, encoder_hidden_states=context).sample
+        with attention_backend(self.attention):
+            return self.unet(noisy_latents, timesteps, encoder_hidden_states=context).sample
 
 
 class EMA:
@@ -449,14 +452,15 @@ class StageTrainer:
 
     `step(k)` runs optimizer step k (all its micro-batches) and returns its loss; `_train_stage` drives it with
     resume, logging and checkpoints, and `benchmarks/train_speed.py` times it. How it runs is the config's
-    choice (`train.mixed_precision`, `train.cache_latents`, `train.cache_text`, `train.compile`): the authors'
+    choice (`train.mixed_precision`, `train.cache_latents`, `train.cache_text`, and the throughput levers
+    `train.compile` + `compile_mode`, `channels_last`, `attention`: taxabench/levers.py): the authors'
     configuration (float32, every frozen encoder re-run at every step) is the same object with other flags.
     """
 
     def __init__(self, config, method: Method, stage: Stage, data, backbone):
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.utils import DistributedDataParallelKwargs, TorchDynamoPlugin
         from diffusers.optimization import get_scheduler
 
         train = config.train
@@ -470,10 +474,11 @@ class StageTrainer:
             mixed_precision=_mixed_precision(train.mixed_precision, _default_device()),
             # a method may leave some trainable modules out of a step (the random-rank ablation)
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-            dynamo_backend="inductor" if train.compile else "no",
+            dynamo_plugin=TorchDynamoPlugin(backend="inductor" if train.compile else "no", mode=train.compile_mode),
         )
         device = self.device = accelerator.device
         weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+        check_levers("train", train.attention, train.compile_mode if train.compile else None, device, weight_dtype)
 
         # freeze everything, then let the method mark what trains in this stage
         backbone.freeze()
@@ -488,8 +493,10 @@ class StageTrainer:
                 param.data = param.data.float() if id(param) in owned else param.data.to(weight_dtype)
             module.to(device)
         method.conditioner.to(device)
+        if train.channels_last:
+            to_channels_last(backbone.vae, backbone.unet)
 
-        model = Denoiser(backbone.unet, method, stage).train()
+        model = Denoiser(backbone.unet, method, stage, train.attention).train()
         # the fused CUDA kernel updates every parameter in one launch instead of a few per parameter
         optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay,
                                       fused=device.type == "cuda")
