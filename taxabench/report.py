@@ -444,16 +444,17 @@ def render(run: RunFolder, figures: dict[str, str]) -> str:
     if ablations:
         parts += ["", "## Ablations", "", ablations]
     parts += ["", "Guidance kinds:", "", guidance_legend(table, run.config)]
+    if figures.get("stages"):
+        parts += ["", "## Across progressive stages", "", f"![stages]({figures['stages']})"]
+    parts += ["", "## Metric models", "", metric_models_section(run.metric_models)]
+    # after the tables: what training and the backbone were, for the reader who checks the setting
     training = training_section(run)
     if training:
         parts += ["", "## Training", "", training]
     backbone = backbone_section(run.root)
     if backbone:
         parts += ["", "## Backbone", "", backbone]
-    if figures.get("stages"):
-        parts += ["", "## Across progressive stages", "", f"![stages]({figures['stages']})"]
-    parts += ["", "## Metric models", "", metric_models_section(run.metric_models),
-              "", "## Provenance", "", provenance_section(run), ""]
+    parts += ["", "## Provenance", "", provenance_section(run), ""]
     return "\n".join(parts)
 
 
