@@ -71,13 +71,20 @@ def test_dinov2_vitl14_real_architecture(tmp_path):
 
 @pytest.mark.slow
 def test_clip_vit_l14_336_real_architecture_for_cmmd(tmp_path):
-    import open_clip
+    import json
 
-    from taxabench.metrics.synthclip import save_open_clip_folder
+    import open_clip
+    from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    folder = tmp_path / "clip-l-336"
-    save_open_clip_folder(open_clip.create_model("ViT-L-14-336"), folder)
+    folder = tmp_path / "clip-l-336"  # the layout of timm/vit_large_patch14_clip_336.openai
+    folder.mkdir()
+    model = open_clip.create_model("ViT-L-14-336")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    (folder / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": open_clip.get_model_config("ViT-L-14-336"),
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+    }))
     extractor = EXTRACTORS.get("clip-vit-l14-336").load(
         config_from_dict({"eval": {"weights": {"clip-vit-l14-336": f"local-dir:{folder}"}}}))
     embedding = extractor(uint8_images(2))["embedding"]
