@@ -27,6 +27,10 @@ from taxabench.errors import ConfigError
 # Sections
 # ---------------------------------------------------------------------------------------------------------------
 
+# throughput levers (taxabench/levers.py): the scaled-dot-product-attention kernel and torch.compile's mode
+Attention = Literal["auto", "flash", "efficient", "cudnn", "math"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
 
 @dataclass
 class SpeciesSubset:
@@ -219,6 +223,9 @@ class TrainConfig:
     # torch.compile the denoiser (inductor). Off by default: on a CPU the tiny backbone's steps got ~13% faster after
     # ~3 minutes of compiling per stage (reports/perf/README.md); benchmarks/gpu_check.sh measures it on a GPU
     compile: bool = False
+    compile_mode: CompileMode = "default"  # torch.compile's mode when compile is on
+    channels_last: bool = False  # NHWC convolution weights (taxabench/levers.py)
+    attention: Attention = "auto"  # the SDPA kernel; auto: PyTorch's choice per call
     checkpoint_every: int = 100  # accelerate state every N steps (resume point)
     checkpoints_total_limit: int = 2
     num_workers: int = 0
@@ -238,6 +245,7 @@ class TrainConfig:
             raise ConfigError(f"{where}: lr_warmup_steps, max_grad_norm and num_workers may not be negative")
         if self.checkpoints_total_limit < 1:
             raise ConfigError(f"{where}.checkpoints_total_limit: keep at least 1, got {self.checkpoints_total_limit}")
+        _check_compile_mode(self.compile, self.compile_mode, where)
 
 
 @dataclass
@@ -261,6 +269,12 @@ class SampleConfig:
     # of each method and kind uses the scale that is best there on `guidance_select` (overall scope)
     guidance_sweep: dict[str, list[float]] = field(default_factory=dict)
     guidance_select: str = "fd"  # a metric key of all.csv: fd, kid, clip_score, top1, ...
+    # throughput levers (taxabench/levers.py), off by default: torch.compile the UNet (reduce-overhead: CUDA graphs),
+    # NHWC convolution weights in the UNet and VAE, the SDPA kernel
+    compile: bool = False
+    compile_mode: CompileMode = "default"
+    channels_last: bool = False
+    attention: Attention = "auto"
 
     def validate(self, where: str) -> None:
         _positive(self.images_per_taxon, f"{where}.images_per_taxon")
@@ -273,6 +287,7 @@ class SampleConfig:
         for kind, scales in self.guidance_sweep.items():
             if not scales or any(scale < 0 for scale in scales):
                 raise ConfigError(f"{where}.guidance_sweep.{kind}: at least one scale, none negative, got {scales}")
+        _check_compile_mode(self.compile, self.compile_mode, where)
 
 
 @dataclass
@@ -299,6 +314,9 @@ class EvalConfig:
     weights: dict[str, str] = field(default_factory=dict)  # extractor -> explicit weights file or folder
     lpips_size: int | None = None  # common size images are resized to for LPIPS; None: data.image_size
     lpips_max_real: int = 32  # real images of its taxon each generated image is compared with (seeded subset)
+    # all: each generated image against all those real images (mean); index: the i-th generated against the i-th
+    # real image of its taxon, as the paper group's LPIPS script pairs them
+    lpips_pairing: Literal["all", "index"] = "all"
     # pretrained: require the ImageNet VGG16; untrained: a seeded random backbone; auto: pretrained when it resolves
     # offline, else untrained. An untrained backbone is named "LPIPS (VGG, untrained backbone)" everywhere.
     lpips_backbone: Literal["auto", "pretrained", "untrained"] = "auto"
@@ -503,6 +521,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} ({value!r})")
         return value
     raise TypeError(f"unsupported config type {hint!r} at {where}")
+
+
+def _check_compile_mode(compile_: bool, mode: str, where: str) -> None:
+    if mode != "default" and not compile_:
+        raise ConfigError(f"{where}.compile_mode: '{mode}' has no effect while {where}.compile is false; set "
+                          f"{where}.compile: true, or drop compile_mode")
 
 
 def _positive(value: int, where: str) -> None:

@@ -57,6 +57,7 @@ from taxabench.checkpoint import (  # noqa: F401 - TrainedMethod, load_checkpoin
 from taxabench.config import ExperimentConfig
 from taxabench.errors import TaxabenchError
 from taxabench.layout import RunLayout
+from taxabench.levers import attention_backend, check_levers, to_channels_last
 from taxabench.methods import Method, Stage, TrainingDraws, build_method, get_method
 from taxabench.methods.base import move_inputs
 from taxabench.progress import progress_bar
@@ -68,7 +69,7 @@ TRAINABLE_STATE = "trainable.safetensors"
 STEP_FILE = "training_state.json"
 # train fields that change how a run is executed, not what it learns: they may change between restarts
 OPERATIONAL_KEYS = ("checkpoint_every", "checkpoints_total_limit", "num_workers", "cache_latents", "cache_text",
-                    "compile")
+                    "compile", "compile_mode", "channels_last", "attention")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -384,7 +385,7 @@ class StageTrainer:
     def __init__(self, config, method: Method, stage: Stage, data, backbone):
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.utils import DistributedDataParallelKwargs, TorchDynamoPlugin
         from diffusers.optimization import get_scheduler
 
         train = config.train
@@ -398,10 +399,11 @@ class StageTrainer:
             mixed_precision=_mixed_precision(train.mixed_precision, _default_device()),
             # a method may leave some trainable modules out of a step (the random-rank ablation)
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-            dynamo_backend="inductor" if train.compile else "no",
+            dynamo_plugin=TorchDynamoPlugin(backend="inductor" if train.compile else "no", mode=train.compile_mode),
         )
         device = self.device = accelerator.device
         weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+        check_levers("train", train.attention, train.compile_mode if train.compile else None, device, weight_dtype)
 
         # freeze everything, then let the method mark what trains in this stage
         backbone.freeze()
@@ -416,6 +418,8 @@ class StageTrainer:
                 param.data = param.data.float() if id(param) in owned else param.data.to(weight_dtype)
             module.to(device)
         method.conditioner.to(device)
+        if train.channels_last:
+            to_channels_last(backbone.vae, backbone.unet)
 
         model = Denoiser(backbone.unet, method, stage).train()
         # the fused CUDA kernel updates every parameter in one launch instead of a few per parameter
@@ -502,7 +506,8 @@ class StageTrainer:
                     target = noise
                 labels = [self.data.train[i].labels for i in indices]
                 inputs = move_inputs(self.method.condition_inputs(labels, stage, self.text, draws), device)
-                prediction = self.model(noisy, timesteps, inputs)
+                with attention_backend(train.attention):
+                    prediction = self.model(noisy, timesteps, inputs)
                 loss = F.mse_loss(prediction.float(), target.float())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and train.max_grad_norm > 0:
