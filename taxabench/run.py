@@ -267,7 +267,8 @@ def job_count(config: ExperimentConfig, num_processes: int) -> int:
 
 def _run_in_parallel(config: ExperimentConfig, steps: list[Step], ledger: Ledger, jobs: int, console: Console) -> None:
     """Run the steps not yet done whose inputs are, each in its own process (`jobs` at a time, the CPU threads
-    shared out), and record them; what is left (one step, a failure) runs in order afterwards."""
+    shared out), and record them; a failure stops the run. Each step gets cores // jobs threads however many are
+    pending, so that a resumed run computes with the same thread count as an uninterrupted one."""
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
@@ -275,10 +276,10 @@ def _run_in_parallel(config: ExperimentConfig, steps: list[Step], ledger: Ledger
     import torch
 
     pending = [s for s in steps if s.name not in ledger.entries and all(a in ledger.entries for a in s.after)]
-    if len(pending) < 2:
+    if not pending:
         return
     workers = min(jobs, len(pending))
-    threads = max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0))) // workers)
+    threads = max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0))) // jobs)
     console.rule(f"[bold]{', '.join(s.name for s in pending)}: {workers} processes x {threads} threads")
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(_step_in_process, config, step.name, threads): step for step in pending}
