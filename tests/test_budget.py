@@ -88,6 +88,8 @@ def budget_config(world: Path, runs: Path, name: str, **sections):
         methods=["sd-lora"],
         train={"steps_per_stage": 1, "batch_size": 4, "checkpoint_every": 1},
         budget={"points": [2, 4], "images_per_taxon": 1},
+        sample={"guidance_sweep": {"cfg": [1.0, 3.0]}},
+        probe={"images_per_taxon": 1, "timesteps": [300, 700]},
         eval={"synthclip": {"steps": 30}, "bootstrap": 30, "bootstrap_set_metrics": 10},
         **sections,
     )
@@ -127,6 +129,32 @@ def test_budget_points_are_evaluated_on_validation_with_every_axis(straight_budg
     text = report.read_text()
     assert "## Along training (budget points)" in text and "training FLOPs" in text
     assert (config.run_dir / "report" / "budget_curves.png").is_file()
+
+
+def test_the_test_sampling_uses_the_guidance_scale_chosen_on_validation(straight_budget_run):
+    config, report = straight_budget_run
+    table = pd.read_csv(config.run_dir / "metrics" / "all.csv")
+    sweep = table[(table["point"] == "sweep") & (table["metric"] == "fd") & (table["scope"] == "overall")]
+    assert set(sweep["split"]) == {"validation"} and set(sweep["method"]) == {"sd-lora@1", "sd-lora@3"}
+    best = sweep.sort_values("value").iloc[0]["method"].split("@")[1]
+    choice = json.loads((config.run_dir / "metrics" / "sd-lora-guidance.json").read_text())
+    assert f"{choice['chosen']:g}" == best and choice["select_by"] == "fd"
+    line = json.loads((config.run_dir / "samples" / "sd-lora" / "metadata.jsonl").read_text().splitlines()[0])
+    assert line["guidance_scale"] == choice["chosen"]
+    text = report.read_text()
+    assert "## Guidance sweeps (validation split)" in text and f"scale {choice['chosen']:g}, best fd" in text
+    assert (config.run_dir / "report" / "guidance_sweep.png").is_file()
+
+
+def test_the_probe_writes_per_rank_and_sibling_rows_that_evaluation_leaves_alone(straight_budget_run):
+    config, report = straight_budget_run
+    table = pd.read_csv(config.run_dir / "metrics" / "all.csv")
+    probe = table[table["metric"].str.startswith("probe_")]
+    assert set(probe[probe["metric"] == "probe_top1"]["scope"]) >= {"class", "species", "rare", "common"}
+    assert set(probe["method"]) == {"sd-lora"} and set(probe["point"]) == {"final"}
+    top1 = probe[probe["metric"] == "probe_top1"].set_index("scope")["value"]
+    assert 0 <= top1["species"] <= top1["genus"] <= top1["class"] <= 100  # coarser ranks are easier
+    assert "## Taxonomic probe (no sampling)" in report.read_text()
 
 
 @pytest.mark.parametrize("kill_at", ["point/sd-lora/step-000004", "inside training after the first point"])
