@@ -23,6 +23,7 @@ import pandas as pd
 from taxabench.curves import (
     AXIS_LABELS,
     KEY_N_SEEDS,
+    KEY_SEED_SD,
     along_rows,
     best_in_every_seed,
     combine_seeds,
@@ -333,10 +334,21 @@ def seeds_note(table: pd.DataFrame) -> str:
     if KEY_N_SEEDS not in table.columns or table[KEY_N_SEEDS].max() <= 1:
         return ""
     count = int(table[KEY_N_SEEDS].max())
-    return (f"Each number is the mean over {count} training seeds. Its interval combines the taxa bootstrap of each "
-            "seed with the variation between seeds by Rubin's rules: mean ± t(ν)·sqrt(W + (1 + 1/m)·B), W the mean "
-            "squared bootstrap standard error (interval width / 2z), B the variance of the seed means "
-            "(`taxabench/curves.py`). A method is called best only when it is best in every seed.")
+    metrics = [m for m in HEADLINE_METRICS if _column_name(table, m)]
+    spread = []
+    for method in main_methods(table):
+        cells = []
+        for metric in metrics:
+            row = _row(table, method, metric, "overall")
+            if row is not None and _finite(row[KEY_SEED_SD]):
+                cells.append(f"{row[KEY_NAME]} {row[KEY_SEED_SD]:.{DECIMALS.get(metric, 3)}f}")
+        spread.append(f"- `{method}`: " + ", ".join(cells))
+    return "\n".join([
+        f"Each number is the mean over {count} training seeds. Its interval combines the taxa bootstrap of each "
+        "seed with the variation between seeds by Rubin's rules: mean ± t(ν)·sqrt(W + (1 + 1/m)·B), W the mean "
+        "squared bootstrap standard error (interval width / 2z), B the variance of the seed means "
+        "(`taxabench/curves.py`). A method is called best only when it is best in every seed. Spread across seeds "
+        "(standard deviation of the seed means):", "", *spread])
 
 
 def budget_section(curves: pd.DataFrame, confidence: float) -> str:
