@@ -71,6 +71,27 @@ def test_seeds_combine_and_a_rank_is_claimed_only_when_it_holds_in_every_seed():
     assert best_in_every_seed(steady, ["a", "b"], "fd") == ("a", [])
 
 
+def rows_final():
+    return [_row("flat-ldm", 0, "final", 10, 1, 10), _row("flat-ldm", 1, "final", 14, 1, 10),
+            _row("sd-lora", 0, "final", 12, 1, 10), _row("sd-lora", 1, "final", 13, 1, 10)]
+
+
+def test_the_report_shows_seed_means_spreads_and_claims_no_rank_the_seeds_disagree_on(tmp_path):
+    from taxabench.report import write_report
+
+    rows = [*rows_final(), _row("flat-ldm", 0, "step-000005", 20, 1, 5), _row("sd-lora", 0, "step-000005", 15, 1, 5),
+            _row("flat-ldm", 1, "step-000005", 20, 1, 5), _row("sd-lora", 1, "step-000005", 15, 1, 5),
+            *[{**r, "point": "step-000010"} for r in rows_final()]]
+    (tmp_path / "metrics").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "metrics" / "all.csv", index=False)
+    (tmp_path / "config.yaml").write_text("name: seeds\nseed: 0\nseeds: [0, 1]\n")
+    text = write_report(tmp_path, figures=False).read_text()
+    assert "mean over 2 training seeds" in text and "Rubin's rules" in text
+    assert "- `flat-ldm`: FD 2.83" in text  # sd of 10 and 14
+    assert "the best method differs between seeds (seed 0: `flat-ldm`, seed 1: `sd-lora`), so no rank is claimed" in text
+    assert "`flat-ldm` overtakes `sd-lora` on FD between 40 and 80 images seen" in text
+
+
 def test_a_crossing_is_reported_with_where_the_intervals_clear():
     # lower is better: b starts ahead, a overtakes between 16 and 32 images and clears from 48
     rows = [_row("a", 0, "step-000001", 20, 1, 1), _row("b", 0, "step-000001", 15, 1, 1),
