@@ -39,7 +39,7 @@ from diffusers.utils import BaseOutput
 from taxabench.checkpoint import TextCache, cpu_only, load_checkpoint
 from taxabench.config import ExperimentConfig, SampleConfig
 from taxabench.errors import TaxabenchError
-from taxabench.layout import METADATA_FILE, RunLayout, write_metadata_line
+from taxabench.layout import METADATA_FILE, POINT_SWEEP, RunLayout, write_metadata_line
 from taxabench.levers import attention_backend, check_levers, compile_in_place, to_channels_last
 from taxabench.methods import GUIDANCE_KINDS, Method, Stage
 from taxabench.methods.base import move_inputs
@@ -345,7 +345,8 @@ def sample_method(
 
     Returns `<run>/samples/<output>` (default: the method's name; `taxabench run` writes guidance ablations to
     `<method>+<guidance>`). `seed`: the training seed of a multi-seed run (its checkpoint, its sampling seed, its
-    folders); `point`: the checkpoint kept at that budget point instead of the final one. Resumable (finished images are skipped) and sharded across accelerate processes.
+    folders); `point`: the checkpoint kept at that budget point instead of the final one (`sweep`: the final
+    checkpoint, into the guidance sweep's folder). Resumable (finished images are skipped) and sharded across accelerate processes.
     Raises `TaxabenchError` for an untrained method, an unknown taxon, guidance the method lacks, and a samples
     folder made with other settings.
     """
@@ -357,8 +358,9 @@ def sample_method(
         config = replace(config, seed=seed)
     layout = RunLayout(run_dir)
     state = PartialState(cpu=cpu_only())
+    # a guidance sweep samples the final checkpoint into its own folder; a budget point, the checkpoint kept there
     trained = load_checkpoint(layout.checkpoints(method_name, seed), sample.stage, expect_method=method_name,
-                              point=point)
+                              point=None if point == POINT_SWEEP else point)
     pipeline = TaxonomyPipeline.from_trained(trained, sample.scheduler)
     dtype = sampling_dtype(sample.precision, state.device)
     pipeline.to(state.device, dtype)
