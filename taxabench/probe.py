@@ -97,9 +97,9 @@ def per_species_mean(values: np.ndarray, truth: Sequence[int], resampling, salt:
 def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_progress: bool = True):
     """Probe `method`'s final checkpoint; write its rows to `metrics/all.csv` and `metrics/[seed-s/]<method>-probe.json`."""
     import json
-    import math
     from dataclasses import replace
 
+    from taxabench import budget
     from taxabench.checkpoint import TextCache, cpu_only, load_checkpoint
     from taxabench.data import load_dataset
     from taxabench.data.images import load_image, to_tensor
@@ -108,7 +108,6 @@ def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_
     from taxabench.metrics.aggregate import Resampling, ScopeValue
     from taxabench.metrics.cache import atomic_write_bytes
     from taxabench.metrics.evaluation import (
-        BUDGET_COLUMNS,
         KEY_POINT,
         KEY_SEED,
         KEY_SPLIT,
@@ -172,7 +171,7 @@ def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_
                                          resampling.resamples),
                 "diffusion-classifier", trained.backbone.identity, True, protocol))
     key = {KEY_SEED: config.seed, KEY_POINT: POINT_FINAL, KEY_SPLIT: config.data.eval_split,
-           **{axis: math.nan for axis in BUDGET_COLUMNS}}
+           **budget.axes(layout.checkpoints(method, seed))}
     path = layout.metrics_json(f"{method}-probe", seed)
     atomic_write_bytes(path, json.dumps({"probe_of": method, "seed": config.seed, "protocol": protocol,
                                          "losses": losses.round(6).tolist(), "truth": truth}).encode())
