@@ -169,7 +169,8 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                 def sweep(entry=entry, name=name, seed=seed, sweep_config=sweep_config) -> None:
                     sample_method(sweep_config, entry.method, run_dir, output=name, seed=seed, point=POINT_SWEEP,
                                   show_progress=show_progress)
-                    evaluate(sweep_config, name, run_dir, show_progress=show_progress, seed=seed, point=POINT_SWEEP)
+                    evaluate(sweep_config, name, run_dir, show_progress=show_progress, seed=seed, point=POINT_SWEEP,
+                             budget_axes=budget.axes(layout.checkpoints(entry.method, seed)))
 
                 steps.append(Step(
                     eval_names[-1], sweep_fps[-1], sweep,
