@@ -175,5 +175,5 @@ def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_
     path = layout.metrics_json(f"{method}-probe", seed)
     atomic_write_bytes(path, json.dumps({"probe_of": method, "seed": config.seed, "protocol": protocol,
                                          "losses": losses.round(6).tolist(), "truth": truth}).encode())
-    write_csv_rows(layout.all_csv, method, measurements, key, metrics=SEPARATE_METRICS)
+    write_csv_rows(layout.all_csv, method, measurements, key, only_metrics=SEPARATE_METRICS)
     return measurements

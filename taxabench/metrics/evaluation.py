@@ -5,8 +5,10 @@ Reads `runs/<name>/samples/<method>/` (contract: `taxabench.metrics.samples`), c
 
 - `runs/<name>/metrics/<method>.json`: every measurement with its N, CI, extractor, weights identity, protocol,
   per-taxon values for the rank scopes, and the warnings;
-- `runs/<name>/metrics/all.csv`: the method's rows, replacing any earlier rows of the same method. This file is the
-  single source of the report tables. Columns (`CSV_COLUMNS`, in this order):
+- `runs/<name>/metrics/all.csv`: the method's rows, replacing any earlier rows of the same method, and the rows of
+  method `real-images` (`CEILING_METHOD`): the per-image metrics scored on the held-out real images of the same
+  taxa, the ceiling row of the report's tables (the same for every method of a run). This file is the single
+  source of the report tables. Columns (`CSV_COLUMNS`, in this order):
 
   ===================  =====================================================================================
   method               the method name (sample folder name)
@@ -36,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,9 +60,10 @@ from taxabench.metrics.features import (
     real_images,
     resolve_device,
 )
-from taxabench.metrics.metric_base import Measurement
-from taxabench.metrics.samples import read_samples
+from taxabench.metrics.metric_base import SUBJECT_GENERATED, SUBJECT_REAL, Measurement
+from taxabench.metrics.samples import SampleSet, read_samples
 from taxabench.metrics.scopes import SCOPE_OVERALL, EvalSets
+from taxabench.taxonomy import Taxonomy
 
 KEY_METHOD = "method"
 KEY_METRIC = "metric"
@@ -87,6 +91,7 @@ LAYOUT_1_COLUMNS = CSV_COLUMNS[:14]
 # metrics whose rows another step writes (the taxonomic probe, taxabench/probe.py): an evaluation leaves them be
 SEPARATE_METRICS = frozenset({"probe_top1", "probe_sibling"})
 
+CEILING_METHOD = "real-images"  # the rows of held-out real images scored like generated ones
 FD_MIN_IMAGES = 2000  # below this many images on a side, FD is strongly biased upwards (warned, not refused)
 
 
@@ -101,9 +106,10 @@ class EvalResult:
     json_path: Path
     csv_path: Path
     warnings: list[str]
+    samples: SampleSet
 
     def headline(self) -> list[Measurement]:
-        return [m for m in self.measurements if m.scope.scope == SCOPE_OVERALL]
+        return [m for m in self.measurements if m.scope.scope == SCOPE_OVERALL and m.subject == SUBJECT_GENERATED]
 
 
 @dataclass
@@ -153,9 +159,10 @@ class EvalContext:
         return self._extractors[name]
 
     def features(self, name: str, side: str) -> dict[str, np.ndarray]:
-        """Features of the real (`side="real"`) or generated images, rows aligned with `sets.real` / generated.
+        """Features of the real (`side="real"`) or generated images, rows aligned with `sets.real` / generated, or
+        of the whole training split (`side="train"`, rows aligned with `data.train`).
 
-        Real features are cached for the whole evaluation split, generated ones per sample folder manifest.
+        Real and training features are cached for the whole split, generated ones per sample folder manifest.
         """
         if (name, side) in self._features:
             return self._features[(name, side)]
@@ -168,6 +175,10 @@ class EvalContext:
             split = real_images(self.data.eval, self.config.data)
             features = self._cached("real", fields, split, f"{name}: real images")
             features = {k: v[self.sets.real_rows] for k, v in features.items()}
+        elif side == "train":
+            fields = {**settings, "data": self.data.fingerprint(), "split": self.config.data.train_split}
+            features = self._cached("real", fields, real_images(self.data.train, self.config.data),
+                                    f"{name}: training images")
         else:
             fields = {**settings, "samples": self.sets.generated.manifest}
             features = self._cached("generated", fields, self.generated_images, f"{name}: generated images")
@@ -240,6 +251,8 @@ def check_eval_names(config: ExperimentConfig, where: str = "eval") -> None:
         registered(METRICS, name, f"{where}.metrics[{index}]")
     for key in ("fd_extractor", "clip_model"):
         registered(EXTRACTORS, getattr(config.eval, key), f"{where}.{key}")
+    if config.eval.diversity_extractor is not None:
+        registered(EXTRACTORS, config.eval.diversity_extractor, f"{where}.diversity_extractor")
     for name in config.eval.weights:
         if name not in EXTRACTORS:
             raise ConfigError(f"{where}.weights: unknown extractor {name!r}; extractors: "
@@ -247,13 +260,16 @@ def check_eval_names(config: ExperimentConfig, where: str = "eval") -> None:
 
 
 def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None = None,
-             show_progress: bool = True, *, seed: int | None = None, point: str | None = None,
+             show_progress: bool = True, samples: Callable[[Taxonomy], SampleSet] | None = None, *,
+             seed: int | None = None, point: str | None = None,
              budget_axes: dict[str, float] | None = None) -> EvalResult:
     """Evaluate `method`'s samples in `run_dir` (default: the config's run folder); write its JSON and CSV rows.
 
-    `seed` and `point` pick the sample folder of a training seed (multi-seed runs) and of a budget point (None: the
-    final checkpoint); the rows carry the seed (`config.seed` when None), the point, the split compared against
-    (`data.eval_split`) and `budget_axes` (NaN where not given).
+    `samples`: reads images from elsewhere given the dataset's taxonomy (another generator's folder,
+    `taxabench.metrics.external_samples`); they are evaluated and written under the name `method` instead of
+    `run_dir/samples/<method>/`. `seed` and `point` pick the sample folder of a training seed (multi-seed runs)
+    and of a budget point (None: the final checkpoint); the rows carry the seed (`config.seed` when None), the
+    point, the split compared against (`data.eval_split`) and `budget_axes` (NaN where not given).
 
     Raises `SamplesError` for a sample folder that breaks the contract, `WeightsNotFoundError` when an
     extractor's weights cannot be resolved offline, `TaxabenchError` for unknown metric or extractor names.
@@ -262,10 +278,16 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
 
     check_eval_names(config)  # unknown names fail before any work
     layout = RunLayout(Path(run_dir) if run_dir is not None else config.run_dir)
+    if method == CEILING_METHOD:
+        raise TaxabenchError(f"'{CEILING_METHOD}' names the real-image ceiling rows of metrics/all.csv; "
+                             "give the samples another name")
     metrics = [METRICS.get(name)() for name in config.eval.metrics]
     data = load_dataset(config.data)
-    samples = read_samples(layout.samples(method, seed, point), method, data.taxonomy)
-    context = EvalContext(config, data, EvalSets.build(data, samples), show_progress)
+    if samples is None:
+        sample_set = read_samples(layout.samples(method, seed, point), method, data.taxonomy)
+    else:
+        sample_set = samples(data.taxonomy)
+    context = EvalContext(config, data, EvalSets.build(data, sample_set), show_progress)
 
     measurements: list[Measurement] = []
     for metric in metrics:
@@ -283,8 +305,11 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
     if PartialState().is_main_process:
         report = _json_report(method, config, data, context, measurements, notes, key)
         atomic_write_bytes(json_path, json.dumps(report, indent=2, allow_nan=False).encode())
-        write_csv_rows(csv_path, method, measurements, key)
-    return EvalResult(method, measurements, json_path, csv_path, notes)
+        write_csv_rows(csv_path, method, [m for m in measurements if m.subject == SUBJECT_GENERATED], key)
+        ceiling = [m for m in measurements if m.subject == SUBJECT_REAL]
+        if ceiling:  # the ceiling is shared by every method: only the quantities computed now are replaced
+            write_csv_rows(csv_path, CEILING_METHOD, ceiling, key, only_metrics=frozenset(m.metric for m in ceiling))
+    return EvalResult(method, measurements, json_path, csv_path, notes, sample_set)
 
 
 def csv_rows(method: str, measurements: list[Measurement], key: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -312,16 +337,16 @@ def upgrade_table(table, path: Path, seed: int, eval_split: str | None):
 
 
 def write_csv_rows(path: Path, method: str, measurements: list[Measurement], key: dict[str, Any],
-                   metrics: frozenset[str] | None = None) -> None:
+                   only_metrics: frozenset[str] | None = None) -> None:
     """Replace the rows of `method` at `key`'s seed and point in `all.csv` (other rows are kept in their order):
-    those of `metrics`, or (None) all but the `SEPARATE_METRICS` another step writes."""
+    those of `only_metrics`, or (None) all but the `SEPARATE_METRICS` another step writes."""
     import pandas as pd
 
     new = pd.DataFrame(csv_rows(method, measurements, key), columns=list(CSV_COLUMNS))
     if path.is_file():
         old = upgrade_table(pd.read_csv(path), path, key[KEY_SEED], key[KEY_SPLIT])
         same = (old[KEY_METHOD] == method) & (old[KEY_SEED] == key[KEY_SEED]) & (old[KEY_POINT] == key[KEY_POINT])
-        same &= old[KEY_METRIC].isin(metrics) if metrics is not None else ~old[KEY_METRIC].isin(SEPARATE_METRICS)
+        same &= old[KEY_METRIC].isin(only_metrics) if only_metrics is not None else ~old[KEY_METRIC].isin(SEPARATE_METRICS)
         new = pd.concat([old[~same], new], ignore_index=True)
     atomic_write_bytes(path, new.to_csv(index=False).encode())
 
@@ -355,7 +380,7 @@ def _json_report(method: str, config: ExperimentConfig, data: TaxaData, context:
                  "taxa": len(sets.units), "real_images": len(sets.real),
                  "rare_threshold": data.rare_threshold},
         "samples": {"folder": str(sets.generated.folder), "manifest": sets.generated.manifest,
-                    "images": len(sets.generated.images)},
+                    "images": len(sets.generated.images), "skipped": sets.generated.skipped},
         "extractors": {name: {"weights": e.identity, "protocol": e.protocol,
                               "build": getattr(e, "build_report", None)} for name, e in context._extractors.items()},
         "eval": {"bootstrap": config.eval.bootstrap, "bootstrap_set_metrics": config.eval.bootstrap_set_metrics,
@@ -363,7 +388,7 @@ def _json_report(method: str, config: ExperimentConfig, data: TaxaData, context:
                  "ci_method": "percentile bootstrap over taxa, re-centred on the estimate"},
         "warnings": notes,
         "measurements": [
-            {**{k: _finite(v) for k, v in row.items() if k != KEY_METHOD}, "protocol": m.protocol,
+            {**{k: _finite(v) for k, v in row.items() if k != KEY_METHOD}, "protocol": m.protocol, "subject": m.subject,
              "n_bootstrap": m.scope.n_bootstrap,
              "per_taxon": {k: _finite(v) for k, v in m.scope.per_taxon.items()} if m.scope.per_taxon else None,
              "skipped_taxa": m.scope.skipped_taxa}
