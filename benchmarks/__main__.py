@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> None:
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (f"# taxabench throughput: {device_name(device)}, {args.size} size\n\n"
-              f"Written by `python -m benchmarks --size {args.size}` on {stamp} at commit {_commit()}. Ratios are "
-              "between paths timed in the same run, interleaved; see reports/perf/README.md for what each path "
-              "is.\n")
+              f"Written by `python -m benchmarks --size {args.size}{' --levers' if args.levers else ''}` on {stamp} "
+              f"at commit {_commit()}. Ratios are between paths timed in the same run, "
+              f"{'each path alone on the device, one after the other' if args.levers else 'interleaved'}; see "
+              "reports/perf/README.md for what each path is.\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sections = [header]
     started = time.monotonic()

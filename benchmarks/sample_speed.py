@@ -17,9 +17,10 @@ the authors' sampler), over the same (taxon, image) work list with the same per-
 PNG encoding, the same per image in every path, is not timed.
 
 `--paths levers` measures the sampling levers instead (what benchmarks/gpu_check.sh runs), each path alone on the
-device: the defaults (`sample.batch_size` 16 at `sample.precision: auto`); larger batches (`--lever-batches`);
-channels-last; every SDPA kernel for the UNet; then the winners together, eager and compiled
-(`sample.compile_mode`, `--compile-mode`, default `reduce-overhead`: CUDA graphs), with the compile time apart.
+device, most important first: the defaults (`sample.batch_size` 16 at `sample.precision: auto`); larger batches
+(`--lever-batches`); channels-last; the winners together, eager and compiled (`sample.compile_mode`,
+`--compile-mode`, default `reduce-overhead`: CUDA graphs), with the compile time apart; then every SDPA kernel for
+the UNet.
 Two of the issue's sampling levers hold already and are not switches: the guidance pair (negative, positive)
 shares one UNet call per step, and each batch is decoded by one VAE call in the pipeline's dtype (float16 on CUDA;
 tests/test_levers.py). Each row's first image is compared with the defaults' (same taxon and seed).
@@ -55,12 +56,10 @@ from benchmarks.harness import (
 )
 
 METHOD = "taxadiffusion"
-SINGLE_LEVERS = [
-    LeverPath("defaults", "taxabench defaults", {}),
-    LeverPath("channels-last", "+ channels-last", {"channels_last": True}),
-    *(LeverPath(f"sdpa-{kernel}", f"+ SDPA {kernel} (UNet)", {"attention": kernel}, group="attention")
-      for kernel in ("flash", "efficient", "cudnn", "math")),
-]
+# `--paths levers`, in the order run; the SDPA kernels last, after the combined paths (`auto` picks one already)
+CHANNELS_LAST = LeverPath("channels-last", "+ channels-last", {"channels_last": True})
+KERNELS = [LeverPath(f"sdpa-{kernel}", f"+ SDPA {kernel} (UNet)", {"attention": kernel}, group="attention")
+           for kernel in ("flash", "efficient", "cudnn", "math")]
 
 
 def setup_sampling(spec: dict):
@@ -188,21 +187,23 @@ def run_levers(args) -> str:
                                             else result.note), flush=True)
         return result
 
-    single = list(SINGLE_LEVERS)
-    for path in SINGLE_LEVERS[:1]:
-        run_path(path.key, path.name, path.flags, args.batch_size, count_flops=True)
+    single = [CHANNELS_LAST]
+    run_path("defaults", "taxabench defaults", {}, args.batch_size, count_flops=True)
     for batch_size in args.lever_batches:
         path = LeverPath(f"batch-{batch_size}", f"batch {batch_size}", {"batch_size": batch_size}, group="batch")
         run_path(path.key, path.name, {}, batch_size)
         single.append(path)
-    for path in SINGLE_LEVERS[1:]:
-        run_path(path.key, path.name, path.flags, args.batch_size)
+    run_path(CHANNELS_LAST.key, CHANNELS_LAST.name, CHANNELS_LAST.flags, args.batch_size)
 
     best = winning_flags(single, results, "defaults") if results["defaults"].measured else {}
     batch = best.pop("batch_size", args.batch_size)
+    combined = describe_flags({"batch_size": batch, **best})
     run_path("best", f"winners together: batch {batch}, {describe_flags(best)}", best, batch)
     compiled = {**best, "compile": True, "compile_mode": args.compile_mode}
     run_path("best+compile", f"winners + torch.compile (mode {args.compile_mode})", compiled, batch)
+    for path in KERNELS:
+        run_path(path.key, path.name, path.flags, args.batch_size)
+    single += KERNELS
 
     ordered = list(results.values())
     reference = results["defaults"].extra.get("first image")
@@ -226,10 +227,13 @@ def run_levers(args) -> str:
     title = (f"Sampling levers: {METHOD}, taxonomy guidance (scale 9), DDIM {args.steps} steps, {args.size} "
              f"backbone, {args.resolution} px, precision {str(dtype).removeprefix('torch.')}, each path alone on "
              "the device")
-    notes = [f"Winners: a lever joins the combined path when it beat the defaults by more than 2% (of the batch "
-             f"sizes and of the attention kernels, only the fastest); chosen here: {chosen}. The compile columns "
-             f"count steps as batches of {batch} images: compile time amortised over {args.run_batches:,} batches "
-             "(`--run-batches`)."]
+    notes = ["Order run: the defaults, the larger batches, channels-last, the winners together (eager, compiled), "
+             "then the SDPA kernels for the UNet (`auto` already picks one: they refine, and are the first to fall "
+             "to the time budget; a kernel that wins is not in the combined rows above).",
+             f"Winners: a lever joins the combined path when it beat the defaults by more than 2% (of the batch "
+             f"sizes, only the fastest); chosen: {combined}. Winners of the whole table (with the kernels, only the "
+             f"fastest): {chosen}. The compile columns count steps as batches of {batch} images: compile time "
+             f"amortised over {args.run_batches:,} batches (`--run-batches`)."]
     if flops:
         peak_text = (f"{peak / 1e12:.0f} TFLOP/s" if peak else
                      "none for a CPU" if args.device == "cpu" else "unknown (set $TAXABENCH_PEAK_TFLOPS)")
@@ -244,7 +248,8 @@ def parser() -> argparse.ArgumentParser:
     add_common_arguments(parser)
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (the authors' sampler: 25)")
     parser.add_argument("--batch-size", type=int, default=16, help="taxabench's images per call (sample.batch_size)")
-    parser.add_argument("--batches", type=int, default=2, help="taxabench's batches per timed call")
+    parser.add_argument("--batches", type=int, default=None,
+                        help="taxabench's batches per timed call (default 2; 1 with --paths levers)")
     parser.add_argument("--authors-images", type=int, default=4, help="the authors' images per timed call")
     parser.add_argument("--paths", default="authors,defaults", choices=("authors,defaults", "levers"),
                         help="the authors' loop against the defaults, or `levers`: every sampling lever")
@@ -262,6 +267,7 @@ def parser() -> argparse.ArgumentParser:
 
 def resolve(args) -> None:
     resolve_common(args)
+    args.batches = args.batches or (1 if args.paths == "levers" else 2)
     if args.dry_run:
         args.steps, args.batch_size, args.batches, args.authors_images = 2, 2, 1, 1
     args.lever_batches = sorted({int(size) for size in (args.lever_batches or ("4" if args.dry_run else "32,64"))

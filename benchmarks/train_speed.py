@@ -15,11 +15,12 @@ Every path is the same `taxabench.train.StageTrainer` (the loop `taxabench train
   includes minutes of compiling).
 
 `--paths levers` measures the throughput levers instead (what benchmarks/gpu_check.sh runs), each path alone on
-the device, one after the other (each gets all of the GPU's memory): the defaults; each lever alone on top of them
-(channels-last, every SDPA kernel); a batch-size sweep (`--batch-sweep`: the largest per-GPU batch that fits, one
-process trying each size with the caches shared); the defaults at that batch; then the winners together, eager and
-compiled (`train.compile_mode`, `--compile-mode`), with the compile time reported apart and amortised over
-`--run-steps`. A lever the device lacks gets a row saying so; a path that fails or outlives `--budget-s` too.
+the device, one after the other (each gets all of the GPU's memory), most important first: the defaults; a
+batch-size sweep (`--batch-sweep`: the largest per-GPU batch that fits, one process trying each size with the
+caches shared) and the defaults at that batch; channels-last; the winners together, eager and compiled
+(`train.compile_mode`, `--compile-mode`), with the compile time reported apart and amortised over `--run-steps`;
+then each SDPA kernel (`auto` already picks one of them). A lever the device lacks gets a row saying so; a path
+that fails or outlives `--budget-s` too.
 
 The stage timed is the last one (all ranks summed into the context): there the authors' text encoder encodes
 exactly the strings taxabench's uncached path encodes, one per rank and sample. Both paths use diffusers'
@@ -63,13 +64,11 @@ PATHS = {  # --paths key: (table name, train flags)
     "defaults": ("taxabench defaults", {}),
     "compile": ("taxabench + torch.compile", {"compile": True}),
 }
-# `--paths levers`: each lever alone on top of the defaults (at the defaults' batch)
-SINGLE_LEVERS = [
-    LeverPath("defaults", "taxabench defaults", {}),
-    LeverPath("channels-last", "+ channels-last", {"channels_last": True}),
-    *(LeverPath(f"sdpa-{kernel}", f"+ SDPA {kernel}", {"attention": kernel}, group="attention")
-      for kernel in ("flash", "efficient", "cudnn", "math")),
-]
+# `--paths levers`: each lever alone on top of the defaults (at the defaults' batch). The SDPA kernels run last,
+# after the combined paths: `auto` already picks one of them, so they refine the answer rather than make it
+CHANNELS_LAST = LeverPath("channels-last", "+ channels-last", {"channels_last": True})
+KERNELS = [LeverPath(f"sdpa-{kernel}", f"+ SDPA {kernel}", {"attention": kernel}, group="attention")
+           for kernel in ("flash", "efficient", "cudnn", "math")]
 
 
 def training_config(spec: dict, train: dict):
@@ -283,9 +282,7 @@ def run_levers(args) -> str:
                                            else result.note), flush=True)
         return result
 
-    for path in SINGLE_LEVERS:
-        run_path(path.key, path.name, path.flags, args.batch_size, count_flops=path.key == "defaults")
-
+    run_path("defaults", "taxabench defaults", {}, args.batch_size, count_flops=True)
     sweep_rows: list[dict] = []
     sweep = measure_alone("batch sweep", Worker("benchmarks.train_speed:setup_batch_sweep", {
         "size": args.size, "device": args.device, "resolution": args.resolution, "threads": args.threads,
@@ -294,20 +291,25 @@ def run_levers(args) -> str:
     if "sweep" in sweep.extra:
         sweep_rows = json.loads(sweep.extra["sweep"])
     largest = largest_fitting(sweep_rows)
-    single = list(SINGLE_LEVERS)
+    single = [CHANNELS_LAST]
     if largest is not None and largest != args.batch_size:
         batch_path = LeverPath("batch", f"defaults at batch {largest} (the largest that fits)",
                                {"batch_size": largest})
         run_path(batch_path.key, batch_path.name, {}, largest)
         single.append(batch_path)
+    run_path(CHANNELS_LAST.key, CHANNELS_LAST.name, CHANNELS_LAST.flags, args.batch_size)
 
     best: dict = {}
     if results["defaults"].measured:
         best = winning_flags(single, results, "defaults")
     batch = best.pop("batch_size", args.batch_size)
+    combined = describe_flags({"batch_size": batch, **best})
     run_path("best", f"winners together: batch {batch}, {describe_flags(best)}", best, batch)
     compiled = {**best, "compile": True, "compile_mode": args.compile_mode}
     run_path("best+compile", f"winners + torch.compile (mode {args.compile_mode})", compiled, batch)
+    for path in KERNELS:
+        run_path(path.key, path.name, path.flags, args.batch_size)
+    single += KERNELS
 
     ordered = [results[key] for key in results]
     peak = bf16_peak_flops(args.device)
@@ -324,12 +326,15 @@ def run_levers(args) -> str:
         "none (the defaults did not run)")
     title = (f"Training levers: {METHOD}, last stage, {args.size} backbone, {args.resolution} px, "
              f"steps per call: {args.steps}, each path alone on the device")
-    notes = [f"Batch sweep (`--batch-sweep`, one process, caches shared, timed steps after one warm-up each: "
+    notes = ["Order run: the defaults, the batch sweep and the largest batch, channels-last, the winners together "
+             "(eager, compiled), then the SDPA kernels (`auto` already picks one: they refine, and are the first "
+             "to fall to the time budget; a kernel that wins is not in the combined rows above).",
+             f"Batch sweep (`--batch-sweep`, one process, caches shared, timed steps after one warm-up each: "
              f"{args.steps}; stops at the first size that runs out of memory); largest that fits: "
              f"{largest if largest is not None else 'none'}" + (f" ({sweep.note})" if sweep.note else "") + ":\n\n"
              + (sweep_table(sweep_rows) if sweep_rows else "(no sweep rows)\n"),
-             f"Winners: a lever joins the combined path when it beat the defaults by more than 2% (of the attention "
-             f"kernels, only the fastest); chosen here: {chosen}."]
+             f"Winners: a lever joins the combined path when it beat the defaults by more than 2%; chosen: "
+             f"{combined}. Winners of the whole table (with the kernels, only the fastest): {chosen}."]
     if compile_info:
         notes.append(f"Compile time is the compiled path's first call less one steady call; the amortised rate is "
                      f"over a run of {args.run_steps:,} optimizer steps (`--run-steps`), one compile per stage (a "

@@ -50,8 +50,14 @@ def test_bf16_training_follows_the_float32_loss_curve(bf16_run, tiny_world, tiny
     np.testing.assert_allclose(losses(fast), losses(plain), rtol=0.05)
 
 
-def test_torch_compile_changes_nothing_but_speed(tiny_world, tiny_data, tiny_backbone, tmp_path):
-    _, eager = train(tiny_world, tiny_data, tmp_path / "eager", ["class"], mixed_precision="bf16")
+@pytest.fixture(scope="module")
+def bf16_class_run(tiny_world, tiny_data, tiny_backbone, tmp_path_factory):
+    """The defaults on CUDA (bf16) for one rank: what each training lever is compared with."""
+    return train(tiny_world, tiny_data, tmp_path_factory.mktemp("bf16-class"), ["class"], mixed_precision="bf16")
+
+
+def test_torch_compile_changes_nothing_but_speed(bf16_class_run, tiny_world, tiny_data, tmp_path):
+    _, eager = bf16_class_run
     _, compiled = train(tiny_world, tiny_data, tmp_path / "compiled", ["class"], mixed_precision="bf16",
                         compile=True)
     np.testing.assert_allclose(losses(compiled), losses(eager), rtol=0.05)
@@ -97,15 +103,15 @@ def unsupported_kernel(error: RuntimeError) -> bool:
     {"attention": "math"},
     {"compile": True, "channels_last": True, "attention": "flash"},  # what the harness's combined path may be
 ], ids=lambda levers: "+".join(f"{k}={v}" for k, v in levers.items()))
-def test_training_levers_follow_the_defaults_loss_curve(bf16_run, levers, tiny_world, tiny_data, tmp_path):
-    _, defaults = bf16_run
+def test_training_levers_follow_the_defaults_loss_curve(bf16_class_run, levers, tiny_world, tiny_data, tmp_path):
+    _, defaults = bf16_class_run
     try:
-        _, fast = train(tiny_world, tiny_data, tmp_path, ["class", "order"], mixed_precision="bf16", **levers)
+        _, fast = train(tiny_world, tiny_data, tmp_path, ["class"], mixed_precision="bf16", **levers)
     except RuntimeError as error:
         if unsupported_kernel(error):  # the kernel does not take these shapes: the harness shows it as a failed row
             pytest.skip(f"{levers}: {error}")
         raise
-    assert len(losses(fast)) == len(losses(defaults)) == 8
+    assert len(losses(fast)) == len(losses(defaults)) == 4
     np.testing.assert_allclose(losses(fast), losses(defaults), rtol=0.05)  # bf16's tolerance, as above
 
 

@@ -114,5 +114,7 @@ def test_hub_revision_is_pinned_and_recorded(random_clip_folder, tmp_path, monke
     assert two_five.identity.startswith("bioclip-2-5@sha256:") and old[:12] in two_five.identity
     with pytest.raises(WeightsNotFoundError, match=f"at revision {'c' * 40}.*--revision {'c' * 40}"):
         resolve_weights(EXTRACTORS.get("bioclip").weights_specs[0], revision="c" * 40, download=False)
+    from taxabench.metrics.evaluation import check_eval_names
+
     with pytest.raises(ConfigError, match="'inception' does not load from the Hugging Face hub"):
-        config_from_dict({"eval": {"revisions": {"inception": old}}})
+        check_eval_names(config_from_dict({"eval": {"revisions": {"inception": old}}}))
