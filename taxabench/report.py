@@ -466,7 +466,8 @@ def guidance_legend(table: pd.DataFrame, config: dict) -> str:
     from taxabench.guidance import GUIDANCE
 
     default = config.get("sample", {}).get("guidance", "default")
-    used = {m.split(GUIDANCE_SEPARATOR, 1)[1] for m in dict.fromkeys(table[KEY_METHOD]) if GUIDANCE_SEPARATOR in m}
+    used = {m.split(GUIDANCE_SEPARATOR, 1)[1].split(SCALE_SEPARATOR)[0] for m in dict.fromkeys(table[KEY_METHOD])
+            if GUIDANCE_SEPARATOR in m}
     lines = [f"- methods without `+kind`: their default guidance (`sample.guidance: {default}`; TaxaDiffusion and its "
              "ablations: taxonomy guidance, the baselines: `cfg`)"]
     for name in sorted(used | {"taxonomy", "cfg"}):
