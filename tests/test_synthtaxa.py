@@ -70,7 +70,7 @@ def test_tiny_preset_is_long_tailed_and_read_back_through_csv(tiny_world):
     assert stats["per_rank"] == {"class": 2, "order": 4, "family": 8, "genus": 16, "species": 32}
     train_counts = table[table.split == "train"].groupby("species").size()
     assert train_counts.min() == 1 and (train_counts <= 5).sum() >= 8 and train_counts.max() >= 30
-    assert set(table.split) == {"train", "test", "reference"}
+    assert set(table.split) == {"train", "test", "reference", "validation"}
     assert (table[table.split == "test"].groupby("species").size() == 8).all()
     assert {f"trait_{t}" for t in COARSE_TRAITS + SPECIES_TRAITS} <= set(table.columns)
 
