@@ -264,6 +264,9 @@ class SampleConfig:
     # auto: float64 on CPU (the same PNG bytes whatever the batch size or process count), float16 on CUDA
     precision: Literal["auto", "float64", "float32", "float16", "bfloat16"] = "auto"
     stage: int | None = None  # sample this training stage's checkpoint; None: the last one
+    # `taxabench run` draws the progressive methods' across-stages figure (2 images of 3 species per stage, at
+    # data.image_size) in a step of its own; false (or `run --no-stage-figure`) skips it
+    stage_figure: bool = True
     # throughput levers (taxabench/levers.py), off by default: torch.compile the UNet (reduce-overhead: CUDA graphs),
     # NHWC convolution weights in the UNet and VAE, the SDPA kernel
     compile: bool = False

@@ -102,17 +102,24 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
     for entry in sample_entries(config):
         sample_config = config if entry.guidance is None else replace(
             config, sample=replace(config.sample, guidance=entry.guidance))
-        sample_fp = fingerprint("sample", config.seed, sample_config.sample, train_fps[entry.method])
+        # the stage figure has a step of its own: switching it off changes no samples
+        sample_fp = fingerprint("sample", config.seed, replace(sample_config.sample, stage_figure=True),
+                                train_fps[entry.method])
         def sample(entry=entry, sample_config=sample_config) -> None:
             sample_method(sample_config, entry.method, run_dir, output=entry.name, show_progress=show_progress)
-            if entry.guidance is None and state.is_main_process and _stages(run_dir, entry.method) > 1:
-                stage_grid(config, entry.method, run_dir)  # the report's "across progressive stages" figure
 
         steps.append(Step(
             f"sample/{entry.name}", sample_fp, sample,
             clean=lambda entry=entry: shutil.rmtree(samples_dir(run_dir, entry.name), ignore_errors=True),
             after=(f"train/{entry.method}",),
         ))
+        if entry.guidance is None and config.sample.stage_figure:
+            steps.append(Step(
+                f"figure/{entry.name}", fingerprint("stage-figure", sample_fp, config.data.image_size),
+                lambda entry=entry: _stage_figure(config, entry.method, run_dir, state, stage_grid),
+                clean=lambda entry=entry: (samples_dir(run_dir, entry.name) / "stages.png").unlink(missing_ok=True),
+                after=(f"sample/{entry.name}",),
+            ))
         eval_fp = fingerprint("eval", config.eval, config.data, sample_fp, data_fp)
         eval_fps.append(eval_fp)
         steps.append(Step(
@@ -179,6 +186,21 @@ def _remove_built_backbone(config: ExperimentConfig, data, resolve_backbone) -> 
     if config.backbone.source == "tiny":
         path, _ = resolve_backbone(config, data, show_progress=False)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _stage_figure(config: ExperimentConfig, method: str, run_dir: Path, state, stage_grid) -> None:
+    """The report's "across progressive stages" figure: a figure is never the reason a run stops."""
+    if not state.is_main_process or _stages(run_dir, method) < 2:
+        return
+    try:
+        stage_grid(config, method, run_dir)
+    except Exception as error:  # the samples and metrics do not depend on it
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] the stage figure of {method} failed ({type(error).__name__}: {error}); the run "
+            f"goes on without it (draw it later with `taxabench sample --config FILE --method {method} "
+            "--stage-grid`, or skip it with sample.stage_figure: false)", highlight=False)
 
 
 def _stages(run_dir: Path, method: str) -> int:

@@ -158,8 +158,7 @@ def load_checkpoint(
 ) -> TrainedMethod:
     """Load a method checkpoint folder (`<run>/checkpoints/<method>`, or one of its `stage-<k>` folders) by itself,
     e.g. outside any run."""
-    from taxabench.backbone import load_sd_folder
-    from taxabench.weights import folder_sha256
+    from taxabench.backbone import load_sd_folder, sd_folder_sha256
 
     folder = Path(folder)
     if (folder / STAGE_FILE).is_file() and (folder.parent / MANIFEST).is_file() and stage is None:
@@ -199,7 +198,7 @@ def load_checkpoint(
             "(`taxabench backbone tiny` or `taxabench train`) or pass its location as backbone_path"
         )
     if backbone_path is not None and recorded["source"] != "tiny":
-        identity = f"{recorded['identity'].split('@')[0]}@sha256:{folder_sha256(path)[:12]}"
+        identity = f"{recorded['identity'].split('@')[0]}@sha256:{sd_folder_sha256(path, str(path))[:12]}"
         if identity != recorded["identity"]:
             raise TaxabenchError(f"backbone {path} ({identity}) is not the one {folder} was trained on "
                                  f"({recorded['identity']})")

@@ -58,7 +58,7 @@ def test_weights_table_names_the_backbone_and_what_is_missing(tiny_world):
                             "data": {"root": str(tiny_world)}})
     row = weights_table(hub)[0]
     assert (row.extractor, row.found) == ("backbone", False)
-    assert "huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5" in row.where
+    assert "hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --include" in row.where
     assert "$TAXABENCH_SD_BACKBONE_WEIGHTS" in row.where
     tiny = weights_table(ExperimentConfig(data=hub.data))[0]
     assert (tiny.component, tiny.found) == ("tiny", True)

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import torch
 
-from taxabench.errors import WeightsNotFoundError
+from taxabench.errors import WeightsInvalidError, WeightsNotFoundError
 from taxabench.metrics.extractor_base import FeatureExtractor, to_unit_range
 from taxabench.weights import ResolvedWeights, WeightsSpec, file_sha256, resolve_weights
 
@@ -77,6 +77,8 @@ class LpipsVggExtractor(FeatureExtractor):
         if mode != "untrained":
             try:
                 backbone = resolve_weights(VGG16_WEIGHTS, config.eval.weights.get(cls.name))
+            except WeightsInvalidError:
+                raise  # a file was found but is not the published one: never silently a random backbone
             except WeightsNotFoundError:
                 if mode == "pretrained":
                     raise
