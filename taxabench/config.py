@@ -308,6 +308,13 @@ class EvalConfig:
     clip_model: str = "synthclip"  # clip_score and taxa_accuracy; `bioclip` on real data
     weights: dict[str, str] = field(default_factory=dict)  # extractor -> explicit weights file or folder
     lpips_size: int | None = None  # common size images are resized to for LPIPS; None: data.image_size
+    # sha256 of a file you verified to hold the same weights as the published one under other bytes (e.g. re-saved):
+    # accepted for that extractor, and every number it produces says "unverified: sha256 ..."
+    unverified_weights: dict[str, str] = field(default_factory=dict)
+    # the clip_score caption: taxonomic = the bare string "Animalia Chordata ... Abudefduf saxatilis" (the paper
+    # group's BioCLIP-score script); sentence = "a photo of Animalia ... saxatilis." (BioCLIP's training form);
+    # auto: taxonomic for BioCLIP models, sentence for synthclip (trained on sentences)
+    clip_caption: Literal["auto", "taxonomic", "sentence"] = "auto"
     lpips_max_real: int = 32  # real images of its taxon each generated image is compared with (seeded subset)
     # all: each generated image against all those real images (mean); index: the i-th generated against the i-th
     # real image of its taxon, as the paper group's LPIPS script pairs them
@@ -332,7 +339,10 @@ class EvalConfig:
             _registered(METRICS, name, f"{where}.metrics[{index}]")
         for key in ("fd_extractor", "clip_model"):
             _registered(EXTRACTORS, getattr(self, key), f"{where}.{key}")
-        for name in self.weights:
+        for name, digest in self.unverified_weights.items():
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ConfigError(f"{where}.unverified_weights.{name}: a full SHA-256 (64 hex digits), got {digest!r}")
+        for name in [*self.weights, *self.unverified_weights]:
             if name not in EXTRACTORS:
                 raise ConfigError(f"{where}.weights: unknown extractor {name!r}; extractors: "
                                   f"{', '.join(EXTRACTORS.names())}")

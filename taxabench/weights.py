@@ -70,11 +70,18 @@ class ResolvedWeights:
     path: Path  # a file, or a folder for hub repos
     source: Source
     sha256: str | None  # of the file; of the sorted file digests for a folder
+    verified: bool = True  # False: accepted through eval.unverified_weights, not the published file
 
     def identity(self, name: str) -> str:
-        """How reports name these weights: `inception@sha256:6726825d… (cache)`."""
+        """How reports name these weights: `inception@sha256:6726825d… (cache)`; a file accepted by its stated
+        digest instead of the published one: `inception@unverified: sha256 <full digest> (explicit)`."""
+        where = self.source
+        if self.path.parent.name == "snapshots":  # a hub cache snapshot: its folder name is the commit
+            where += f", revision {self.path.name[:12]}"
+        if not self.verified:
+            return f"{name}@unverified: sha256 {self.sha256} ({where})"
         digest = f"sha256:{self.sha256[:12]}" if self.sha256 else "unhashed"
-        return f"{name}@{digest} ({self.source})"
+        return f"{name}@{digest} ({where})"
 
 
 def is_offline() -> bool:
@@ -125,19 +132,21 @@ def folder_sha256(path: Path) -> str:
 
 
 def resolve_weights(
-    spec: WeightsSpec, explicit: str | os.PathLike[str] | None = None, download: bool = True
+    spec: WeightsSpec, explicit: str | os.PathLike[str] | None = None, download: bool = True,
+    unverified_sha256: str | None = None,
 ) -> ResolvedWeights:
     """Find `spec`'s weights in the order of the module docstring, or fail fast saying how to provide them.
 
     `download=False` stops after the cache (for reports of what is available without touching the network).
+    `unverified_sha256`: a single file with this digest is accepted instead of the published one, marked unverified.
     """
     if explicit is not None:
-        return _checked(spec, Path(explicit), "explicit")
+        return _checked(spec, Path(explicit), "explicit", unverified_sha256)
     if os.environ.get(spec.env_var):
-        return _checked(spec, Path(os.environ[spec.env_var]), "env")
+        return _checked(spec, Path(os.environ[spec.env_var]), "env", unverified_sha256)
     cached = _from_cache(spec)
     if cached is not None:
-        return _checked(spec, cached, "cache")
+        return _checked(spec, cached, "cache", unverified_sha256)
     if not download:
         raise WeightsNotFoundError(_how_to_provide(spec, "not in any local cache"))
     if not is_offline():
@@ -145,7 +154,7 @@ def resolve_weights(
     raise WeightsNotFoundError(_how_to_provide(spec, "the machine is offline"))
 
 
-def _checked(spec: WeightsSpec, path: Path, source: Source) -> ResolvedWeights:
+def _checked(spec: WeightsSpec, path: Path, source: Source, unverified_sha256: str | None = None) -> ResolvedWeights:
     if not path.exists():
         where = {"explicit": "the config", "env": f"${spec.env_var}"}.get(source, source)
         raise WeightsInvalidError(f"{spec.name} weights: {path} (from {where}) does not exist")
@@ -161,11 +170,17 @@ def _checked(spec: WeightsSpec, path: Path, source: Source) -> ResolvedWeights:
             return ResolvedWeights(path, source, files_sha256(path, spec.loaded_files(path)))
         return ResolvedWeights(path, source, folder_sha256(path))
     digest = file_sha256(path)
+    if spec.sha256 and digest != spec.sha256 and unverified_sha256 is not None:
+        if digest != unverified_sha256:
+            raise WeightsInvalidError(f"{spec.name} weights: {path} has SHA-256 {digest}, neither the published "
+                                      f"{spec.sha256} nor the one eval.unverified_weights states ({unverified_sha256})")
+        return ResolvedWeights(path, source, digest, verified=False)
     if spec.sha256 and digest != spec.sha256:
         raise WeightsInvalidError(
             f"{spec.name} weights: {path} has SHA-256 {digest}, expected {spec.sha256}; "
             f"it is not the file {spec.filename or spec.name} ({spec.description}); replace it with the published "
-            f"file ({spec.download_command()})"
+            f"file ({spec.download_command()}), or, if you verified it holds the same weights, accept it by its digest "
+            f"with eval.unverified_weights (its numbers then say 'unverified')"
         )
     return ResolvedWeights(path, source, digest)
 

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -194,20 +193,21 @@ def test_a_failing_network_without_hf_hub_offline_fails_in_seconds_in_one_line(t
                                                             "TRANSFORMERS_OFFLINE")}
     env.update(HF_ENDPOINT=f"https://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"),
                PYTHONPATH=str(Path(__file__).parents[1]))
-    script = ("from taxabench.metrics.extractor_bioclip import BIOCLIP_WEIGHTS\n"
+    script = ("import time\n"
+              "from taxabench.metrics.extractor_bioclip import BIOCLIP_WEIGHTS\n"
               "from taxabench.weights import resolve_weights\n"
               "from taxabench.errors import WeightsNotFoundError\n"
+              "started = time.perf_counter()\n"
               "try:\n    resolve_weights(BIOCLIP_WEIGHTS)\n"
-              "except WeightsNotFoundError as error:\n    print(error)\n")
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    elapsed = time.perf_counter() - started
+              "except WeightsNotFoundError as error:\n    print(error)\n"
+              "print(time.perf_counter() - started)\n")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     server.close()
     assert result.returncode == 0, result.stderr
-    line = result.stdout.strip()
-    assert "\n" not in line and "the download from the Hugging Face hub failed" in line
+    line, seconds = result.stdout.strip().splitlines()
+    assert "the download from the Hugging Face hub failed" in line and "SSL" in line
     assert "hf download imageomics/bioclip" in line and "Traceback" not in result.stderr
-    assert elapsed < 30  # python start-up and imports included; the hub call itself gives up at once
+    assert float(seconds) < 15  # 3.7 s measured on a loaded machine, huggingface_hub's import included: no retries
 
 
 def test_components_named_in_the_layout_checks():
@@ -224,3 +224,40 @@ def test_written_files_are_readable_by_the_group(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_verified_different_file_is_accepted_by_its_digest_and_marked(tmp_path):
+    """A re-saved VGG16 (same weights, other bytes): refused by default; accepted when its digest is stated, and then
+    every identity (and so every number's weights and name) says 'unverified: sha256 <digest>'."""
+    from taxabench.metrics.extractor_lpips_vgg import VGG16_WEIGHTS
+
+    path = tmp_path / "vgg16-resaved.pth"
+    path.write_bytes(b"re-saved")
+    digest = hashlib.sha256(b"re-saved").hexdigest()
+    with pytest.raises(WeightsInvalidError, match="eval.unverified_weights"):
+        resolve_weights(VGG16_WEIGHTS, path)
+    resolved = resolve_weights(VGG16_WEIGHTS, path, unverified_sha256=digest)
+    assert not resolved.verified and resolved.identity("vgg16") == f"vgg16@unverified: sha256 {digest} (explicit)"
+    with pytest.raises(WeightsInvalidError, match="neither the published"):
+        resolve_weights(VGG16_WEIGHTS, path, unverified_sha256="0" * 64)
+    config = config_from_dict({"eval": {"weights": {"lpips-vgg": str(path)},
+                                        "unverified_weights": {"lpips-vgg": digest}}})
+    assert config.eval.unverified_weights == {"lpips-vgg": digest}
+    with pytest.raises(Exception, match="a full SHA-256"):
+        config_from_dict({"eval": {"unverified_weights": {"lpips-vgg": "abc"}}})
+
+
+def test_hub_identity_records_the_revision(hub):
+    hub_cache(hub, "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    resolved = resolve_weights(hub_backbone_spec("stable-diffusion-v1-5/stable-diffusion-v1-5"), download=False)
+    assert resolved.identity("sd").endswith("(cache, revision 39593d565011)")
+
+
+def test_clip_caption_forms():
+    from taxabench.metrics.metric_clip_score import caption, caption_form
+
+    ranks, labels = ("genus", "species"), ("Abudefduf", "saxatilis")
+    assert caption(ranks, labels, ("Animalia",), "taxonomic") == "Animalia Abudefduf saxatilis"
+    assert caption(ranks, labels, ("Animalia",), "sentence") == "a photo of Animalia Abudefduf saxatilis."
+    assert caption_form("auto", "bioclip") == "taxonomic" and caption_form("auto", "synthclip") == "sentence"
+    assert caption_form("sentence", "bioclip") == "sentence"

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +231,10 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
     measurements: list[Measurement] = []
     for metric in metrics:
         measurements += metric.compute(context)
+    for measurement in measurements:  # weights accepted by eval.unverified_weights: said next to every number
+        unverified = re.search(r"unverified: sha256 [0-9a-f]{64}", measurement.weights)
+        if unverified and unverified.group(0) not in measurement.name:
+            measurement.name = f"{measurement.name} [{unverified.group(0)}]"
     notes = _small_sample_warnings(measurements)
     for note in notes:
         warnings.warn(note, SmallSampleWarning, stacklevel=2)

@@ -58,7 +58,8 @@ class InceptionExtractor(FeatureExtractor):
 
     @classmethod
     def load(cls, config) -> InceptionExtractor:
-        return cls(resolve_weights(INCEPTION_WEIGHTS, config.eval.weights.get(cls.name)))
+        return cls(resolve_weights(INCEPTION_WEIGHTS, config.eval.weights.get(cls.name),
+                                   unverified_sha256=config.eval.unverified_weights.get(cls.name)))
 
     def __init__(self, weights: ResolvedWeights):
         super().__init__()
