@@ -49,7 +49,8 @@ def weights_table(config: ExperimentConfig | None = None) -> list[WeightsStatus]
                 else:
                     explicit = config.eval.weights.get(name)
                     resolved = resolve_weights(spec, explicit.removeprefix("local-dir:") if explicit else None,
-                                               download=False)
+                                               download=False,
+                                               unverified_sha256=config.eval.unverified_weights.get(name))
                 rows.append(WeightsStatus(name, spec.name, True, f"{resolved.identity(spec.name)}: {resolved.path}",
                                           use))
             except WeightsInvalidError as error:  # found but wrong: a run fails on it even where it is optional
