@@ -118,14 +118,15 @@ def test_fishnet_run_through_the_real_layouts(fishnet_run):
     config_file, args, run_dir = fishnet_run
     assert main(["run", "--config", str(config_file), *args]) == 0
     table = pd.read_csv(run_dir / "metrics" / "all.csv")
-    assert set(table["method"]) == {"taxadiffusion", "sd-zeroshot", "sd-lora", "sd-finetune", "flat-ldm"}
+    assert set(table["method"]) >= {"taxadiffusion", "sd-zeroshot", "sd-lora", "sd-finetune", "flat-ldm"}
     fid = table[(table.metric == "fd") & (table.scope == "overall")]
-    assert fid["name"].str.startswith("FID [unverified: sha256 ").all()
+    assert len(fid) and fid["name"].str.startswith("FID [unverified: sha256 ").all()
     clip = table[table.metric == "clip_score"]
-    assert (clip["name"] == "BioCLIP score").all() and clip["protocol"].str.contains("caption=taxonomic").all()
+    assert len(clip) and (clip["name"] == "BioCLIP score").all()
+    assert clip["protocol"].str.contains("caption=taxonomic").all()
     assert clip["weights"].str.contains(f"revision {standins.REVISION[:12]}").all()
     lpips = table[table.metric == "lpips"]
-    assert lpips["name"].str.startswith("LPIPS (VGG) [unverified: sha256").all()
+    assert len(lpips) and lpips["name"].str.startswith("LPIPS (VGG) [unverified: sha256").all()
     steps = json.loads((run_dir / "steps.json").read_text())
     assert all(entry["peak_rss_mb"] > 0 for entry in steps.values())
     assert (run_dir / "report" / "README.md").is_file()
