@@ -159,3 +159,30 @@ def test_trained_checkpoints_load_into_diffusers(fishnet_run, sd15):
     ours = finetune.backbone.unet(latents, timestep, context).sample
     unet = UNet2DConditionModel.from_pretrained(finetune.checkpoint / "unet")
     torch.testing.assert_close(unet(latents, timestep, context).sample, ours, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("size", [64, 512])
+def test_inception_features_equal_clean_fids_pytorch_fid_copy(size, tmp_path, monkeypatch):
+    """The same (seeded) FID Inception weights in clean-fid's copy of pytorch-fid's network and in taxabench's
+    extractor, images at 64 and 512 px resized as pytorch-fid does (bilinear to 299, align_corners=False).
+    Tolerance: float32 convolutions summed in another order, 1e-4 of the feature scale."""
+    import cleanfid.inception_pytorch as clean
+
+    from taxabench.metrics.extractor_inception import InceptionExtractor, fid_inception_v3
+    from taxabench.weights import ResolvedWeights
+
+    torch.manual_seed(0)
+    state = fid_inception_v3().state_dict()
+    torch.save(state, tmp_path / "inception.pth")
+    ours = InceptionExtractor(ResolvedWeights(tmp_path / "inception.pth", "explicit", "0" * 64))
+    monkeypatch.setattr(clean, "load_state_dict_from_url", lambda *args, **kwargs: state)
+    reference = clean.InceptionV3(output_blocks=[3], resize_input=False, normalize_input=True).eval()
+    generator = torch.Generator().manual_seed(1)
+    images = (torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=generator), size=size,
+                                              mode="bilinear") * 255).to(torch.uint8)
+    with torch.no_grad():
+        got = ours(images)["pool3"]
+        x = torch.nn.functional.interpolate(images.float() / 255, size=(299, 299), mode="bilinear",
+                                            align_corners=False)
+        expected = reference(x)[0].flatten(1)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
