@@ -71,13 +71,13 @@ class ResolvedWeights:
     source: Source
     sha256: str | None  # of the file; of the sorted file digests for a folder
     verified: bool = True  # False: accepted through eval.unverified_weights, not the published file
+    revision: str | None = None  # the hub commit of a hub snapshot (pinned, or the one the cache holds)
 
     def identity(self, name: str) -> str:
-        """How reports name these weights: `inception@sha256:6726825d… (cache)`; a file accepted by its stated
-        digest instead of the published one: `inception@unverified: sha256 <full digest> (explicit)`."""
-        where = self.source
-        if self.path.parent.name == "snapshots":  # a hub cache snapshot: its folder name is the commit
-            where += f", revision {self.path.name[:12]}"
+        """How reports name these weights: `inception@sha256:6726825d… (cache)`, hub snapshots with their commit:
+        `bioclip@sha256:0123abcd4567 (cache, revision 3f5c8e2a1b9d)`; a file accepted by its stated digest instead of
+        the published one: `inception@unverified: sha256 <full digest> (explicit)`."""
+        where = self.source + (f", revision {self.revision[:12]}" if self.revision else "")
         if not self.verified:
             return f"{name}@unverified: sha256 {self.sha256} ({where})"
         digest = f"sha256:{self.sha256[:12]}" if self.sha256 else "unhashed"
@@ -133,25 +133,27 @@ def folder_sha256(path: Path) -> str:
 
 def resolve_weights(
     spec: WeightsSpec, explicit: str | os.PathLike[str] | None = None, download: bool = True,
-    unverified_sha256: str | None = None,
+    revision: str | None = None, unverified_sha256: str | None = None,
 ) -> ResolvedWeights:
     """Find `spec`'s weights in the order of the module docstring, or fail fast saying how to provide them.
 
     `download=False` stops after the cache (for reports of what is available without touching the network).
+    `revision` pins a hub repo's commit (or tag): only that snapshot is taken from the cache or downloaded, so a
+    repo whose weights change upstream (BioCLIP's taxonomic fix) keeps giving the same numbers.
     `unverified_sha256`: a single file with this digest is accepted instead of the published one, marked unverified.
     """
     if explicit is not None:
         return _checked(spec, Path(explicit), "explicit", unverified_sha256)
     if os.environ.get(spec.env_var):
         return _checked(spec, Path(os.environ[spec.env_var]), "env", unverified_sha256)
-    cached = _from_cache(spec)
+    cached = _from_cache(spec, revision)
     if cached is not None:
         return _checked(spec, cached, "cache", unverified_sha256)
     if not download:
-        raise WeightsNotFoundError(_how_to_provide(spec, "not in any local cache"))
+        raise WeightsNotFoundError(_how_to_provide(spec, "not in any local cache", revision))
     if not is_offline():
-        return _checked(spec, _download(spec), "download")
-    raise WeightsNotFoundError(_how_to_provide(spec, "the machine is offline"))
+        return _checked(spec, _download(spec, revision), "download")
+    raise WeightsNotFoundError(_how_to_provide(spec, "the machine is offline", revision))
 
 
 def _checked(spec: WeightsSpec, path: Path, source: Source, unverified_sha256: str | None = None) -> ResolvedWeights:
@@ -166,9 +168,10 @@ def _checked(spec: WeightsSpec, path: Path, source: Source, unverified_sha256: s
             raise WeightsInvalidError(
                 f"{spec.name} weights: {path} lacks {missing[0]} ({spec.description}); an interrupted download? "
                 f"Fetch it again: {spec.download_command()}")
+        snapshot = path.name if path.parent.name == "snapshots" and source in ("cache", "download") else None
         if spec.loaded_files is not None:
-            return ResolvedWeights(path, source, files_sha256(path, spec.loaded_files(path)))
-        return ResolvedWeights(path, source, folder_sha256(path))
+            return ResolvedWeights(path, source, files_sha256(path, spec.loaded_files(path)), revision=snapshot)
+        return ResolvedWeights(path, source, folder_sha256(path), revision=snapshot)
     digest = file_sha256(path)
     if spec.sha256 and digest != spec.sha256 and unverified_sha256 is not None:
         if digest != unverified_sha256:
@@ -185,7 +188,7 @@ def _checked(spec: WeightsSpec, path: Path, source: Source, unverified_sha256: s
     return ResolvedWeights(path, source, digest)
 
 
-def _from_cache(spec: WeightsSpec) -> Path | None:
+def _from_cache(spec: WeightsSpec, revision: str | None = None) -> Path | None:
     if spec.filename:
         torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
         for folder in (taxabench_home() / "weights", torch_home / "hub" / "checkpoints"):
@@ -193,25 +196,26 @@ def _from_cache(spec: WeightsSpec) -> Path | None:
                 if (folder / filename).is_file():
                     return folder / filename
     for repo in (spec.hf_repo, *spec.hf_aliases) if spec.hf_repo else ():
-        snapshot = _hub_snapshot(spec, repo)
+        snapshot = _hub_snapshot(spec, repo, revision)
         if snapshot is not None:
             return snapshot
     return None
 
 
-def _hub_snapshot(spec: WeightsSpec, repo: str) -> Path | None:
-    """The cached snapshot `refs/main` points at, as `snapshot_download(local_files_only=True)` finds it."""
+def _hub_snapshot(spec: WeightsSpec, repo: str, revision: str | None = None) -> Path | None:
+    """The cached snapshot `revision` (or `refs/main`) names, as `snapshot_download(local_files_only=True)` finds
+    it; a snapshot copied without `refs/main` is an error that says how to repair the cache."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo, local_files_only=True))
+        return Path(snapshot_download(repo, revision=revision, local_files_only=True))
     except LocalEntryNotFoundError:
         pass
     repo_folder = Path(os.environ.get("HF_HUB_CACHE", HF_HUB_CACHE)) / f"models--{repo.replace('/', '--')}"
     snapshots = sorted(p.name for p in (repo_folder / "snapshots").glob("*") if p.is_dir())
-    if snapshots:  # copied without refs/: the snapshot is there but nothing says it is the current one
+    if snapshots and revision is None:  # copied without refs/: nothing says which snapshot is the current one
         raise WeightsInvalidError(
             f"{spec.name} weights: {repo_folder / 'refs' / 'main'} is missing (the cache was copied without refs/); "
             f"write the snapshot's name into it: mkdir -p {repo_folder / 'refs'} && "
@@ -219,16 +223,16 @@ def _hub_snapshot(spec: WeightsSpec, repo: str) -> Path | None:
     return None
 
 
-def _download(spec: WeightsSpec) -> Path:
+def _download(spec: WeightsSpec, revision: str | None = None) -> Path:
     if spec.hf_repo:
         from huggingface_hub import snapshot_download
 
         patterns = list(spec.hf_patterns or (*spec.hf_files, *spec.hf_weights[:1])) or None
         try:
-            return Path(snapshot_download(spec.hf_repo, allow_patterns=patterns, etag_timeout=5))
+            return Path(snapshot_download(spec.hf_repo, revision=revision, allow_patterns=patterns, etag_timeout=5))
         except Exception as error:  # any network failure (a proxy that fails TLS, a timeout): one line, no retry
             reason = f"the download from the Hugging Face hub failed: {type(error).__name__}: {_first_line(error)}"
-            raise WeightsNotFoundError(_how_to_provide(spec, reason)) from error
+            raise WeightsNotFoundError(_how_to_provide(spec, reason, revision)) from error
     if not (spec.url and spec.filename):
         raise WeightsNotFoundError(_how_to_provide(spec, "there is no download address for it"))
     target = taxabench_home() / "weights" / spec.filename
@@ -249,12 +253,13 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [""])[0][:200]
 
 
-def _how_to_provide(spec: WeightsSpec, reason: str) -> str:
+def _how_to_provide(spec: WeightsSpec, reason: str, revision: str | None = None) -> str:
     if spec.hf_repo:
-        what = f"the Hugging Face repo {spec.hf_repo}"
+        pin = f" --revision {revision}" if revision else ""
+        what = f"the Hugging Face repo {spec.hf_repo}" + (f" at revision {revision}" if revision else "")
         place = (
-            f"run `{spec.download_command()}` on a machine with internet and copy the cache ($HF_HOME/hub) here, "
-            f"or download the repo to a folder (add --local-dir DIR) and set ${spec.env_var} to it"
+            f"run `{spec.download_command()}{pin}` on a machine with internet and copy the cache ($HF_HOME/hub) "
+            f"here, or download the repo to a folder (add --local-dir DIR) and set ${spec.env_var} to it"
         )
         if spec.hf_aliases:
             place += f" (a cache of {' or '.join(spec.hf_aliases)}, the same weights, is found too)"

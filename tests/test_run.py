@@ -56,7 +56,7 @@ def test_run_writes_every_output_and_a_report(finished_run):
     assert not (run_dir / "samples" / "sd-lora" / "stages.png").exists()  # one stage: nothing to show
     assert (run_dir / "config.yaml").is_file() and (run_dir / "provenance.json").is_file()
     steps = json.loads((run_dir / "steps.json").read_text())
-    assert "figure/taxadiffusion" in steps and all(entry["peak_rss_mb"] > 0 for entry in steps.values())
+    assert all(entry["peak_rss_mb"] > 0 for entry in steps.values())
     assert "peak memory (MB)" in text
 
 

@@ -1,4 +1,4 @@
-"""The stage figure is its own step, skippable and never the reason a run stops; each step's peak memory is
+"""The stage figure is skippable (without touching the samples) and never the reason a run stops; each step's peak memory is
 recorded in steps.json."""
 
 import json
@@ -14,26 +14,25 @@ class MainProcess:
     is_main_process = True
 
 
-def test_the_stage_figure_step_is_planned_unless_switched_off(tiny_world, tmp_path):
+def test_switching_the_stage_figure_off_changes_no_sampling_step(tiny_world, tmp_path):
     config = experiment(tiny_world, tmp_path, methods=["taxadiffusion", "sd-lora"])
-    names = [step.name for step in plan(config, config.run_dir, show_progress=False)]
-    assert names.index("figure/taxadiffusion") == names.index("sample/taxadiffusion") + 1
+
+    def sample_fingerprints():
+        return {s.name: s.fingerprint for s in plan(config, config.run_dir, show_progress=False)
+                if s.name.startswith("sample/")}
+
+    drawn = sample_fingerprints()
     config.sample.stage_figure = False
-    skipped = plan(config, config.run_dir, show_progress=False)
-    assert not [s for s in skipped if s.name.startswith("figure/")]
-    sample_fps = {s.name: s.fingerprint for s in skipped if s.name.startswith("sample/")}
-    config.sample.stage_figure = True  # switching the figure changes no sampling step
-    assert sample_fps == {s.name: s.fingerprint for s in plan(config, config.run_dir, show_progress=False)
-                          if s.name.startswith("sample/")}
+    assert sample_fingerprints() == drawn and drawn
 
 
 def test_a_failing_stage_figure_warns_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("taxabench.run._stages", lambda run_dir, method: 5)
+    monkeypatch.setattr("taxabench.run._stages", lambda layout, method, seed=None: 5)
 
-    def out_of_memory(*args):
+    def out_of_memory(*args, **kwargs):
         raise MemoryError("cannot allocate 17.8 GB")
 
-    _stage_figure(None, "taxadiffusion", tmp_path, MainProcess(), out_of_memory)
+    _stage_figure(None, "taxadiffusion", tmp_path, None, None, MainProcess(), out_of_memory)
     err = capsys.readouterr().err
     assert "the stage figure of taxadiffusion failed (MemoryError" in err and "stage_figure: false" in err
 

@@ -46,10 +46,11 @@ from typing import Any
 
 import numpy as np
 
-from taxabench import __version__
+from taxabench import __version__, budget
 from taxabench.config import ExperimentConfig
 from taxabench.data import TaxaData, load_dataset
-from taxabench.errors import TaxabenchError
+from taxabench.errors import ConfigError, TaxabenchError
+from taxabench.layout import POINT_FINAL, RunLayout
 from taxabench.metrics.aggregate import Resampling
 from taxabench.metrics.cache import atomic_write_bytes, load_features, save_features
 from taxabench.metrics.extractor_base import FeatureExtractor
@@ -61,7 +62,7 @@ from taxabench.metrics.features import (
     resolve_device,
 )
 from taxabench.metrics.metric_base import SUBJECT_GENERATED, SUBJECT_REAL, Measurement
-from taxabench.metrics.samples import SampleSet, read_samples, samples_folder
+from taxabench.metrics.samples import SampleSet, read_samples
 from taxabench.metrics.scopes import SCOPE_OVERALL, EvalSets
 from taxabench.taxonomy import Taxonomy
 
@@ -79,8 +80,17 @@ KEY_EXTRACTOR = "extractor"
 KEY_WEIGHTS = "weights"
 KEY_HIGHER_IS_BETTER = "higher_is_better"
 KEY_PROTOCOL = "protocol"
+KEY_SEED = "seed"  # the training (and sampling) seed
+KEY_POINT = "point"  # "final", or the budget point `step-<T>` (taxabench/budget.py)
+KEY_SPLIT = "split"  # the real images compared against: the test split for "final", validation along training
+BUDGET_COLUMNS = budget.AXES  # steps, images_seen, param_steps, train_flops, wall_seconds
+# layout 1 wrote the first 14 columns only; `upgrade_table` fills the others for such a run
 CSV_COLUMNS = (KEY_METHOD, KEY_METRIC, KEY_NAME, KEY_SCOPE, KEY_VALUE, KEY_CI_LOW, KEY_CI_HIGH, KEY_N_REAL,
-               KEY_N_GENERATED, KEY_N_TAXA, KEY_EXTRACTOR, KEY_WEIGHTS, KEY_HIGHER_IS_BETTER, KEY_PROTOCOL)
+               KEY_N_GENERATED, KEY_N_TAXA, KEY_EXTRACTOR, KEY_WEIGHTS, KEY_HIGHER_IS_BETTER, KEY_PROTOCOL,
+               KEY_SEED, KEY_POINT, KEY_SPLIT, *BUDGET_COLUMNS)
+LAYOUT_1_COLUMNS = CSV_COLUMNS[:14]
+# metrics whose rows another step writes (the taxonomic probe, taxabench/probe.py): an evaluation leaves them be
+SEPARATE_METRICS = frozenset({"probe_top1", "probe_sibling"})
 
 CEILING_METHOD = "real-images"  # the rows of held-out real images scored like generated ones
 FD_MIN_IMAGES = 2000  # below this many images on a side, FD is strongly biased upwards (warned, not refused)
@@ -220,31 +230,67 @@ def prepare_extractors(config: ExperimentConfig) -> dict[str, str]:
     """
     from taxabench.metrics.registry import EXTRACTORS, METRICS
 
+    check_eval_names(config)
     names = dict.fromkeys(name for metric in config.eval.metrics for name in METRICS.get(metric)().extractors(config))
     return {name: EXTRACTORS.get(name).load(config).identity for name in names}
 
 
+def check_eval_names(config: ExperimentConfig, where: str = "eval") -> None:
+    """Every metric and extractor `config.eval` names is registered (`ConfigError` naming the key otherwise).
+
+    Not part of `load_config`: the registries live in this package, and the config module must not import it."""
+    from taxabench.metrics.registry import EXTRACTORS, METRICS
+
+    def registered(registry, name: str, key: str) -> None:
+        if name not in registry:
+            try:
+                registry.get(name)
+            except TaxabenchError as error:
+                raise ConfigError(f"{key}: {error}") from error
+
+    for index, name in enumerate(config.eval.metrics):
+        registered(METRICS, name, f"{where}.metrics[{index}]")
+    for key in ("fd_extractor", "clip_model"):
+        registered(EXTRACTORS, getattr(config.eval, key), f"{where}.{key}")
+    registered(EXTRACTORS, config.eval.cmmd_extractor, f"{where}.cmmd_extractor")
+    if config.eval.diversity_extractor is not None:
+        registered(EXTRACTORS, config.eval.diversity_extractor, f"{where}.diversity_extractor")
+    for key in ("weights", "revisions"):
+        for name in getattr(config.eval, key):
+            if name not in EXTRACTORS:
+                raise ConfigError(f"{where}.{key}: unknown extractor {name!r}; extractors: "
+                                  f"{', '.join(EXTRACTORS.names())}")
+    for name in config.eval.revisions:
+        if not any(spec.hf_repo for spec in EXTRACTORS.get(name).weights_specs):
+            raise ConfigError(f"{where}.revisions: {name!r} does not load from the Hugging Face hub")
+
+
 def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None = None,
-             show_progress: bool = True, samples: Callable[[Taxonomy], SampleSet] | None = None) -> EvalResult:
+             show_progress: bool = True, samples: Callable[[Taxonomy], SampleSet] | None = None, *,
+             seed: int | None = None, point: str | None = None,
+             budget_axes: dict[str, float] | None = None) -> EvalResult:
     """Evaluate `method`'s samples in `run_dir` (default: the config's run folder); write its JSON and CSV rows.
 
     `samples`: reads images from elsewhere given the dataset's taxonomy (another generator's folder,
     `taxabench.metrics.external_samples`); they are evaluated and written under the name `method` instead of
-    `run_dir/samples/<method>/`.
+    `run_dir/samples/<method>/`. `seed` and `point` pick the sample folder of a training seed (multi-seed runs)
+    and of a budget point (None: the final checkpoint); the rows carry the seed (`config.seed` when None), the
+    point, the split compared against (`data.eval_split`) and `budget_axes` (NaN where not given).
 
     Raises `SamplesError` for a sample folder that breaks the contract, `WeightsNotFoundError` when an
     extractor's weights cannot be resolved offline, `TaxabenchError` for unknown metric or extractor names.
     """
     from taxabench.metrics.registry import METRICS
 
-    run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+    check_eval_names(config)  # unknown names fail before any work
+    layout = RunLayout(Path(run_dir) if run_dir is not None else config.run_dir)
     if method == CEILING_METHOD:
         raise TaxabenchError(f"'{CEILING_METHOD}' names the real-image ceiling rows of metrics/all.csv; "
                              "give the samples another name")
-    metrics = [METRICS.get(name)() for name in config.eval.metrics]  # unknown names fail before any work
+    metrics = [METRICS.get(name)() for name in config.eval.metrics]
     data = load_dataset(config.data)
     if samples is None:
-        sample_set = read_samples(samples_folder(run_dir, method), method, data.taxonomy)
+        sample_set = read_samples(layout.samples(method, seed, point), method, data.taxonomy)
     else:
         sample_set = samples(data.taxonomy)
     context = EvalContext(config, data, EvalSets.build(data, sample_set), show_progress)
@@ -260,47 +306,58 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
     for note in notes:
         warnings.warn(note, SmallSampleWarning, stacklevel=2)
 
-    out = run_dir / "metrics"
-    json_path, csv_path = out / f"{method}.json", out / "all.csv"
+    json_path, csv_path = layout.metrics_json(method, seed, point), layout.all_csv
+    key = {KEY_SEED: config.seed if seed is None else seed, KEY_POINT: point or POINT_FINAL,
+           KEY_SPLIT: config.data.eval_split}
+    key.update({axis: (budget_axes or {}).get(axis, math.nan) for axis in BUDGET_COLUMNS})
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        report = _json_report(method, config, data, context, measurements, notes)
+        report = _json_report(method, config, data, context, measurements, notes, key)
         atomic_write_bytes(json_path, json.dumps(report, indent=2, allow_nan=False).encode())
-        write_csv_rows(csv_path, method, [m for m in measurements if m.subject == SUBJECT_GENERATED])
+        write_csv_rows(csv_path, method, [m for m in measurements if m.subject == SUBJECT_GENERATED], key)
         ceiling = [m for m in measurements if m.subject == SUBJECT_REAL]
         if ceiling:  # the ceiling is shared by every method: only the quantities computed now are replaced
-            write_csv_rows(csv_path, CEILING_METHOD, ceiling, only_metrics={m.metric for m in ceiling})
+            write_csv_rows(csv_path, CEILING_METHOD, ceiling, key, only_metrics=frozenset(m.metric for m in ceiling))
     return EvalResult(method, measurements, json_path, csv_path, notes, sample_set)
 
 
-def csv_rows(method: str, measurements: list[Measurement]) -> list[dict[str, Any]]:
+def csv_rows(method: str, measurements: list[Measurement], key: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """`all.csv` rows of one evaluation; `key`: its seed, point, split and budget axes (absent: left empty)."""
     return [
         {KEY_METHOD: method, KEY_METRIC: m.metric, KEY_NAME: m.name, KEY_SCOPE: m.scope.scope,
          KEY_VALUE: m.scope.value, KEY_CI_LOW: m.scope.ci_low, KEY_CI_HIGH: m.scope.ci_high,
          KEY_N_REAL: m.scope.n_real, KEY_N_GENERATED: m.scope.n_generated, KEY_N_TAXA: m.scope.n_taxa,
          KEY_EXTRACTOR: m.extractor, KEY_WEIGHTS: m.weights, KEY_HIGHER_IS_BETTER: m.higher_is_better,
-         KEY_PROTOCOL: m.protocol_string()}
+         KEY_PROTOCOL: m.protocol_string(), **(key or {})}
         for m in measurements
     ]
 
 
-def write_csv_rows(path: Path, method: str, measurements: list[Measurement],
-                   only_metrics: set[str] | None = None) -> None:
-    """Replace `method`'s rows of `all.csv` (other methods' rows are kept in their order); with `only_metrics`,
-    only its rows of those quantity keys."""
+def upgrade_table(table, path: Path, seed: int, eval_split: str | None):
+    """An `all.csv` in taxabench's columns: a layout-1 table (final evaluations of one seed) gains the seed, point,
+    split and budget columns; any other set of columns is refused, naming the file."""
+    if list(table.columns) == list(LAYOUT_1_COLUMNS):
+        table = table.assign(**{KEY_SEED: seed, KEY_POINT: POINT_FINAL, KEY_SPLIT: eval_split},
+                             **{axis: math.nan for axis in BUDGET_COLUMNS})
+    if list(table.columns) != list(CSV_COLUMNS):
+        raise TaxabenchError(f"{path} has columns {list(table.columns)}, expected {list(CSV_COLUMNS)}; "
+                             "move it away and re-evaluate every method")
+    return table
+
+
+def write_csv_rows(path: Path, method: str, measurements: list[Measurement], key: dict[str, Any],
+                   only_metrics: frozenset[str] | None = None) -> None:
+    """Replace the rows of `method` at `key`'s seed and point in `all.csv` (other rows are kept in their order):
+    those of `only_metrics`, or (None) all but the `SEPARATE_METRICS` another step writes."""
     import pandas as pd
 
-    new = pd.DataFrame(csv_rows(method, measurements), columns=list(CSV_COLUMNS))
+    new = pd.DataFrame(csv_rows(method, measurements, key), columns=list(CSV_COLUMNS))
     if path.is_file():
-        old = pd.read_csv(path)
-        if list(old.columns) != list(CSV_COLUMNS):
-            raise TaxabenchError(f"{path} has columns {list(old.columns)}, expected {list(CSV_COLUMNS)}; "
-                                 "move it away and re-evaluate every method")
-        replaced = old[KEY_METHOD] == method
-        if only_metrics is not None:
-            replaced &= old[KEY_METRIC].isin(list(only_metrics))
-        new = pd.concat([old[~replaced], new], ignore_index=True)
+        old = upgrade_table(pd.read_csv(path), path, key[KEY_SEED], key[KEY_SPLIT])
+        same = (old[KEY_METHOD] == method) & (old[KEY_SEED] == key[KEY_SEED]) & (old[KEY_POINT] == key[KEY_POINT])
+        same &= old[KEY_METRIC].isin(only_metrics) if only_metrics is not None else ~old[KEY_METRIC].isin(SEPARATE_METRICS)
+        new = pd.concat([old[~same], new], ignore_index=True)
     atomic_write_bytes(path, new.to_csv(index=False).encode())
 
 
@@ -319,10 +376,13 @@ def _small_sample_warnings(measurements: list[Measurement]) -> list[str]:
 
 
 def _json_report(method: str, config: ExperimentConfig, data: TaxaData, context: EvalContext,
-                 measurements: list[Measurement], notes: list[str]) -> dict[str, Any]:
+                 measurements: list[Measurement], notes: list[str], key: dict[str, Any]) -> dict[str, Any]:
     sets = context.sets
     return {
         "method": method,
+        "seed": key[KEY_SEED],
+        "point": key[KEY_POINT],
+        "budget": {axis: _finite(key[axis]) for axis in BUDGET_COLUMNS},
         "taxabench_version": __version__,
         "config_fingerprint": config.fingerprint("data", "eval"),
         "data": {"dataset": data.dataset, "fingerprint": data.fingerprint(), "eval_split": config.data.eval_split,

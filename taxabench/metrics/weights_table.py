@@ -49,7 +49,7 @@ def weights_table(config: ExperimentConfig | None = None) -> list[WeightsStatus]
                 else:
                     explicit = config.eval.weights.get(name)
                     resolved = resolve_weights(spec, explicit.removeprefix("local-dir:") if explicit else None,
-                                               download=False,
+                                               download=False, revision=config.eval.revisions.get(name),
                                                unverified_sha256=config.eval.unverified_weights.get(name))
                 rows.append(WeightsStatus(name, spec.name, True, f"{resolved.identity(spec.name)}: {resolved.path}",
                                           use))
