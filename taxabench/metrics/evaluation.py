@@ -255,7 +255,7 @@ def check_eval_names(config: ExperimentConfig, where: str = "eval") -> None:
     registered(EXTRACTORS, config.eval.cmmd_extractor, f"{where}.cmmd_extractor")
     if config.eval.diversity_extractor is not None:
         registered(EXTRACTORS, config.eval.diversity_extractor, f"{where}.diversity_extractor")
-    for key in ("weights", "revisions"):
+    for key in ("weights", "revisions", "unverified_weights"):
         for name in getattr(config.eval, key):
             if name not in EXTRACTORS:
                 raise ConfigError(f"{where}.{key}: unknown extractor {name!r}; extractors: "
