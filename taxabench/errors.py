@@ -15,3 +15,8 @@ class DataError(TaxabenchError):
 
 class WeightsNotFoundError(TaxabenchError):
     """Pretrained weights that cannot be resolved offline: the message names the file and how to provide it."""
+
+
+class WeightsInvalidError(WeightsNotFoundError):
+    """Weights that were found (a path given, or a cached file) but are not the expected ones: a wrong SHA-256, an
+    interrupted download. Never a reason to fall back to other weights."""

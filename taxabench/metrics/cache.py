@@ -51,6 +51,7 @@ def save_features(kind: str, fields: dict[str, Any], features: dict[str, np.ndar
     target = folder / f"{key}.npz"
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz.partial", delete=False) as handle:
         np.savez(handle, **features)
+    shared_mode(handle.name)
     os.replace(handle.name, target)
     return target
 
@@ -59,4 +60,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
         handle.write(data)
+    shared_mode(handle.name)
     os.replace(handle.name, path)
+
+
+def shared_mode(path: str | os.PathLike[str], directory: bool = False) -> None:
+    """The mode an ordinary write would give (tempfile makes 0600 files and 0700 folders: unreadable to the
+    group in a shared folder)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
