@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from taxabench.errors import TaxabenchError
+from taxabench.files import read_json, write_bytes, write_text, writing
 from taxabench.metrics.evaluation import (
     CSV_COLUMNS,
     KEY_CI_HIGH,
@@ -60,7 +61,12 @@ class RunFolder:
 
     @classmethod
     def read(cls, root: Path) -> RunFolder:
+        from taxabench.metrics.evaluation import rebuild_table
+
         csv = root / "metrics" / "all.csv"
+        evaluated = sorted(p.stem for p in (root / "metrics").glob("*.json")) if (root / "metrics").is_dir() else []
+        if not csv.is_file() and evaluated:  # derived from the per-method JSONs
+            rebuild_table(root, evaluated)
         if not csv.is_file():
             raise TaxabenchError(f"{csv} not found: evaluate at least one method first (`taxabench eval`)")
         table = pd.read_csv(csv)
@@ -68,7 +74,7 @@ class RunFolder:
             raise TaxabenchError(f"{csv}: columns {list(table.columns)} are not taxabench's ({list(CSV_COLUMNS)})")
         warnings, models = {}, {}
         for path in sorted((root / "metrics").glob("*.json")):
-            content = json.loads(path.read_text())
+            content = read_json(path, f"re-evaluate it: `taxabench run --force eval/{path.stem}`")
             if "method" in content:
                 warnings[content["method"]] = content.get("warnings", [])
                 models.update(content.get("extractors", {}))
@@ -292,7 +298,7 @@ def write_report(run_dir: str | Path, figures: bool = True) -> Path:
     out = run.root / "report"
     out.mkdir(parents=True, exist_ok=True)
     drawn = draw_figures(run, out) if figures else {}
-    (out / "README.md").write_text(render(run, drawn))
+    write_text(out / "README.md", render(run, drawn), "report")
     return out / "README.md"
 
 
@@ -384,11 +390,12 @@ def draw_figures(run: RunFolder, out: Path) -> dict[str, str]:
         drawn["tail"] = _save_figure(fig, axes, out / "rare_vs_common.png")
     grid = sample_grid(run, methods)
     if grid is not None:
-        grid.save(out / "samples.png", optimize=True)
+        with writing(out / "samples.png", "figure") as temporary:
+            grid.save(temporary, format="PNG", optimize=True)
         drawn["samples"] = "samples.png"
     stages = next(iter(sorted(run.root.glob("samples/*/stages.png"))), None)
     if stages is not None:
-        (out / "stages.png").write_bytes(stages.read_bytes())
+        write_bytes(out / "stages.png", stages.read_bytes(), "figure")
         drawn["stages"] = "stages.png"
     return drawn
 
@@ -404,7 +411,8 @@ def _save_figure(fig, axes, path: Path) -> str:
 
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with writing(path, "figure") as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
     plt.close(fig)
     return path.name
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from rich.console import Console
 
 from taxabench.config import ExperimentConfig, load_config
-from taxabench.steps import Ledger, Step, fingerprint, run_steps
+from taxabench.files import write_json, write_text
+from taxabench.steps import Ledger, Step, check_steps, fingerprint, run_steps
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 GUIDANCE_SEPARATOR = "+"
@@ -60,6 +61,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
     from taxabench.data import load_dataset
     from taxabench.methods import get_method
     from taxabench.metrics import evaluate, prepare_extractors
+    from taxabench.metrics.evaluation import rebuild_table
     from taxabench.report import write_report
     from taxabench.sample import sample_method, samples_dir, stage_grid
     from taxabench.train import cpu_only, method_dir, train_method
@@ -96,7 +98,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
             f"train/{method}", train_fps[method],
             lambda method=method: train_method(config, method, run_dir, data=data, show_progress=show_progress),
             clean=lambda method=method: shutil.rmtree(method_dir(run_dir, method), ignore_errors=True),
-            after=("backbone",),
+            after=("backbone",), outputs=(method_dir(run_dir, method) / "manifest.json",),
         ))
     eval_fps = []
     for entry in sample_entries(config):
@@ -111,7 +113,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
         steps.append(Step(
             f"sample/{entry.name}", sample_fp, sample,
             clean=lambda entry=entry: shutil.rmtree(samples_dir(run_dir, entry.name), ignore_errors=True),
-            after=(f"train/{entry.method}",),
+            after=(f"train/{entry.method}",), outputs=(samples_dir(run_dir, entry.name) / "metadata.jsonl",),
         ))
         eval_fp = fingerprint("eval", config.eval, config.data, sample_fp, data_fp)
         eval_fps.append(eval_fp)
@@ -119,12 +121,18 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
             f"eval/{entry.name}", eval_fp,
             lambda entry=entry: evaluate(config, entry.name, run_dir, show_progress=show_progress),
             clean=lambda entry=entry: _remove_metrics(run_dir, entry.name),
-            after=(f"sample/{entry.name}", "metric-models"),
+            after=(f"sample/{entry.name}", "metric-models"), outputs=(run_dir / "metrics" / f"{entry.name}.json",),
         ))
-    steps.append(Step("report", fingerprint("report", eval_fps),
-                      lambda: write_report(run_dir) if state.is_main_process else None,
+
+    def report() -> None:
+        if state.is_main_process:  # all.csv is derived from the per-method JSONs: rebuilt whole, in the run's order
+            rebuild_table(run_dir, [e.name for e in sample_entries(config)])
+            write_report(run_dir)
+
+    steps.append(Step("report", fingerprint("report", eval_fps), report,
                       clean=lambda: shutil.rmtree(run_dir / "report", ignore_errors=True),
-                      after=tuple(f"eval/{e.name}" for e in sample_entries(config))))
+                      after=tuple(f"eval/{e.name}" for e in sample_entries(config)),
+                      outputs=(run_dir / "metrics" / "all.csv", run_dir / "report" / "README.md")))
     return steps
 
 
@@ -141,19 +149,19 @@ def run(config: ExperimentConfig, force: list[str] | None = None, show_progress:
     main = state.is_main_process
     console = console or Console(quiet=not main)
     run_dir = config.run_dir
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config.to_yaml())
     steps = plan(config, run_dir, show_progress=show_progress and main)
+    ledger = Ledger(run_dir / "steps.json", writable=main)
+    check_steps(steps, ledger, force or [])  # a refused config leaves the run folder's config.yaml as it was
     if main:
+        write_text(run_dir / "config.yaml", config.to_yaml(), "config")
         record = {**provenance(), "processes": state.num_processes, "config_fingerprint": config.fingerprint()}
-        (run_dir / "provenance.json").write_text(json.dumps(record, indent=2))
+        write_json(run_dir / "provenance.json", record, "provenance")
     for step in steps:
         step.action, step.clean = _together(step.action, state), _together(step.clean, state, main_only=True)
     with warnings.catch_warnings():
         # small-sample warnings are recorded in metrics/<method>.json and listed by the report
         warnings.simplefilter("ignore", SmallSampleWarning)
-        run_steps(steps, Ledger(run_dir / "steps.json", writable=main), force or [], console)
+        run_steps(steps, ledger, force or [], console)
     return run_dir / "report" / "README.md"
 
 
@@ -188,10 +196,9 @@ def _stages(run_dir: Path, method: str) -> int:
 
 
 def _remove_metrics(run_dir: Path, name: str) -> None:
-    import pandas as pd
+    from taxabench.metrics.evaluation import rebuild_table, table_methods
 
     (run_dir / "metrics" / f"{name}.json").unlink(missing_ok=True)
     table_path = run_dir / "metrics" / "all.csv"
     if table_path.is_file():
-        table = pd.read_csv(table_path)
-        table[table["method"] != name].to_csv(table_path, index=False)
+        rebuild_table(run_dir, [m for m in table_methods(table_path) if m != name])

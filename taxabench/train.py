@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -43,7 +44,8 @@ from torch import nn
 
 from taxabench import __version__
 from taxabench.config import ExperimentConfig
-from taxabench.errors import TaxabenchError
+from taxabench.errors import DamagedFileError, TaxabenchError
+from taxabench.files import building_folder, fault_point, read_json, remove, write_json, write_text
 from taxabench.methods import Method, Stage, TrainingDraws, build_method, get_method
 from taxabench.methods.base import move_inputs
 from taxabench.progress import progress_bar
@@ -55,9 +57,13 @@ TAXONOMY_FILE = "taxonomy.json"
 LOSS_LOG = "loss.csv"
 TRAINABLE_STATE = "trainable.safetensors"
 STEP_FILE = "training_state.json"
-# train fields that change how a run is executed, not what it learns: they may change between restarts
-OPERATIONAL_KEYS = ("checkpoint_every", "checkpoints_total_limit", "num_workers", "cache_latents", "cache_text",
-                    "compile")
+# records the latent cache encodes together: batched enough for a GPU, small enough that a stage shorter than an
+# epoch encodes few images it never uses
+LATENT_BLOCK = 8
+# train fields that change how a run is executed, not what it learns: they may change between restarts. The caches
+# are not among them: cached and uncached encodings differ by float rounding (~1e-7), so switching them on a
+# restart would make the resumed weights differ from an uninterrupted run's.
+OPERATIONAL_KEYS = ("checkpoint_every", "checkpoints_total_limit", "num_workers", "compile")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,10 +121,10 @@ def train_method(
         final = root / stage.name
         if not (final / STAGE_FILE).is_file():
             _train_stage(config, method, stage, data, backbone, root, show_progress and state.is_main_process)
-        method.load(final)  # every process continues from exactly what was saved
+        load_stage(method, final)  # every process continues from exactly what was saved
         if state.is_main_process and stage.name not in manifest["completed"]:
             manifest["completed"].append(stage.name)
-            _write_json(root / MANIFEST, manifest)
+            write_json(root / MANIFEST, manifest, "manifest")
         state.wait_for_everyone()
     return root
 
@@ -162,14 +168,14 @@ def load_checkpoint(
 
     folder = Path(folder)
     if (folder / STAGE_FILE).is_file() and (folder.parent / MANIFEST).is_file() and stage is None:
-        stage = json.loads((folder / STAGE_FILE).read_text())["stage"]["index"]
+        stage = read_json(folder / STAGE_FILE, _retrain_fix(folder.parent, expect_method))["stage"]["index"]
         folder = folder.parent
     if not (folder / MANIFEST).is_file():
         raise TaxabenchError(
             f"{folder} is not a trained method folder (no {MANIFEST}); train it first with "
             f"`taxabench train --config FILE --method {expect_method or '<name>'}`"
         )
-    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest = read_json(folder / MANIFEST, _retrain_fix(folder, expect_method))
     if expect_method is not None and manifest["method"] != expect_method:
         raise TaxabenchError(
             f"{folder} holds a checkpoint of method '{manifest['method']}', not '{expect_method}'"
@@ -212,7 +218,7 @@ def load_checkpoint(
     checkpoint = folder
     if chosen is not None:
         checkpoint = folder / chosen.name
-        method.load(checkpoint)
+        load_stage(method, checkpoint)
     method.conditioner.eval()
     return TrainedMethod(method, backbone, chosen, checkpoint, taxonomy, manifest)
 
@@ -230,11 +236,28 @@ def training_fingerprint(config: ExperimentConfig, method: Method, data, backbon
     }
 
 
+def load_stage(method: Method, folder: Path) -> None:
+    """`method.load(folder)`, with a damaged (truncated, corrupted) file named in one line and how to redo it."""
+    from safetensors import SafetensorError
+
+    try:
+        method.load(folder)
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as error:
+        raise DamagedFileError(folder, f"its weights cannot be read ({type(error).__name__}: {error})",
+                               _retrain_fix(folder.parent, method.name)) from error
+
+
+def _retrain_fix(root: Path, method_name: str | None) -> str:
+    name = method_name or root.name
+    return (f"retrain it: `taxabench run --force train/{name}` (or remove {root} and rerun "
+            f"`taxabench train --method {name}`)")
+
+
 def read_taxonomy(path: Path):
     """The taxonomy a checkpoint was trained on (written as ranks + the lineages of its finest-rank taxa)."""
     from taxabench.taxonomy import Record, Taxonomy
 
-    saved = json.loads(path.read_text())
+    saved = read_json(path, _retrain_fix(path.parent, None))
     ranks = saved["ranks"]
     records = [Record(Path(), tuple(lineage) + (None,) * (len(ranks) - len(lineage)), "train", f"{path}")
                for lineage in saved["taxa"]]
@@ -258,7 +281,7 @@ def _open_manifest(root, method, stages, fingerprint, backbone, config, data, is
     """Read the manifest of an earlier run (same config required) or write a fresh one."""
     path = root / MANIFEST
     if path.is_file():
-        manifest = json.loads(path.read_text())
+        manifest = read_json(path, _retrain_fix(root, method.name))
         differences = _differences(manifest.get("fingerprint", {}), fingerprint)
         if manifest.get("method") != method.name or differences:
             what = "; ".join(differences[:4]) or f"method {manifest.get('method')!r}"
@@ -284,9 +307,9 @@ def _open_manifest(root, method, stages, fingerprint, backbone, config, data, is
     if is_main:
         root.mkdir(parents=True, exist_ok=True)
         taxa = [list(t.lineage) for t in data.taxonomy.taxa(data.ranks[-1])]
-        _write_json(root / TAXONOMY_FILE, {"ranks": list(data.ranks), "taxa": taxa})
-        (root / "config.yaml").write_text(config.to_yaml())
-        _write_json(path, manifest)
+        write_json(root / TAXONOMY_FILE, {"ranks": list(data.ranks), "taxa": taxa}, "manifest")
+        write_text(root / "config.yaml", config.to_yaml(), "config")
+        write_json(path, manifest, "manifest")
     return manifest
 
 
@@ -297,13 +320,6 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
             found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
         return found
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Atomic: a reader sees the old file or the new one, never half of one."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(partial, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -338,22 +354,29 @@ class SampleStream:
 
 class LatentCache:
     """VAE posterior mean and std per training image: computed on first use and kept (`cache=True`), or
-    recomputed for every batch (`cache=False`, for measuring). Both give the same latents: a posterior sample is
-    drawn afterwards from the sample's own generator, `mean + std · ε`."""
+    recomputed for every batch (`cache=False`, for measuring). A posterior sample is drawn afterwards from the
+    sample's own generator, `mean + std · ε`.
+
+    A convolution's result for one image depends on the batch it is computed in (~1e-6 on CPU). So the cache
+    encodes fixed blocks of `LATENT_BLOCK` consecutive records — the block of a missing image, whole — never "whatever
+    was missing in this batch": a record's cached latents are then the same whichever step first needs it, and a
+    run resumed from a checkpoint (with an empty cache) trains on exactly the numbers an uninterrupted run did.
+    Uncached, each batch is encoded as it comes, a function of the step too; the two modes differ by rounding,
+    so the flag is part of what a checkpoint resumes under (`training_fingerprint`)."""
 
     def __init__(self, records, data_config, backbone, cache: bool, workers: int):
         self.records, self.data_config, self.backbone = records, data_config, backbone
-        self.cache = cache
+        self.cache, self.block = cache, LATENT_BLOCK
         self.stored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.pool = ThreadPoolExecutor(workers) if workers > 0 else None
 
     def moments(self, indices: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = sorted({i for i in indices if i not in self.stored}) if self.cache else list(indices)
-        if missing:
-            mean, std = self._encode(missing, device)
-            if not self.cache:
-                return mean, std
-            for i, m, s in zip(missing, mean.cpu(), std.cpu()):
+        if not self.cache:
+            return self._encode(list(indices), device)
+        for first in sorted({i - i % self.block for i in indices if i not in self.stored}):
+            block = list(range(first, min(first + self.block, len(self.records))))
+            mean, std = self._encode(block, device)
+            for i, m, s in zip(block, mean.cpu(), std.cpu()):
                 self.stored[i] = (m, s)
         means = torch.stack([self.stored[i][0] for i in indices]).to(device)
         stds = torch.stack([self.stored[i][1] for i in indices]).to(device)
@@ -376,7 +399,10 @@ class LatentCache:
 
 class TextCache:
     """Frozen text-encoder embeddings per unique string (`cache=True`), or encoded every time (`cache=False`),
-    returned in `dtype` (training: float32, what the trainable condition modules compute in)."""
+    returned in `dtype` (training: float32, what the trainable condition modules compute in).
+
+    Cached, each string is encoded by itself, so its embedding does not depend on which other strings happened
+    to be missing at the same time (a resumed run starts with an empty cache; see `LatentCache`)."""
 
     def __init__(self, backbone, cache: bool, dtype: torch.dtype = torch.float32):
         self.backbone, self.cache, self.dtype = backbone, cache, dtype
@@ -385,9 +411,8 @@ class TextCache:
     def __call__(self, strings: list[str]) -> torch.Tensor:
         if not self.cache:
             return self.backbone.encode_text(strings).to(self.dtype)
-        missing = sorted(set(strings) - set(self.stored))
-        if missing:
-            self.stored.update(zip(missing, self.backbone.encode_text(missing).to(self.dtype)))
+        for string in sorted(set(strings) - set(self.stored)):
+            self.stored[string] = self.backbone.encode_text([string])[0].to(self.dtype)
         return torch.stack([self.stored[s] for s in strings])
 
 
@@ -596,6 +621,7 @@ def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Pat
         for step in range(start, stage.steps):
             started = time.perf_counter()
             step_loss = trainer.step(step)
+            fault_point("train-step")
             seconds = time.perf_counter() - started
             rate = trainer.global_batch / seconds
             if accelerator.is_main_process:
@@ -609,16 +635,13 @@ def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Pat
         trainer.ema.copy_to_params()
     final = root / stage.name
     if accelerator.is_main_process:
-        staging = root / f".{stage.name}.partial"
-        if staging.exists():
-            shutil.rmtree(staging)
-        files = method.save(staging)
-        _write_json(staging / STAGE_FILE, {
-            "method": method.name, "stage": {"index": stage.index, "name": stage.name, "steps": stage.steps,
-                                             "description": stage.description},
-            "files": files, "taxabench_version": __version__,
-        })
-        os.replace(staging, final)
+        with building_folder(final, "stage") as staging:
+            files = method.save(staging)
+            write_json(staging / STAGE_FILE, {
+                "method": method.name, "stage": {"index": stage.index, "name": stage.name, "steps": stage.steps,
+                                                 "description": stage.description},
+                "files": files, "taxabench_version": __version__,
+            }, "stage-file")
         shutil.rmtree(state_dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # the state folder goes once no stage is in progress
             state_dir.parent.rmdir()
@@ -638,26 +661,46 @@ def _default_device() -> torch.device:
     return PartialState(cpu=cpu_only()).device
 
 
+def _checkpoints(state_dir: Path) -> list[tuple[int, Path]]:
+    """The complete accelerate states of a stage, oldest first: `checkpoint-<step>` folders (a state being written
+    lives under a `.partial` name until it is whole) holding their step file."""
+    if not state_dir.is_dir():
+        return []
+    found = [(p, p.name.removeprefix("checkpoint-")) for p in state_dir.glob("checkpoint-*")]
+    return sorted((int(step), p) for p, step in found if step.isdigit() and (p / STEP_FILE).is_file())
+
+
 def _resume(accelerator, state_dir: Path) -> int:
     """Load the latest complete accelerate state of this stage; return the optimizer step it was saved at."""
-    done = sorted(
-        (int(p.name.split("-")[1]), p) for p in state_dir.glob("checkpoint-*") if (p / STEP_FILE).is_file()
-    ) if state_dir.is_dir() else []
+    done = _checkpoints(state_dir)
     if not done:
         return 0
     step, path = done[-1]
-    accelerator.load_state(str(path))
+    try:
+        accelerator.load_state(str(path))
+    except Exception as error:  # torch, pickle and safetensors each raise their own type
+        raise DamagedFileError(path, f"the training state cannot be loaded ({type(error).__name__}: {error})",
+                               "remove that folder to resume from the previous state (or from the stage's start)") \
+            from error
     return step
 
 
 def _save_state(accelerator, state_dir: Path, step: int, keep: int) -> None:
-    """Save the accelerate state as `checkpoint-<step>` (complete once its step file exists); keep the last `keep`."""
+    """Save the accelerate state as `checkpoint-<step>`: written under a `.partial` name (every process writes its
+    random states into it), then renamed whole; keep the last `keep`."""
     target = state_dir / f"checkpoint-{step}"
-    accelerator.save_state(str(target))
+    staging = state_dir / f".checkpoint-{step}.partial"
+    if accelerator.is_main_process:
+        remove(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_json(target / STEP_FILE, {"step": step})
-        finished = sorted((int(p.name.split("-")[1]), p) for p in state_dir.glob("checkpoint-*"))
+        write_json(staging / STEP_FILE, {"step": step}, "state-step")
+        fault_point("state")
+        remove(target)
+        os.replace(staging, target)
+        finished = _checkpoints(state_dir)
         for _, old in finished[: max(0, len(finished) - keep)]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
@@ -676,12 +719,17 @@ def _log(path: Path, stage: int, step: int, loss: float, lr: float, rate: float,
 
 
 def _truncate_log(path: Path, stage: int, step: int) -> None:
-    """Drop log rows that a resumed run will write again (this stage's steps after `step`)."""
+    """Drop log rows that a resumed run will write again (this stage's steps after `step`), and a last row that a
+    kill cut short."""
     if not path.is_file():
         return
     with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) < stage or (int(r[0]) == stage and int(r[1]) <= step)]
-    with open(path, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
+        rows = [r for r in csv.reader(handle) if len(r) == len(LOG_COLUMNS)]
+    if not rows or tuple(rows[0]) != LOG_COLUMNS:
+        rows = [list(LOG_COLUMNS)]
+    kept = [rows[0]] + [r for r in rows[1:] if r[0].isdigit() and r[1].isdigit() and r[5][-1:].isdigit()
+                        and (int(r[0]) < stage or (int(r[0]) == stage and int(r[1]) <= step))]
+    lines = io.StringIO()
+    csv.writer(lines).writerows(kept)
+    write_text(path, lines.getvalue(), "loss-log")
 

@@ -6,7 +6,9 @@ Reads `runs/<name>/samples/<method>/` (contract: `taxabench.metrics.samples`), c
 - `runs/<name>/metrics/<method>.json`: every measurement with its N, CI, extractor, weights identity, protocol,
   per-taxon values for the rank scopes, and the warnings;
 - `runs/<name>/metrics/all.csv`: the method's rows, replacing any earlier rows of the same method. This file is the
-  single source of the report tables. Columns (`CSV_COLUMNS`, in this order):
+  single source of the report tables; it is derived from the per-method JSONs (`rebuild_table`), so a deleted or
+  damaged one is rebuilt, and its numbers never go through a CSV round trip. Columns (`CSV_COLUMNS`, in this
+  order):
 
   ===================  =====================================================================================
   method               the method name (sample folder name)
@@ -46,8 +48,9 @@ from taxabench import __version__
 from taxabench.config import ExperimentConfig
 from taxabench.data import TaxaData, load_dataset
 from taxabench.errors import TaxabenchError
+from taxabench.files import read_json, write_bytes
 from taxabench.metrics.aggregate import Resampling
-from taxabench.metrics.cache import atomic_write_bytes, load_features, save_features
+from taxabench.metrics.cache import files_key, load_features, save_features
 from taxabench.metrics.extractor_base import FeatureExtractor
 from taxabench.metrics.features import (
     ImageSet,
@@ -154,7 +157,8 @@ class EvalContext:
                     "image_size": self.config.data.image_size, "resize": self.config.data.resize,
                     "use_bbox": self.config.data.use_bbox}
         if side == "real":
-            fields = {**settings, "data": self.data.fingerprint(), "split": self.config.data.eval_split}
+            fields = {**settings, "data": self.data.fingerprint(), "split": self.config.data.eval_split,
+                      "files": files_key(r.image for r in self.data.eval)}
             split = real_images(self.data.eval, self.config.data)
             features = self._cached("real", fields, split, f"{name}: real images")
             features = {k: v[self.sets.real_rows] for k, v in features.items()}
@@ -240,7 +244,7 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
 
     if PartialState().is_main_process:
         report = _json_report(method, config, data, context, measurements, notes)
-        atomic_write_bytes(json_path, json.dumps(report, indent=2, allow_nan=False).encode())
+        write_bytes(json_path, json.dumps(report, indent=2, allow_nan=False).encode(), "metrics")
         write_csv_rows(csv_path, method, measurements)
     return EvalResult(method, measurements, json_path, csv_path, notes)
 
@@ -257,17 +261,43 @@ def csv_rows(method: str, measurements: list[Measurement]) -> list[dict[str, Any
 
 
 def write_csv_rows(path: Path, method: str, measurements: list[Measurement]) -> None:
-    """Replace `method`'s rows of `all.csv` (other methods' rows are kept in their order)."""
+    """Replace `method`'s rows of `all.csv`: the methods already there keep their order, a new one comes last."""
+    del measurements  # the rows are read back from the method's JSON, written just before: one source
+    rebuild_table(path.parent.parent, [*table_methods(path), method])
+
+
+def table_methods(path: Path) -> list[str]:
+    """The methods of an `all.csv`, in order (none when it is missing or unreadable)."""
     import pandas as pd
 
-    new = pd.DataFrame(csv_rows(method, measurements), columns=list(CSV_COLUMNS))
-    if path.is_file():
-        old = pd.read_csv(path)
-        if list(old.columns) != list(CSV_COLUMNS):
-            raise TaxabenchError(f"{path} has columns {list(old.columns)}, expected {list(CSV_COLUMNS)}; "
-                                 "move it away and re-evaluate every method")
-        new = pd.concat([old[old[KEY_METHOD] != method], new], ignore_index=True)
-    atomic_write_bytes(path, new.to_csv(index=False).encode())
+    try:
+        return list(dict.fromkeys(pd.read_csv(path, usecols=[KEY_METHOD], dtype=str)[KEY_METHOD]))
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return []
+
+
+def rebuild_table(run_dir: Path, methods: list[str]) -> Path:
+    """Write `<run>/metrics/all.csv` from `metrics/<method>.json` of each of `methods` that has one, in that order."""
+    import pandas as pd
+
+    folder = Path(run_dir) / "metrics"
+    rows = []
+    for method in dict.fromkeys(methods):
+        path = folder / f"{method}.json"
+        if path.is_file():
+            report = read_json(path, f"re-evaluate it: `taxabench run --force eval/{method}`")
+            rows += [json_csv_row(method, entry) for entry in report.get("measurements", [])]
+    table = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+    return write_bytes(folder / "all.csv", table.to_csv(index=False).encode(), "table")
+
+
+def json_csv_row(method: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """An `all.csv` row from a measurement of a method's JSON (undefined numbers are null there, NaN here)."""
+    row = {key: entry[key] for key in CSV_COLUMNS if key not in (KEY_METHOD, KEY_PROTOCOL)}
+    row = {key: math.nan if value is None and key in (KEY_VALUE, KEY_CI_LOW, KEY_CI_HIGH) else value
+           for key, value in row.items()}
+    protocol = ";".join(f"{k}={v}" for k, v in entry[KEY_PROTOCOL].items())
+    return {KEY_METHOD: method, **row, KEY_PROTOCOL: protocol}
 
 
 def _small_sample_warnings(measurements: list[Measurement]) -> list[str]:
