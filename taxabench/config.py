@@ -27,6 +27,10 @@ from taxabench.errors import ConfigError, TaxabenchError
 # Sections
 # ---------------------------------------------------------------------------------------------------------------
 
+# throughput levers (taxabench/levers.py): the scaled-dot-product-attention kernel and torch.compile's mode
+Attention = Literal["auto", "flash", "efficient", "cudnn", "math"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
 
 @dataclass
 class SpeciesSubset:
@@ -225,6 +229,9 @@ class TrainConfig:
     # torch.compile the denoiser (inductor). Off by default: on a CPU the tiny backbone's steps got ~13% faster after
     # ~3 minutes of compiling per stage (reports/perf/README.md); benchmarks/gpu_check.sh measures it on a GPU
     compile: bool = False
+    compile_mode: CompileMode = "default"  # torch.compile's mode when compile is on
+    channels_last: bool = False  # NHWC convolution weights (taxabench/levers.py)
+    attention: Attention = "auto"  # the SDPA kernel; auto: PyTorch's choice per call
     checkpoint_every: int = 100  # accelerate state every N steps (resume point)
     checkpoints_total_limit: int = 2
     num_workers: int = 0
@@ -244,6 +251,7 @@ class TrainConfig:
             raise ConfigError(f"{where}: lr_warmup_steps, max_grad_norm and num_workers may not be negative")
         if self.checkpoints_total_limit < 1:
             raise ConfigError(f"{where}.checkpoints_total_limit: keep at least 1, got {self.checkpoints_total_limit}")
+        _check_compile_mode(self.compile, self.compile_mode, where)
 
 
 @dataclass
@@ -262,6 +270,12 @@ class SampleConfig:
     # auto: float64 on CPU (the same PNG bytes whatever the batch size or process count), float16 on CUDA
     precision: Literal["auto", "float64", "float32", "float16", "bfloat16"] = "auto"
     stage: int | None = None  # sample this training stage's checkpoint; None: the last one
+    # throughput levers (taxabench/levers.py), off by default: torch.compile the UNet (reduce-overhead: CUDA graphs),
+    # NHWC convolution weights in the UNet and VAE, the SDPA kernel
+    compile: bool = False
+    compile_mode: CompileMode = "default"
+    channels_last: bool = False
+    attention: Attention = "auto"
 
     def validate(self, where: str) -> None:
         _positive(self.images_per_taxon, f"{where}.images_per_taxon")
@@ -271,6 +285,7 @@ class SampleConfig:
             raise ConfigError(f"{where}.guidance_scale: may not be negative, got {self.guidance_scale}")
         if self.stage is not None and self.stage < 0:
             raise ConfigError(f"{where}.stage: a stage index is at least 0, got {self.stage}")
+        _check_compile_mode(self.compile, self.compile_mode, where)
 
 
 @dataclass
@@ -297,6 +312,9 @@ class EvalConfig:
     weights: dict[str, str] = field(default_factory=dict)  # extractor -> explicit weights file or folder
     lpips_size: int | None = None  # common size images are resized to for LPIPS; None: data.image_size
     lpips_max_real: int = 32  # real images of its taxon each generated image is compared with (seeded subset)
+    # all: each generated image against all those real images (mean); index: the i-th generated against the i-th
+    # real image of its taxon, as the paper group's LPIPS script pairs them
+    lpips_pairing: Literal["all", "index"] = "all"
     # pretrained: require the ImageNet VGG16; untrained: a seeded random backbone; auto: pretrained when it resolves
     # offline, else untrained. An untrained backbone is named "LPIPS (VGG, untrained backbone)" everywhere.
     lpips_backbone: Literal["auto", "pretrained", "untrained"] = "auto"
@@ -465,6 +483,12 @@ def _registered(registry: Any, name: str, where: str) -> None:
         registry.get(name)
     except TaxabenchError as error:
         raise ConfigError(f"{where}: {error}") from error
+
+
+def _check_compile_mode(compile_: bool, mode: str, where: str) -> None:
+    if mode != "default" and not compile_:
+        raise ConfigError(f"{where}.compile_mode: '{mode}' has no effect while {where}.compile is false; set "
+                          f"{where}.compile: true, or drop compile_mode")
 
 
 def _positive(value: int, where: str) -> None:

@@ -39,6 +39,7 @@ from diffusers.utils import BaseOutput
 from taxabench.config import ExperimentConfig, SampleConfig
 from taxabench.errors import TaxabenchError
 from taxabench.files import fault_point, read_json, write_json, writing
+from taxabench.levers import attention_backend, check_levers, compile_in_place, to_channels_last
 from taxabench.methods import GUIDANCE_KINDS, Method, Stage
 from taxabench.methods.base import move_inputs
 from taxabench.progress import progress_bar
@@ -101,6 +102,7 @@ class TaxonomyPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
     accepted_methods: tuple[str, ...] | None = None  # None: any registered method
+    attention = "auto"  # the UNet's SDPA kernel (`enable_levers`)
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, method=None, taxonomy=None, stage=None):
         super().__init__()
@@ -145,6 +147,20 @@ class TaxonomyPipeline(DiffusionPipeline):
         """
         for module in (self.vae, self.text_encoder, self.unet, self.method.conditioner):
             torch.nn.Module.to(module, *args, **kwargs)
+        return self
+
+    def enable_levers(self, channels_last: bool = False, attention: str = "auto",
+                      compile_mode: str | None = None) -> TaxonomyPipeline:
+        """Throughput levers (taxabench/levers.py), after `to()`: NHWC weights in the UNet and VAE, the UNet's SDPA
+        kernel (not the VAE's: its single 512-wide head is beyond the flash kernel), torch.compile of the UNet in
+        `compile_mode` (None: eager; `reduce-overhead` replays CUDA graphs). The guidance pair already shares one
+        UNet call and a batch is decoded by one VAE call in the pipeline's dtype."""
+        check_levers("sample", attention, compile_mode, self._execution_device, self.unet.dtype)
+        if channels_last:
+            to_channels_last(self.unet, self.vae)
+        if compile_mode is not None:
+            compile_in_place(self.unet, compile_mode)
+        self.attention = attention
         return self
 
     # -- steps of __call__ -----------------------------------------------------------------------------------------
@@ -263,7 +279,8 @@ class TaxonomyPipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = latents if negative is None else torch.cat([latents] * 2)
             model_input = self.scheduler.scale_model_input(model_input, t)
-            noise_pred = self.unet(model_input, t, encoder_hidden_states=context.to(dtype)).sample
+            with attention_backend(self.attention):
+                noise_pred = self.unet(model_input, t, encoder_hidden_states=context.to(dtype)).sample
             if negative is not None:
                 noise_negative, noise_positive = noise_pred.chunk(2)
                 # ε̃ = (1+w)·ε(x,t,c) − w·ε(x,t,c⁻), w = s − 1; c⁻ = c⁽⁰⁾ for taxonomy guidance (paper §3.4)
@@ -337,6 +354,7 @@ def sample_method(
     pipeline = TaxonomyPipeline.from_trained(trained, sample.scheduler)
     dtype = sampling_dtype(sample.precision, state.device)
     pipeline.to(state.device, dtype)
+    pipeline.enable_levers(sample.channels_last, sample.attention, sample.compile_mode if sample.compile else None)
     pipeline.set_progress_bar_config(disable=True)
     guidance = trained.method.check_guidance(sample.guidance)
     taxa = select_taxa(trained.taxonomy, sample)

@@ -46,6 +46,7 @@ from taxabench import __version__
 from taxabench.config import ExperimentConfig
 from taxabench.errors import DamagedFileError, TaxabenchError
 from taxabench.files import building_folder, fault_point, read_json, remove, write_json, write_text
+from taxabench.levers import attention_backend, check_levers, to_channels_last
 from taxabench.methods import Method, Stage, TrainingDraws, build_method, get_method
 from taxabench.methods.base import move_inputs
 from taxabench.progress import progress_bar
@@ -63,7 +64,8 @@ LATENT_BLOCK = 8
 # train fields that change how a run is executed, not what it learns: they may change between restarts. The caches
 # are not among them: cached and uncached encodings differ by float rounding (~1e-7), so switching them on a
 # restart would make the resumed weights differ from an uninterrupted run's.
-OPERATIONAL_KEYS = ("checkpoint_every", "checkpoints_total_limit", "num_workers", "compile")
+OPERATIONAL_KEYS = ("checkpoint_every", "checkpoints_total_limit", "num_workers", "compile", "compile_mode",
+                    "channels_last", "attention")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -474,7 +476,7 @@ class StageTrainer:
     def __init__(self, config, method: Method, stage: Stage, data, backbone):
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.utils import DistributedDataParallelKwargs, TorchDynamoPlugin
         from diffusers.optimization import get_scheduler
 
         train = config.train
@@ -488,10 +490,11 @@ class StageTrainer:
             mixed_precision=_mixed_precision(train.mixed_precision, _default_device()),
             # a method may leave some trainable modules out of a step (the random-rank ablation)
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-            dynamo_backend="inductor" if train.compile else "no",
+            dynamo_plugin=TorchDynamoPlugin(backend="inductor" if train.compile else "no", mode=train.compile_mode),
         )
         device = self.device = accelerator.device
         weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+        check_levers("train", train.attention, train.compile_mode if train.compile else None, device, weight_dtype)
 
         # freeze everything, then let the method mark what trains in this stage
         backbone.freeze()
@@ -506,6 +509,8 @@ class StageTrainer:
                 param.data = param.data.float() if id(param) in owned else param.data.to(weight_dtype)
             module.to(device)
         method.conditioner.to(device)
+        if train.channels_last:
+            to_channels_last(backbone.vae, backbone.unet)
 
         model = Denoiser(backbone.unet, method, stage).train()
         # the fused CUDA kernel updates every parameter in one launch instead of a few per parameter
@@ -592,7 +597,8 @@ class StageTrainer:
                     target = noise
                 labels = [self.data.train[i].labels for i in indices]
                 inputs = move_inputs(self.method.condition_inputs(labels, stage, self.text, draws), device)
-                prediction = self.model(noisy, timesteps, inputs)
+                with attention_backend(train.attention):
+                    prediction = self.model(noisy, timesteps, inputs)
                 loss = F.mse_loss(prediction.float(), target.float())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and train.max_grad_norm > 0:

@@ -96,7 +96,7 @@ def test_reevaluation_reads_caches_and_replaces_its_rows(evaluated, monkeypatch)
         raise AssertionError("features were recomputed instead of read from the cache")
 
     monkeypatch.setattr(module, "extract_features", no_extraction)
-    monkeypatch.setattr("taxabench.metrics.metric_lpips._embed", no_extraction)
+    monkeypatch.setattr("taxabench.metrics.metric_lpips._lpips_matrix", no_extraction)
     before = pd.read_csv(result.csv_path)
     config.eval.metrics = ["fd", "lpips", "clip_score"]
     try:

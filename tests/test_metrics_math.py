@@ -50,7 +50,7 @@ def test_fd_of_gaussians_matches_the_closed_form():
     d = 16
     mu = np.linspace(-1, 1, d)
     def stats(mean, covariance):
-        return FDStatistics(torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(covariance), 1e9)
+        return FDStatistics.from_covariance(mean, covariance, 1e9)
 
     exact = fd_statistics_to_metric(stats(np.zeros(d), np.eye(d)), stats(mu, 4 * np.eye(d)))
     assert exact == pytest.approx(mu @ mu + d * (1 - 2) ** 2, rel=1e-10)
@@ -77,6 +77,35 @@ def test_fd_is_exact_with_fewer_images_than_dimensions():
     expected = (np.sum((real.mean(0) - generated.mean(0)) ** 2) + np.trace(s_r) + np.trace(s_g)
                 - 2 * np.sqrt(np.clip(eigenvalues.real, 0, None)).sum())
     assert fd_from_features(real, generated) == pytest.approx(expected, rel=1e-6)
+
+
+def test_per_taxon_fd_scales_with_the_image_count_and_equals_sqrtm():
+    """A few images in many dimensions (one taxon's Inception features): the n x n route builds no d x d matrix and
+    equals the d x d eigen route and scipy's sqrtm (pytorch-fid's and clean-fid's route) on the same statistics."""
+    from cleanfid.fid import frechet_distance
+
+    rng = np.random.default_rng(4)
+    d = 512
+    real, generated = correlated(rng, 12, d), correlated(rng, 9, d, shift=0.2)
+    real_stats, generated_stats = fd_features_to_statistics(real), fd_features_to_statistics(generated)
+    assert real_stats.factor.shape == (12, d) and generated_stats.factor.shape == (9, d)
+    ours = fd_statistics_to_metric(real_stats, generated_stats)
+
+    mu_r, sigma_r = real.mean(0), np.cov(real, rowvar=False)
+    mu_g, sigma_g = generated.mean(0), np.cov(generated, rowvar=False)
+    square = fd_statistics_to_metric(FDStatistics.from_covariance(mu_r, sigma_r, 12),
+                                     FDStatistics.from_covariance(mu_g, sigma_g, 9))
+    # the d x d route clips the d - n eigenvalues that should be 0 but are rounded to +-eps * ||S||
+    assert ours == pytest.approx(square, rel=1e-8)
+    # sqrtm of a rank-deficient product carries errors of order sqrt(eps) * ||S||: a looser relative tolerance
+    assert ours == pytest.approx(frechet_distance(mu_r, sigma_r, mu_g, sigma_g), rel=1e-4)
+
+
+def test_pooled_fd_keeps_the_d_by_d_factor_when_images_outnumber_dimensions(feature_sets):
+    real, _ = feature_sets
+    stats = fd_features_to_statistics(real)
+    assert stats.factor.shape == (48, 48)
+    torch.testing.assert_close(stats.covariance, torch.from_numpy(np.cov(real, rowvar=False)), rtol=1e-10, atol=1e-12)
 
 
 def test_weighted_statistics_equal_repeated_rows(feature_sets):

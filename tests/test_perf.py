@@ -17,6 +17,7 @@ from taxabench.train import train_method
 from tests.conftest import experiment
 
 AUTHORS = {"mixed_precision": "no", "cache_latents": False, "cache_text": False}
+LEVERS = {"channels_last": True, "attention": "math"}  # the levers a CPU has besides compile (math: not auto's flash)
 TWO_RANKS = {"taxadiffusion": {"ranks": ["class", "order"]}}
 SPECIES = ["bubuii", "nomoatus"]
 
@@ -28,9 +29,10 @@ def loss_curve(folder) -> list[tuple[int, int, float]]:
 
 @pytest.fixture(scope="module")
 def authors_and_defaults(tiny_world, tiny_data, tiny_backbone, tmp_path_factory):
-    """taxadiffusion on two ranks, 2 steps per stage, trained in the authors' configuration and with the defaults."""
+    """taxadiffusion on two ranks, 2 steps per stage, trained in the authors' configuration, with the defaults, and
+    with the defaults plus the throughput levers."""
     folders = {}
-    for name, flags in (("authors", AUTHORS), ("defaults", {})):
+    for name, flags in (("authors", AUTHORS), ("defaults", {}), ("levers", LEVERS)):
         config = experiment(tiny_world, tmp_path_factory.mktemp(name), train={"steps_per_stage": 2, **flags},
                             method_options=TWO_RANKS, sample={"taxa": SPECIES})
         folders[name] = (config, train_method(config, "taxadiffusion", data=tiny_data, show_progress=False))
@@ -51,11 +53,21 @@ def test_the_authors_configuration_gives_the_same_loss_curve(authors_and_default
             torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
 
 
+def test_channels_last_and_the_attention_kernel_give_the_same_loss_curve(authors_and_defaults):
+    (_, defaults), (_, levers) = authors_and_defaults["defaults"], authors_and_defaults["levers"]
+    plain, fast = loss_curve(defaults), loss_curve(levers)
+    assert [r[:2] for r in plain] == [r[:2] for r in fast] and len(fast) == 4
+    # NHWC convolutions and the math attention kernel sum in another order: float32 rounding, nothing more
+    np.testing.assert_allclose([r[2] for r in fast], [r[2] for r in plain], rtol=1e-4, atol=1e-6)
+
+
 def test_one_image_per_call_gives_the_same_samples(authors_and_defaults, tmp_path):
     config, _ = authors_and_defaults["defaults"]
 
-    def images(batch_size: int, precision: str, name: str) -> dict[str, np.ndarray]:
+    def images(batch_size: int, precision: str, name: str, **levers) -> dict[str, np.ndarray]:
         config.sample.batch_size, config.sample.precision = batch_size, precision
+        config.sample.channels_last, config.sample.attention = levers.get("channels_last", False), levers.get(
+            "attention", "auto")
         folder = sample_method(config, "taxadiffusion", output=name, show_progress=False)
         return {p.relative_to(folder).as_posix(): np.asarray(Image.open(p), dtype=np.int16)
                 for p in sorted(folder.glob("*/*.png"))}
@@ -69,6 +81,8 @@ def test_one_image_per_call_gives_the_same_samples(authors_and_defaults, tmp_pat
     for key in batched:  # float32 rounding moves a few pixel values by a level or two, nothing more
         difference = np.abs(authors[key] - batched[key])
         assert difference.max() <= 3 and difference.mean() < 0.05, key
+    with_levers = images(8, "float64", "levers-float64", **LEVERS)  # NHWC weights, the math attention kernel
+    assert all(np.array_equal(with_levers[k], batched[k]) for k in batched)
 
 
 # ---------------------------------------------------------------------------------------------------------------

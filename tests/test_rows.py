@@ -108,7 +108,7 @@ def test_a_symbolic_link_out_of_the_root_is_refused(tmp_path):
 
 def _csv(tmp_path):
     rows = species_rows("Ga", "aa", 3) + species_rows("Ga", "bb", 1) + species_rows("Gb", "cc", 2, "test")
-    rows += species_rows("Ga", "aa", 1, "val") + ["missing.png,train,Fam,Ga,aa"]
+    rows += [*species_rows("Ga", "aa", 1, "val"), "missing.png,train,Fam,Ga,aa"]
     rows += species_rows("Ga", "aa", 2)[:1]  # a repeated row
     return csv_config(make_dataset(tmp_path, rows), on_missing_image="skip")
 

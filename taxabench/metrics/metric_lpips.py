@@ -1,14 +1,25 @@
 """`lpips`: perceptual distance between generated and real images of the same taxon (fidelity, lower is better),
 and between generated images of the same taxon (`lpips_diversity`, higher means more varied).
 
-The group's protocol: VGG backbone, images resized to a common size (`eval.lpips_size`). Each generated image is
-compared with up to `eval.lpips_max_real` real images of its own evaluated taxon (a seeded subset when there are
-more) and the mean is its fidelity value; its diversity value is the mean distance to the other generated images
-of the same taxon. Per-image values are then summarised like every other metric (overall, per rank, rare/common).
-Distances come from `LpipsVggExtractor` embeddings: one network pass per image, one Gram matrix per taxon.
+The group's protocol: VGG backbone, images resized to a common size (`eval.lpips_size`). Which real images a
+generated image is compared with is `eval.lpips_pairing`:
+- `all` (taxabench's default): up to `eval.lpips_max_real` real images of its own evaluated taxon (a seeded subset
+  when there are more); the mean is its fidelity value;
+- `index` (the pairing of the paper group's LPIPS script): the i-th generated image of a taxon against the i-th of
+  those real images (taken again from the first when the taxon has fewer real than generated images).
+Its diversity value is the mean distance to the other generated images of the same taxon. Per-image values are then
+summarised like every other metric (overall, per rank, rare/common).
+
+Distances come from `LpipsVggExtractor` embeddings: one network pass per image, one float64 Gram matrix per taxon.
+An embedding is 128 MB at 512 px, so a taxon's embeddings are kept in memory only up to `MEMORY_BYTES`; beyond that
+they go to a temporary file beside the feature cache and the Gram matrix is read from it a slice of dimensions at a
+time (peak memory stays near `MEMORY_BYTES` whatever the number of images per taxon).
 """
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,11 +27,13 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from taxabench.metrics.aggregate import summarise_per_image
-from taxabench.metrics.cache import load_features, save_features
-from taxabench.metrics.extractor_lpips_vgg import pairwise_lpips
+from taxabench.metrics.cache import features_dir, load_features, save_features
 from taxabench.metrics.metric_base import Measurement, Metric
 
 EXTRACTOR = "lpips-vgg"
+MEMORY_BYTES = 1 << 30  # a taxon's embeddings above this go to a temporary file
+BATCH_BYTES = 1 << 28  # embeddings per network batch (activations are about twice that)
+GRAM_CHUNK = 1 << 18  # dimensions per float64 product
 
 
 class Lpips(Metric):
@@ -36,8 +49,8 @@ class Lpips(Metric):
         fidelity, diversity = self._per_image(context, extractor)
         trained = extractor.trained
         label = "VGG" if trained else "VGG, untrained backbone"
-        protocol = {**context.image_protocol(EXTRACTOR), "max_real": settings.lpips_max_real,
-                    "backbone": "imagenet" if trained else "untrained"}
+        protocol = {**context.image_protocol(EXTRACTOR), "pairing": settings.lpips_pairing,
+                    "max_real": settings.lpips_max_real, "backbone": "imagenet" if trained else "untrained"}
         measurements = []
         for metric, name, values, higher, uses_real in (
             ("lpips", f"LPIPS ({label})", fidelity, False, True),
@@ -54,7 +67,7 @@ class Lpips(Metric):
         fields = {"extractor": EXTRACTOR, "weights": extractor.identity, "protocol": extractor.protocol,
                   "data": context.data.fingerprint(), "split": data.eval_split, "samples": sets.generated.manifest,
                   "image_size": data.image_size, "resize": data.resize, "use_bbox": data.use_bbox,
-                  "max_real": settings.lpips_max_real, "seed": settings.seed}
+                  "pairing": settings.lpips_pairing, "max_real": settings.lpips_max_real, "seed": settings.seed}
         cached = load_features("lpips", fields, len(sets.gen_unit))
         if cached is not None:
             return cached["fidelity"], cached["diversity"]
@@ -80,18 +93,63 @@ class Lpips(Metric):
         if len(real_rows) > settings.lpips_max_real:  # seeded per taxon: independent of sharding and order
             rng = np.random.default_rng([settings.seed, unit])
             real_rows = np.sort(rng.choice(real_rows, settings.lpips_max_real, replace=False))
-        gen = _embed(extractor, generated_images, gen_rows, settings.batch_size)
-        fidelity = diversity = np.full(len(gen_rows), np.nan)
+        distances = _lpips_matrix(extractor, [(generated_images, gen_rows), (real_images, real_rows)],
+                                  settings.batch_size)
+        n_gen = len(gen_rows)
+        fidelity = diversity = np.full(n_gen, np.nan)
         if len(real_rows):
-            real = _embed(extractor, real_images, real_rows, settings.batch_size)
-            fidelity = pairwise_lpips(gen, real).mean(dim=1).numpy()
-        if len(gen_rows) > 1:
-            diversity = (pairwise_lpips(gen, gen).sum(dim=1) / (len(gen_rows) - 1)).numpy()
+            to_real = distances[:n_gen, n_gen:]
+            if settings.lpips_pairing == "index":
+                fidelity = to_real[np.arange(n_gen), np.arange(n_gen) % len(real_rows)]
+            else:
+                fidelity = to_real.mean(axis=1)
+        if n_gen > 1:
+            diversity = distances[:n_gen, :n_gen].sum(axis=1) / (n_gen - 1)
         return gen_rows, fidelity, diversity
 
 
 @torch.no_grad()
-def _embed(extractor, images, rows: np.ndarray, batch_size: int) -> torch.Tensor:
-    parts = [extractor(images.tensor(rows[i:i + batch_size].tolist()))["lpips"].cpu()
-             for i in range(0, len(rows), batch_size)]
-    return torch.cat(parts)
+def _lpips_matrix(extractor, parts: list[tuple], batch_size: int) -> np.ndarray:
+    """LPIPS between all images of `parts` ((image set, rows) pairs, stacked in order), from a float64 Gram matrix.
+
+    ||a||^2 + ||b||^2 - 2 a.b is exact here because the Gram matrix is accumulated in float64 (a float32 product
+    over the 32 M dimensions of a 512 px embedding reads 0.2-2% too high).
+    """
+    batches = [(images, rows[i:i + 1]) for images, rows in parts for i in range(len(rows))]
+    if not batches:
+        return np.zeros((0, 0))
+    total = len(batches)
+    with tempfile.TemporaryDirectory(dir=_scratch_dir()) as scratch:
+        store, done = None, 0
+        while done < total:
+            # the first image tells the embedding size, and so how many fit in one batch
+            size = 1 if store is None else min(batch_size, max(1, BATCH_BYTES // (4 * store.shape[1])))
+            chunk = batches[done:done + size]
+            images = chunk[0][0]
+            chunk = [item for item in chunk if item[0] is images]  # one image set per batch
+            rows = [int(item[1][0]) for item in chunk]
+            embedding = extractor(images.tensor(rows))["lpips"].cpu().numpy()
+            if store is None:
+                store = _embedding_store(total, embedding.shape[1], Path(scratch))
+            store[done:done + len(rows)] = embedding
+            done += len(rows)
+        gram = np.zeros((total, total))
+        for start in range(0, store.shape[1], GRAM_CHUNK):
+            block = np.asarray(store[:, start:start + GRAM_CHUNK], dtype=np.float64)
+            gram += block @ block.T
+        del store
+    norms = np.diag(gram)
+    return np.maximum(norms[:, None] + norms[None, :] - 2 * gram, 0.0)
+
+
+def _embedding_store(rows: int, dimensions: int, scratch: Path) -> np.ndarray:
+    if rows * dimensions * 4 <= MEMORY_BYTES:
+        return np.empty((rows, dimensions), dtype=np.float32)
+    return np.lib.format.open_memmap(scratch / "embeddings.npy", mode="w+", dtype=np.float32,
+                                     shape=(rows, dimensions))
+
+
+def _scratch_dir() -> Path:
+    folder = features_dir() / "tmp"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
