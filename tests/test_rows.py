@@ -146,3 +146,13 @@ def test_images_plus_skips_plus_noted_rows_equal_the_rows_read(make, tmp_path, r
     data = load_dataset(make(tmp_path))
     assert data.rows_read > 0
     assert data.accounted_rows() == data.rows_read, data.stats()
+
+
+def test_data_stats_prints_the_lineage_conflict_and_the_row_count(tmp_path, capsys):
+    from taxabench.cli import main
+
+    root = make_dataset(tmp_path, [*species_rows("Ga", "aa", 5), "odd.png,train,Fam,Gb,aa"])
+    assert main(["data", "stats", "--dataset", "csv", "--root", str(root)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "species 'aa' filed under 2 lineages: Fam/Ga/aa (5 rows); Fam/Gb/aa (1 rows)" in out
+    assert "rows read: 6 = 6 images + 0 skipped + 0 left out under a note" in out
