@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
-# The GPU check, one script, under 8 minutes on one H100-class GPU:
-#   1. the CUDA-marked tests (tests/test_cuda.py: bf16 training vs float32, torch.compile, float16 sampling,
-#      extractors on CUDA);
-#   2. the throughput harnesses at SD-1.5 shape, 512 px (training, sampling, evaluation), written to
-#      <out>/<device>.md (e.g. nvidia-h100-80gb-hbm3.md), with the log beside it (gpu_check.log);
-#   3. torch.compile against the defaults (training), appended to the same report when it finishes in time.
+# The GPU check, one script, one call of at most 10 minutes on a fresh H100/H200-class GPU machine (no network):
+#   1. the CUDA-marked tests (tests/test_cuda.py): bf16 training vs float32, torch.compile, float16 sampling,
+#      extractors on CUDA, and every throughput lever (channels-last, each SDPA kernel, compile modes with CUDA
+#      graphs) against the defaults' loss curve and images: a failure here makes the check fail;
+#   2. the lever tables at SD-1.5 shape, 512 px (`python -m benchmarks --levers`): training (each lever alone, a
+#      batch-size sweep, the winners together eager and compiled, images/s, % of bf16 peak, peak memory, compile
+#      time amortised) and sampling (larger batches, channels-last, SDPA kernels, the winners eager and with CUDA
+#      graphs), written to <out>/<device>.md (e.g. nvidia-h200.md), the log beside it (gpu_check.log);
+#   3. the evaluation harness, appended when at least 100 s of the budget are left.
+# Every step runs within what is left of $TAXABENCH_GPU_BUDGET_S (default 540 s for the whole script); a lever
+# path that does not finish in time gets a row saying so, and the tables keep what finished.
 #
 # Usage (from anywhere; it runs in the repository root):
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        OUT_DIR: default $TAXABENCH_PERF_OUT, else $OUT, else reports/perf
-#   bash benchmarks/gpu_check.sh --dry-run [DIR]  on a CPU: the same steps at SD-1.5 shape, 64 px, one call per path
+#   bash benchmarks/gpu_check.sh --dry-run [DIR]  on a CPU: the same steps on the tiny backbone, one call per path,
+#                                                 CUDA-only levers as rows that say so, compile skipped (minutes)
 #   bash benchmarks/gpu_check.sh --fetch-wheels DIR
 #       on a machine that reaches PyPI: download the pure-Python wheels taxabench needs beyond a PyTorch image
 #       (diffusers, open_clip_torch, lpips, clean-fid and their small dependencies) into DIR. On a GPU machine
 #       without network, set TAXABENCH_WHEELS=DIR and the check installs them from there.
 #
 # Environment: PYTHON (default python3: the interpreter that holds a CUDA PyTorch), TAXABENCH_WHEELS (a folder of
-# wheels to install missing packages from, offline). Exit status: 0 when every step passed, 1 otherwise.
+# wheels to install missing packages from, offline), TAXABENCH_GPU_BUDGET_S (seconds for the whole script), and for
+# a follow-up call that gives one table the whole budget: TAXABENCH_GPU_TESTS=0 (skip the CUDA tests, which an
+# earlier call passed) and TAXABENCH_GPU_ONLY=train or sample (default train,sample).
+# Exit status: 0 when every step passed, 1 otherwise (a failed CUDA test, a harness that crashed).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,7 +38,8 @@ die() { echo "gpu_check: $*" >&2; exit 1; }
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
     [[ -n "${2:-}" ]] || die "--fetch-wheels needs a folder"
-    # pure-Python wheels (py3-none-any): the same files serve any Python 3 on any platform
+    # pure-Python wheels (py3-none-any; wcwidth is an abi3 wheel for this machine's platform, x86-64 like the GPU
+    # machines): the same files serve any Python 3.10+
     # shellcheck disable=SC2086
     "$PY" -m pip download --no-deps --only-binary=:all: -d "$2" $WHEELS || die "pip download failed"
     echo "wheels in $2; on the GPU machine: TAXABENCH_WHEELS=$2 bash benchmarks/gpu_check.sh"
@@ -86,35 +96,53 @@ export HF_HUB_OFFLINE=1 TAXABENCH_OFFLINE=1 PYTHONUNBUFFERED=1
 TAXABENCH_HOME="$(mktemp -d "${TMPDIR:-/tmp}/taxabench-gpu-check-XXXXXX")"
 export TAXABENCH_HOME
 FAILED=""
+BUDGET="${TAXABENCH_GPU_BUDGET_S:-540}"
+[[ $DRY == 1 ]] && BUDGET="${TAXABENCH_GPU_BUDGET_S:-1800}"  # a shared 2-core CPU spawns a worker in 10-60 s
+left() { echo $((BUDGET - SECONDS)); }  # SECONDS: bash's clock, from the script's start
+phase() { echo; echo "== [$SECONDS s of $BUDGET] $*"; }
 
 # --- 2. CUDA tests ---------------------------------------------------------------------------------------------
-echo; echo "== pytest -m cuda"
-if [[ $DRY == 1 ]]; then
+phase "pytest -m cuda"
+if [[ "${TAXABENCH_GPU_TESTS:-1}" == 0 ]]; then
+    echo "skipped (TAXABENCH_GPU_TESTS=0)"
+elif [[ $DRY == 1 ]]; then
     "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py; status=$?
     [[ $status == 0 || $status == 5 ]] || FAILED="$FAILED cuda-tests"  # 5: every test skipped (no GPU)
 else
-    timeout 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py || FAILED="$FAILED cuda-tests"
+    # the tests get at most 260 s and leave the lever tables at least 200 s
+    TESTS_LIMIT=$(( $(left) - 200 < 260 ? $(left) - 200 : 260 ))
+    (( TESTS_LIMIT > 30 )) || TESTS_LIMIT=30
+    timeout "$TESTS_LIMIT" "$PY" -m pytest -q -p no:cacheprovider -m cuda -rs tests/test_cuda.py; status=$?
+    (( status == 124 )) && FAILED="$FAILED cuda-tests(stopped after ${TESTS_LIMIT} s: not a failed check)"
+    (( status != 0 && status != 124 )) && FAILED="$FAILED cuda-tests"
 fi
 
-# --- 3. Harnesses at SD-1.5 shape ----------------------------------------------------------------------------
+# --- 3. Lever tables -------------------------------------------------------------------------------------------
 if [[ $DRY == 1 ]]; then
-    DEVICE=cpu; SLUG=dry-run-cpu; EXTRA=(--allow-cpu --dry-run --resolution 64); LIMIT=1200
+    DEVICE=cpu; SLUG=dry-run-cpu; SIZE=tiny; EXTRA=(--dry-run)
 else
     DEVICE=cuda; SLUG="$("$PY" -c 'from benchmarks.harness import device_slug; print(device_slug("cuda"))')"
-    EXTRA=(--repeats 3); LIMIT=250
+    SIZE=sd15; EXTRA=(--repeats 2)
 fi
+SLUG="$SLUG${TAXABENCH_GPU_ONLY:+-${TAXABENCH_GPU_ONLY//,/-}}"  # a follow-up call's report keeps its own name
 REPORT="$OUT_DIR/$SLUG.md"
-echo; echo "== harnesses, SD-1.5 shape -> $REPORT"
-timeout "$LIMIT" "$PY" -m benchmarks --size sd15 --device "$DEVICE" --out "$REPORT" -- "${EXTRA[@]}" \
-    || FAILED="$FAILED harnesses"
+phase "lever tables, $SIZE size -> $REPORT"
+LEVER_BUDGET=$(( $(left) - 25 ))
+(( LEVER_BUDGET > 60 )) || LEVER_BUDGET=60
+timeout $(( LEVER_BUDGET + 60 )) "$PY" -m benchmarks --size "$SIZE" --device "$DEVICE" --levers \
+    --only "${TAXABENCH_GPU_ONLY:-train,sample}" \
+    --budget-s "$LEVER_BUDGET" --out "$REPORT" -- "${EXTRA[@]}" || FAILED="$FAILED lever-tables"
 
-if [[ $DRY == 0 && -f "$REPORT" ]]; then
-    echo; echo "== torch.compile against the defaults (training)"
-    timeout 90 "$PY" -m benchmarks.train_speed --size sd15 --device cuda --paths defaults,compile --repeats 3 \
-        --out "$REPORT" || echo "torch.compile measurement did not finish in 90 s (compiling); not in the report"
+# --- 4. Evaluation, with what is left --------------------------------------------------------------------------
+if [[ $DRY == 0 ]] && (( $(left) >= 100 )); then
+    phase "evaluation harness"
+    timeout $(( $(left) - 10 )) "$PY" -m benchmarks.eval_speed --size "$SIZE" --device "$DEVICE" --repeats 2 \
+        --out "$REPORT" || echo "evaluation harness did not finish in the time left; not in the report"
+elif [[ $DRY == 0 ]]; then
+    echo "evaluation harness skipped: $(left) s left of the budget" | tee -a "$REPORT"
 fi
 
 rm -rf "$TAXABENCH_HOME"
-echo
+phase "done"
 if [[ -n "$FAILED" ]]; then echo "gpu_check: FAILED:$FAILED (log: $LOG)"; exit 1; fi
 echo "gpu_check: passed; report $REPORT, log $LOG"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import math
 import multiprocessing
 import os
 import platform
@@ -69,11 +70,26 @@ BF16_PEAK_TFLOPS = {
 @dataclass
 class Measurement:
     name: str
-    items_per_second: float  # median over repeats
+    items_per_second: float  # median over repeats (nan when the path has no numbers: see `note`)
     seconds: list[float]
     items: int
     peak_memory_mb: float
     extra: dict[str, str] = field(default_factory=dict)  # more columns of the table (same keys for every path)
+    first_call_seconds: float = math.nan  # the first (warm-up) call: includes compiling and cuDNN's autotuning
+    note: str = ""  # why a path has no numbers: refused on this device, out of memory, stopped at the time budget
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.seconds)
+
+    @property
+    def call_seconds(self) -> float:
+        """The median timed call."""
+        return statistics.median(self.seconds) if self.seconds else math.nan
+
+
+class PathTimeout(Exception):
+    """A benchmark path did not reply before its deadline (the worker is killed)."""
 
 
 def _sync(device: torch.device) -> None:
@@ -87,16 +103,19 @@ def measure(
     warmup: int = 1,
     device: torch.device | str = "cpu",
     interleave: bool = True,
+    deadline: float | None = None,
 ) -> list[Measurement]:
     """Run every path `warmup + repeats` times, alternating between them; each call returns its item count.
 
     A `Worker` path is started (set up, untimed) before the first round, reports its own peak memory and extra
     columns, and is closed at the end. `interleave=False` runs the paths one after the other, each worker alive
-    only during its own rounds (for dry runs whose paths do not fit in memory together).
+    only during its own rounds (for dry runs whose paths do not fit in memory together). `deadline`
+    (`time.monotonic()`): a worker that has not replied by then is killed and `PathTimeout` raised.
     """
     device = torch.device(device)
     order = [list(paths)] if interleave else [[name] for name in paths]
     seconds: dict[str, list[float]] = {name: [] for name in paths}
+    first: dict[str, float] = {}
     items: dict[str, int] = {}
     peaks: dict[str, float] = {name: 0.0 for name in paths}
     process = psutil.Process()
@@ -106,7 +125,7 @@ def measure(
             for worker in workers:  # set up side by side, untimed
                 worker.launch()
             for worker in workers:
-                worker.start()
+                worker.start(deadline)
             for round_ in range(warmup + repeats):
                 for name in group:
                     path = paths[name]
@@ -117,9 +136,10 @@ def measure(
                     rss_before = process.memory_info().rss
                     _sync(device)
                     start = time.perf_counter()
-                    items[name] = path()
+                    items[name] = path(deadline) if isinstance(path, Worker) else path()
                     _sync(device)
                     elapsed = time.perf_counter() - start
+                    first.setdefault(name, elapsed)
                     if isinstance(path, Worker):
                         peak = path.peak_memory_mb
                     elif device.type == "cuda":
@@ -139,9 +159,92 @@ def measure(
                 path.close()
     return [
         Measurement(name, items[name] / statistics.median(seconds[name]), seconds[name], items[name], peaks[name],
-                    dict(paths[name].extra) if isinstance(paths[name], Worker) else {})
+                    dict(paths[name].extra) if isinstance(paths[name], Worker) else {}, first[name])
         for name in paths
     ]
+
+
+def measure_alone(name: str, path: Worker | str, repeats: int, warmup: int, device: str,
+                  deadline: float | None = None) -> Measurement:
+    """One path by itself (its worker the only one alive: on a dedicated GPU it gets all of the memory), never
+    raising for the path's own failure: a path given as a string is not run (the string says why, e.g. a lever
+    the device lacks); one that fails (out of memory, a kernel that does not support the shapes) or outlives
+    `deadline` gets a row that says so, and the harness goes on with the next."""
+    if isinstance(path, str):
+        return Measurement(name, math.nan, [], 0, math.nan, note=path)
+    if deadline is not None and time.monotonic() >= deadline:
+        return Measurement(name, math.nan, [], 0, math.nan, note="not run: the time budget was spent")
+    started = time.monotonic()
+    try:
+        return measure({name: path}, repeats=repeats, warmup=warmup, device=device, deadline=deadline)[0]
+    except PathTimeout:
+        note = f"stopped at the time budget after {time.monotonic() - started:.0f} s"
+    except RuntimeError as error:
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        last = lines[-1] if lines else str(error)
+        out_of_memory = "OutOfMemoryError" in last or "CUDA out of memory" in last
+        note = "out of memory" if out_of_memory else f"failed: {last[:160]}"
+    finally:
+        path.close()
+    return Measurement(name, math.nan, [], 0, math.nan, dict(path.extra), note=note)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Levers: each alone against the defaults, then the winners together
+# ---------------------------------------------------------------------------------------------------------------
+
+# a lever joins the combined path only when it beat the defaults by more than this: within it, the difference is
+# below what one run of two or three timed calls can tell apart
+LEVER_MARGIN = 1.02
+
+
+@dataclass
+class LeverPath:
+    """One row of a lever table: the config flags it sets on top of the defaults. Paths of one `group` are
+    alternatives (the attention kernels): at most one of them joins the combined path, the fastest."""
+
+    key: str
+    name: str
+    flags: dict[str, Any]
+    group: str = ""
+
+
+def winning_flags(paths: Sequence[LeverPath], results: dict[str, Measurement], baseline: str,
+                  margin: float = LEVER_MARGIN) -> dict[str, Any]:
+    """The flags of every path that beat `baseline` by more than `margin`; of a group, only the fastest's."""
+    base = results[baseline].items_per_second
+    flags: dict[str, Any] = {}
+    fastest: dict[str, LeverPath] = {}
+    for path in paths:
+        result = results.get(path.key)
+        if path.key == baseline or result is None or not result.measured or result.items_per_second <= base * margin:
+            continue
+        if not path.group:
+            flags.update(path.flags)
+        elif path.group not in fastest or result.items_per_second > results[fastest[path.group].key].items_per_second:
+            fastest[path.group] = path
+    for path in fastest.values():
+        flags.update(path.flags)
+    return flags
+
+
+def describe_flags(flags: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in flags.items()) or "none"
+
+
+def compile_columns(compiled: Measurement, eager: Measurement, steps_per_call: int, run_steps: int) -> dict[str, str]:
+    """Compile time (the compiled path's first call less one steady call) and what it costs over a run of
+    `run_steps` steps: images/s including the compile, and the steps after which compiling has paid for itself."""
+    if not (compiled.measured and eager.measured):
+        return {}
+    compile_seconds = max(0.0, compiled.first_call_seconds - compiled.call_seconds)
+    step_compiled = compiled.call_seconds / steps_per_call
+    step_eager = eager.call_seconds * (compiled.items / eager.items) / steps_per_call  # same images per step
+    amortised = run_steps * compiled.items / steps_per_call / (run_steps * step_compiled + compile_seconds)
+    saved = step_eager - step_compiled
+    break_even = f"{compile_seconds / saved:,.0f}" if saved > 0 else "never"
+    return {"compile (s)": f"{compile_seconds:.0f}", f"images/s over {run_steps:,} steps": f"{amortised:.3g}",
+            "break-even (steps)": break_even}
 
 
 def report_section(title: str, results: list[Measurement], args, notes: Sequence[str] = ()) -> str:
@@ -153,19 +256,24 @@ def report_section(title: str, results: list[Measurement], args, notes: Sequence
 
 
 def markdown_table(title: str, results: list[Measurement], unit: str = "images/s") -> str:
-    """The results side by side, each path's speed as a ratio of the first (the baseline)."""
-    base = results[0].items_per_second
-    extra = list(results[0].extra)
+    """The results side by side, each path's speed as a ratio of the first measured one (the baseline); a path
+    without numbers keeps its row, with its note."""
+    measured = [r for r in results if r.measured]
+    base = measured[0].items_per_second if measured else math.nan
+    extra = list(dict.fromkeys(key for r in measured or results for key in r.extra))
+    notes = any(r.note for r in results)
     lines = [f"#### {title}", "",
              f"| path | {unit} (median) | × baseline | peak memory (MiB) | repeats |"
-             + "".join(f" {key} |" for key in extra),
-             "|---|---:|---:|---:|---:|" + "---:|" * len(extra)]
+             + "".join(f" {key} |" for key in extra) + (" note |" if notes else ""),
+             "|---|---:|---:|---:|---:|" + "---:|" * len(extra) + ("---|" if notes else "")]
     for result in results:
-        lines.append(
-            f"| {result.name} | {result.items_per_second:.3g} | {result.items_per_second / base:.2f}× | "
-            f"{result.peak_memory_mb:.0f} | {len(result.seconds)} |"
-            + "".join(f" {result.extra.get(key, '')} |" for key in extra)
-        )
+        if result.measured:
+            numbers = (f"{result.items_per_second:.3g} | {result.items_per_second / base:.2f}× | "
+                       f"{result.peak_memory_mb:.0f} | {len(result.seconds)}")
+        else:
+            numbers = "— | — | — | 0"
+        lines.append(f"| {result.name} | {numbers} |" + "".join(f" {result.extra.get(key, '')} |" for key in extra)
+                     + (f" {result.note} |" if notes else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -201,17 +309,17 @@ class Worker:
         self._process.start()
         self._ready = False
 
-    def start(self) -> None:
+    def start(self, deadline: float | None = None) -> None:
         """Launch (if needed) and wait until the setup is done."""
         self.launch()
         if not self._ready:
-            self._reply()
+            self._reply(deadline)
             self._ready = True
 
-    def __call__(self) -> int:
-        self.start()
+    def __call__(self, deadline: float | None = None) -> int:
+        self.start(deadline)
         self._connection.send("run")
-        return self._reply()["items"]
+        return self._reply(deadline)["items"]
 
     def close(self) -> None:
         if self._process is None:
@@ -223,7 +331,12 @@ class Worker:
             self._process.kill()
         self._process = None
 
-    def _reply(self) -> dict[str, Any]:
+    def _reply(self, deadline: float | None = None) -> dict[str, Any]:
+        if deadline is not None and not self._connection.poll(max(0.0, deadline - time.monotonic())):
+            self._process.kill()
+            self._process.join()
+            self._process = None
+            raise PathTimeout(self.setup)
         try:
             reply = self._connection.recv()
         except EOFError as error:

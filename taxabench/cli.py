@@ -76,6 +76,7 @@ REGISTRIES = {
     "methods": ("taxabench.methods", "METHODS"),
     "metrics": ("taxabench.metrics.registry", "METRICS"),
     "feature extractors": ("taxabench.metrics.registry", "EXTRACTORS"),
+    "sample layouts (taxabench eval --samples)": ("taxabench.metrics.external_samples", "SAMPLE_LAYOUTS"),
 }
 
 
@@ -236,22 +237,48 @@ def train(config: ConfigOption, method: MethodOption, run: RunOption = None, ove
 @app.command("eval")
 def eval_command(
     config: ConfigOption,
-    method: Annotated[str, typer.Option("--method", "-m", help="Method whose samples to evaluate (samples/<method>/).")],
+    method: Annotated[str | None, typer.Option(
+        "--method", "-m", help="Method whose samples to evaluate (samples/<method>/).")] = None,
     run: Annotated[Path | None, typer.Option("--run", help="Run folder; default: <runs_dir>/<name> of the config.")] = None,
+    samples: Annotated[Path | None, typer.Option(
+        "--samples", help="A folder of any generator's images instead (layouts: `taxabench list`); scored against "
+                          "the config's dataset, written under --name.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name of --samples in the metrics (default: the "
+                                                           "folder's name).")] = None,
+    layout: Annotated[str, typer.Option("--layout", help="--samples layout: auto, folders or table.")] = "auto",
+    unknown_taxa: Annotated[str, typer.Option(
+        "--unknown-taxa", help="--samples images of taxa the dataset lacks: error, or skip (counted).")] = "error",
     overrides: SetOption = None,
 ) -> None:
-    """Evaluate one method's samples: FD/KID, LPIPS, CLIP score, taxonomic accuracy; per rank, with 95% CIs.
+    """Evaluate one method's samples, or a folder of any generator's images: every metric, per rank, with 95% CIs.
 
-    Writes <run>/metrics/<method>.json and replaces the method's rows in <run>/metrics/all.csv.
+    Writes <run>/metrics/<name>.json and replaces its rows in <run>/metrics/all.csv.
     """
     import warnings
 
     from taxabench.metrics import evaluate
     from taxabench.metrics.evaluation import SmallSampleWarning
+    from taxabench.metrics.external_samples import read_external_samples
+
+    if (method is None) == (samples is None):
+        raise TaxabenchError("give either --method (a run's samples) or --samples (a folder of images)")
+    if unknown_taxa not in ("error", "skip"):
+        raise TaxabenchError(f"--unknown-taxa: 'error' or 'skip', got {unknown_taxa!r}")
+    external = None
+    if samples is not None:
+        method = name or samples.resolve().name
+
+        def external(taxonomy):
+            return read_external_samples(samples, method, taxonomy, layout, unknown_taxa)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SmallSampleWarning)  # printed below, once, with the table
-        result = evaluate(experiment_config(config, overrides), method, run)
+        result = evaluate(experiment_config(config, overrides), method, run, samples=external)
+    if samples is not None:
+        images = result.samples.images
+        console.print(f"{samples}: {len(images)} images of {len({i.taxon.id for i in images})} taxa "
+                      f"({result.samples.rank})" +
+                      "".join(f"; skipped {n}: {why}" for why, n in result.samples.skipped.items()), highlight=False)
     table = Table("metric", "value", "95% CI", "N real / generated", "weights", title=f"{method}: overall",
                   title_justify="left")
     for m in result.headline():

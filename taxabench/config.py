@@ -306,7 +306,9 @@ class SynthClipConfig:
 
 @dataclass
 class EvalConfig:
-    metrics: list[str] = field(default_factory=lambda: ["fd", "kid", "lpips", "clip_score", "taxa_accuracy"])
+    metrics: list[str] = field(default_factory=lambda: ["fd", "kid", "lpips", "clip_score", "taxa_accuracy",
+                                                        "mistake_severity", "path_consistency", "vendi", "prdc",
+                                                        "copying"])
     fd_extractor: str = "synthclip"  # features for fd and kid; `inception` for the paper's FID on real data
     clip_model: str = "synthclip"  # clip_score and taxa_accuracy; `bioclip` on real data
     weights: dict[str, str] = field(default_factory=dict)  # extractor -> explicit weights file or folder
@@ -318,6 +320,9 @@ class EvalConfig:
     # pretrained: require the ImageNet VGG16; untrained: a seeded random backbone; auto: pretrained when it resolves
     # offline, else untrained. An untrained backbone is named "LPIPS (VGG, untrained backbone)" everywhere.
     lpips_backbone: Literal["auto", "pretrained", "untrained"] = "auto"
+    diversity_extractor: str | None = None  # vendi, prdc, copying features; None: clip_model (the metric model)
+    prdc_k: int = 5  # neighbours of the k-NN balls of precision / recall / density / coverage (Naeem et al.: 5)
+    copy_quantile: float = 0.95  # near-copy: closer to a training image than this quantile of held-out real images
     kid_subsets: int = 100  # KID: mean over this many random subsets (torchmetrics / clean-fid protocol)...
     kid_subset_size: int = 1000  # ...of this many images per side (capped at the smaller set)
     bootstrap: int = 1000  # resamples over taxa for confidence intervals
@@ -335,6 +340,10 @@ class EvalConfig:
             _registered(METRICS, name, f"{where}.metrics[{index}]")
         for key in ("fd_extractor", "clip_model"):
             _registered(EXTRACTORS, getattr(self, key), f"{where}.{key}")
+        if self.diversity_extractor is not None:
+            _registered(EXTRACTORS, self.diversity_extractor, f"{where}.diversity_extractor")
+        if not 0.0 < self.copy_quantile < 1.0:
+            raise ConfigError(f"{where}.copy_quantile: must be in (0, 1), got {self.copy_quantile}")
         for name in self.weights:
             if name not in EXTRACTORS:
                 raise ConfigError(f"{where}.weights: unknown extractor {name!r}; extractors: "
@@ -342,7 +351,7 @@ class EvalConfig:
         if not 0.0 < self.confidence < 1.0:
             raise ConfigError(f"{where}.confidence: must be in (0, 1), got {self.confidence}")
         for key in ("bootstrap", "bootstrap_set_metrics", "kid_subsets", "kid_subset_size", "batch_size",
-                    "lpips_max_real"):
+                    "lpips_max_real", "prdc_k"):
             _positive(getattr(self, key), f"{where}.{key}")
 
 

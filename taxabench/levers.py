@@ -14,7 +14,6 @@ attention kernels and compile's `default` / `max-autotune-no-cudagraphs` modes e
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -53,19 +52,18 @@ def check_levers(section: str, attention: str, compile_mode: str | None, device:
         )
 
 
-@contextlib.contextmanager
-def attention_backend(name: str) -> Iterator[None]:
-    """Restrict `F.scaled_dot_product_attention` (diffusers' attention processor, the text encoder's) to one
-    kernel; `auto` leaves PyTorch's own choice. Autograd's backward runs the kernel the forward ran."""
+def attention_backend(name: str) -> contextlib.AbstractContextManager:
+    """A context that restricts `F.scaled_dot_product_attention` (diffusers' attention processors) to one kernel;
+    `auto` leaves PyTorch's own choice. Autograd's backward runs the kernel the forward ran. Both kinds of context
+    are ones torch.compile traces without a graph break (the training forward enters it inside the compiled
+    module)."""
     if name == "auto":
-        yield
-        return
+        return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
                "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
-    with sdpa_kernel(backend):
-        yield
+    return sdpa_kernel(backend)
 
 
 def to_channels_last(*modules: nn.Module) -> None:

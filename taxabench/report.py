@@ -5,7 +5,7 @@
 the report changes nothing, and nothing here computes a metric.
 
 Sections: the main table in the paper's shape (method × FD, KID, LPIPS, CLIP/BioCLIP score, species accuracy),
-per-rank tables, rare vs common species, ablations (method variants and guidance kinds, grouped by the
+per-rank tables (every metric with rank scopes), rare vs common species (every metric with those scopes), ablations (method variants and guidance kinds, grouped by the
 `ablation_of` attribute each method declares), the metric models' own quality, provenance.
 """
 
@@ -23,6 +23,7 @@ import pandas as pd
 from taxabench.errors import TaxabenchError
 from taxabench.files import read_json, write_bytes, write_text, writing
 from taxabench.metrics.evaluation import (
+    CEILING_METHOD,
     CSV_COLUMNS,
     KEY_CI_HIGH,
     KEY_CI_LOW,
@@ -44,6 +45,7 @@ HEADLINE_METRICS = ("fd", "kid", "lpips", "clip_score", "top1")  # the paper's c
 RANK_METRICS = ("top1", "fd", "clip_score")
 TAIL_METRICS = ("fd", "clip_score", "top1")
 DECIMALS = {"fd": 2, "kid": 4, "lpips": 4, "lpips_diversity": 4, "clip_score": 2, "top1": 1, "top5": 1}
+CEILING_LABEL = "real images (ceiling)"  # how tables name the `real-images` rows: held-out real images, scored alike
 GUIDANCE_SEPARATOR = "+"  # sample folder `taxadiffusion+cfg`: method taxadiffusion sampled with cfg guidance
 
 
@@ -126,6 +128,20 @@ def _row(table: pd.DataFrame, method: str, metric: str, scope: str) -> pd.Series
     return None if match.empty else match.iloc[0]
 
 
+def _ceiling_row(table: pd.DataFrame, metrics: Sequence[str], scopes: Sequence[str],
+                 columns: Sequence[tuple[str, str]] | None = None) -> list[list[str]]:
+    """The ceiling row of a table whose columns are (metric, scope) pairs, if the run has any of those rows."""
+    columns = columns or [(metric, scope) for metric in metrics for scope in scopes]
+    cells = [cell(_row(table, CEILING_METHOD, metric, scope)) for metric, scope in columns]
+    return [[f"_{CEILING_LABEL}_", *cells]] if any(c != "—" for c in cells) else []
+
+
+def _quantities_with(table: pd.DataFrame, scopes: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """Quantity keys with rows in any of `scopes`, in evaluation order, except `exclude`."""
+    rows = table[table[KEY_SCOPE].isin(list(scopes)) & ~table[KEY_METRIC].isin(list(exclude))]
+    return list(dict.fromkeys(rows[KEY_METRIC]))
+
+
 def _column_name(table: pd.DataFrame, metric: str) -> str | None:
     rows = table[table[KEY_METRIC] == metric]
     if rows.empty:
@@ -164,16 +180,23 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def method_family(name: str) -> tuple[str, str]:
     """(family, variant) of a sample folder name: ablations belong to the method they ablate (`ablation_of`),
     guidance variants (`taxadiffusion+cfg`) to their method."""
-    from taxabench.methods import get_method
+    from taxabench.methods import METHODS, get_method
 
     base = name.split(GUIDANCE_SEPARATOR, 1)[0]
+    if base not in METHODS:  # samples of another generator (`taxabench eval --samples`): a family of its own
+        return name, name
     cls = get_method(base)
     return (cls.ablation_of or base), name
 
 
+def evaluated_methods(table: pd.DataFrame) -> list[str]:
+    """Every sample folder with rows, in first-evaluated order (not the real-image ceiling)."""
+    return [m for m in dict.fromkeys(table[KEY_METHOD]) if m != CEILING_METHOD]
+
+
 def main_methods(table: pd.DataFrame) -> list[str]:
     """Methods in first-evaluated order, without ablations and guidance variants (they get their own section)."""
-    ordered = list(dict.fromkeys(table[KEY_METHOD]))
+    ordered = evaluated_methods(table)
     return [m for m in ordered if method_family(m) == (m, m)]
 
 
@@ -183,6 +206,7 @@ def main_table(table: pd.DataFrame, methods: Sequence[str]) -> str:
     best = {metric: best_and_separation(table, methods, metric)[0] for metric in metrics}
     rows = [[f"`{method}`", *[cell(_row(table, method, metric, "overall"), bold=best[metric] == method)
                               for metric in metrics]] for method in methods]
+    rows += _ceiling_row(table, metrics, ["overall"])
     lines = [markdown_table(header, rows), ""]
     for metric in metrics:
         winner, separated = best_and_separation(table, methods, metric)
@@ -207,15 +231,20 @@ def sample_sizes(table: pd.DataFrame, methods: Sequence[str]) -> str:
 
 
 def rank_tables(table: pd.DataFrame, methods: Sequence[str], ranks: Sequence[str]) -> str:
-    parts = []
-    for metric in RANK_METRICS:
+    """One table per metric with rank scopes: the main ones (`RANK_METRICS`) first, every other one folded below."""
+    parts, more = [], []
+    for metric in [*RANK_METRICS, *_quantities_with(table, ranks, RANK_METRICS)]:
         present = [r for r in ranks if not table[(table[KEY_METRIC] == metric) & (table[KEY_SCOPE] == r)].empty]
         if not present:
             continue
-        parts.append(f"**{_column_name(table, metric)}**, per rank (the metric computed for each taxon of the rank, "
-                     "then averaged over the rank's taxa)\n")
         rows = [[f"`{m}`", *[cell(_row(table, m, metric, r)) for r in present]] for m in methods]
-        parts.append(markdown_table(["method", *present], rows))
+        rows += _ceiling_row(table, [metric], present)
+        (parts if metric in RANK_METRICS else more).append(
+            f"**{_column_name(table, metric)}**, per rank (the metric computed for each taxon of the rank, then "
+            f"averaged over the rank's taxa)\n\n{markdown_table(['method', *present], rows)}")
+    if more:
+        parts.append("<details><summary>Every other metric per rank</summary>\n\n" + "\n\n".join(more) +
+                     "\n\n</details>")
     return "\n\n".join(parts)
 
 
@@ -229,12 +258,26 @@ def tail_table(table: pd.DataFrame, methods: Sequence[str]) -> str:
     if not columns:
         return ""
     rows = [[f"`{m}`", *[cell(_row(table, m, metric, scope)) for metric, scope in columns]] for m in methods]
+    rows += _ceiling_row(table, [], [], columns)
     return markdown_table(header, rows)
+
+
+def tail_details_table(table: pd.DataFrame, methods: Sequence[str]) -> str:
+    """Every other metric with rare / common scopes (diversity, coverage, copying...): one row per metric and
+    method, the bins as columns."""
+    rows = []
+    for metric in _quantities_with(table, ("rare", "common"), TAIL_METRICS):
+        for method in [*methods, CEILING_METHOD]:
+            cells = [cell(_row(table, method, metric, scope)) for scope in ("rare", "common", "overall")]
+            if any(c != "—" for c in cells):
+                label = f"_{CEILING_LABEL}_" if method == CEILING_METHOD else f"`{method}`"
+                rows.append([str(_column_name(table, metric)), label, *cells])
+    return markdown_table(["metric", "method", "rare", "common", "all"], rows) if rows else ""
 
 
 def ablation_table(table: pd.DataFrame) -> str:
     families: dict[str, list[str]] = {}
-    for method in dict.fromkeys(table[KEY_METHOD]):
+    for method in evaluated_methods(table):
         families.setdefault(method_family(method)[0], []).append(method)
     parts = []
     for family, members in families.items():
@@ -338,6 +381,9 @@ def render(run: RunFolder, figures: dict[str, str]) -> str:
         threshold = data.get("rare_threshold", 5)
         parts += ["", "## Rare vs common species", "",
                   f"Rare: at most {threshold} training images.", "", tail]
+        details = tail_details_table(table, methods)
+        if details:
+            parts += ["", "Diversity, coverage, copying and every other metric per bin:", "", details]
         if figures.get("tail"):
             parts += ["", f"![rare vs common]({figures['tail']})"]
     ablations = ablation_table(table)
@@ -359,7 +405,7 @@ def draw_figures(run: RunFolder, out: Path) -> dict[str, str]:
 
     drawn = {}
     table = run.table
-    methods = main_methods(table) + [m for m in dict.fromkeys(table[KEY_METHOD]) if m not in main_methods(table)]
+    methods = main_methods(table) + [m for m in evaluated_methods(table) if m not in main_methods(table)]
     ranks = [r for r in ("kingdom", "phylum", "class", "order", "family", "genus", "species")
              if r in set(table[KEY_SCOPE])]
     metrics = [m for m in RANK_METRICS if not table[(table[KEY_METRIC] == m) & table[KEY_SCOPE].isin(ranks)].empty]

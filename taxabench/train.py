@@ -426,15 +426,17 @@ class TextCache:
 class Denoiser(nn.Module):
     """The trainable forward pass: the method's condition modules, then the UNet (what accelerate/DDP wraps)."""
 
-    def __init__(self, unet: nn.Module, method: Method, stage: Stage):
+    def __init__(self, unet: nn.Module, method: Method, stage: Stage, attention: str = "auto"):
         super().__init__()
         self.unet = unet
         self.conditioner = method.conditioner
         self.method, self.stage = method, stage  # plain attributes, not submodules
+        self.attention = attention  # the UNet's SDPA kernel (`train.attention`), not the condition modules'
 
     def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         context = self.method.encoder_hidden_states(inputs, self.stage)
-        return self.unet(noisy_latents, timesteps, encoder_hidden_states=context).sample
+        with attention_backend(self.attention):
+            return self.unet(noisy_latents, timesteps, encoder_hidden_states=context).sample
 
 
 class EMA:
@@ -469,7 +471,8 @@ class StageTrainer:
 
     `step(k)` runs optimizer step k (all its micro-batches) and returns its loss; `_train_stage` drives it with
     resume, logging and checkpoints, and `benchmarks/train_speed.py` times it. How it runs is the config's
-    choice (`train.mixed_precision`, `train.cache_latents`, `train.cache_text`, `train.compile`): the authors'
+    choice (`train.mixed_precision`, `train.cache_latents`, `train.cache_text`, and the throughput levers
+    `train.compile` + `compile_mode`, `channels_last`, `attention`: taxabench/levers.py): the authors'
     configuration (float32, every frozen encoder re-run at every step) is the same object with other flags.
     """
 
@@ -512,7 +515,7 @@ class StageTrainer:
         if train.channels_last:
             to_channels_last(backbone.vae, backbone.unet)
 
-        model = Denoiser(backbone.unet, method, stage).train()
+        model = Denoiser(backbone.unet, method, stage, train.attention).train()
         # the fused CUDA kernel updates every parameter in one launch instead of a few per parameter
         optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay,
                                       fused=device.type == "cuda")
@@ -597,8 +600,7 @@ class StageTrainer:
                     target = noise
                 labels = [self.data.train[i].labels for i in indices]
                 inputs = move_inputs(self.method.condition_inputs(labels, stage, self.text, draws), device)
-                with attention_backend(train.attention):
-                    prediction = self.model(noisy, timesteps, inputs)
+                prediction = self.model(noisy, timesteps, inputs)
                 loss = F.mse_loss(prediction.float(), target.float())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and train.max_grad_norm > 0:

@@ -1,6 +1,7 @@
 """On a CUDA device: bf16 training follows the float32 loss curve, torch.compile changes nothing but speed, sampling
-in float16 gives the float64 images, extractors give the CPU's features. Run by benchmarks/gpu_check.sh
-(`pytest -m cuda`); skipped without a GPU."""
+in float16 gives the float64 images, extractors give the CPU's features; and every throughput lever
+(taxabench/levers.py: channels-last, each SDPA kernel, compile modes with CUDA graphs) keeps the loss curve and the
+images. Run by benchmarks/gpu_check.sh (`pytest -m cuda`); skipped without a GPU."""
 
 from __future__ import annotations
 
@@ -49,8 +50,14 @@ def test_bf16_training_follows_the_float32_loss_curve(bf16_run, tiny_world, tiny
     np.testing.assert_allclose(losses(fast), losses(plain), rtol=0.05)
 
 
-def test_torch_compile_changes_nothing_but_speed(tiny_world, tiny_data, tiny_backbone, tmp_path):
-    _, eager = train(tiny_world, tiny_data, tmp_path / "eager", ["class"], mixed_precision="bf16")
+@pytest.fixture(scope="module")
+def bf16_class_run(tiny_world, tiny_data, tiny_backbone, tmp_path_factory):
+    """The defaults on CUDA (bf16) for one rank: what each training lever is compared with."""
+    return train(tiny_world, tiny_data, tmp_path_factory.mktemp("bf16-class"), ["class"], mixed_precision="bf16")
+
+
+def test_torch_compile_changes_nothing_but_speed(bf16_class_run, tiny_world, tiny_data, tmp_path):
+    _, eager = bf16_class_run
     _, compiled = train(tiny_world, tiny_data, tmp_path / "compiled", ["class"], mixed_precision="bf16",
                         compile=True)
     np.testing.assert_allclose(losses(compiled), losses(eager), rtol=0.05)
@@ -68,6 +75,59 @@ def test_float16_sampling_gives_the_float64_images(bf16_run):
     assert len(reference) == len(half) == len(SPECIES) * config.sample.images_per_taxon
     differences = [np.abs(a - b) for a, b in zip(half, reference)]
     # on a CPU, float16 moved pixel values by at most 1 level (mean 0.1); allow a GPU's other kernels some more
+    assert max(d.max() for d in differences) <= 16 and np.mean([d.mean() for d in differences]) < 2.0
+
+
+def half_images(config, name: str, **levers) -> list[np.ndarray]:
+    """The run's samples at `sample.precision: auto` (float16 on CUDA) with these sample levers (reset after)."""
+    defaults = {"compile": False, "compile_mode": "default", "channels_last": False, "attention": "auto"}
+    for key, value in {**defaults, **levers}.items():
+        setattr(config.sample, key, value)
+    config.sample.precision = "auto"
+    try:
+        folder = sample_method(config, "taxadiffusion", output=name, show_progress=False)
+    finally:
+        for key, value in defaults.items():
+            setattr(config.sample, key, value)
+    return [np.asarray(Image.open(p), dtype=np.int16) for p in sorted(folder.glob("*/*.png"))]
+
+
+def unsupported_kernel(error: RuntimeError) -> bool:
+    return "No available kernel" in str(error) or "No viable backend" in str(error)
+
+
+@pytest.mark.parametrize("levers", [
+    {"channels_last": True, "attention": "flash"},
+    {"attention": "efficient"},
+    {"attention": "cudnn"},
+    {"attention": "math"},
+    {"compile": True, "channels_last": True, "attention": "flash"},  # what the harness's combined path may be
+], ids=lambda levers: "+".join(f"{k}={v}" for k, v in levers.items()))
+def test_training_levers_follow_the_defaults_loss_curve(bf16_class_run, levers, tiny_world, tiny_data, tmp_path):
+    _, defaults = bf16_class_run
+    try:
+        _, fast = train(tiny_world, tiny_data, tmp_path, ["class"], mixed_precision="bf16", **levers)
+    except RuntimeError as error:
+        if unsupported_kernel(error):  # the kernel does not take these shapes: the harness shows it as a failed row
+            pytest.skip(f"{levers}: {error}")
+        raise
+    assert len(losses(fast)) == len(losses(defaults)) == 4
+    np.testing.assert_allclose(losses(fast), losses(defaults), rtol=0.05)  # bf16's tolerance, as above
+
+
+@pytest.mark.parametrize("levers", [
+    {"channels_last": True, "attention": "flash"},
+    {"attention": "efficient"},
+    {"compile": True, "compile_mode": "reduce-overhead"},  # CUDA graphs
+    {"compile": True, "compile_mode": "default", "channels_last": True},
+], ids=lambda levers: "+".join(f"{k}={v}" for k, v in levers.items()))
+def test_sampling_levers_give_the_default_images(bf16_run, levers):
+    config, _ = bf16_run
+    reference = half_images(config, "cuda-lever-reference")
+    fast = half_images(config, "cuda-levers-" + "-".join(f"{k}-{v}" for k, v in levers.items()), **levers)
+    assert len(fast) == len(reference) == len(SPECIES) * config.sample.images_per_taxon
+    differences = [np.abs(a - b) for a, b in zip(fast, reference)]
+    # float16 on both sides, other kernels or layouts: the float16-against-float64 tolerance above
     assert max(d.max() for d in differences) <= 16 and np.mean([d.mean() for d in differences]) < 2.0
 
 

@@ -15,6 +15,8 @@ from taxabench.metrics.cache import features_dir
 from taxabench.metrics.evaluation import SmallSampleWarning
 from taxabench.metrics.metric_fd import fd_from_features
 
+DEFAULT_METRICS = config_from_dict({}).eval.metrics
+
 
 def experiment(tiny_world, runs_dir, clip_folder, **eval_overrides):
     return config_from_dict({
@@ -49,7 +51,16 @@ def test_csv_rows_cover_every_metric_scope_with_counts(evaluated, data):
     _, result, species = evaluated
     table = pd.read_csv(result.csv_path)
     assert tuple(table.columns) == CSV_COLUMNS
-    assert set(table.metric) == {"fd", "kid", "lpips", "lpips_diversity", "clip_score", "top1", "top5"}
+    generated = table[table.method == "copy"]
+    assert set(generated.metric) == {"fd", "kid", "lpips", "lpips_diversity", "clip_score", "top1", "top5",
+                                     "mistake_severity", "path_consistency", "vendi", "precision", "recall",
+                                     "density", "coverage", "nn_train_similarity", "copy_fraction"}
+    # the per-image metrics also score the held-out real images: the ceiling rows
+    ceiling = table[table.method == "real-images"]
+    assert set(ceiling.metric) == {"clip_score", "top1", "top5", "mistake_severity", "path_consistency",
+                                   "nn_train_similarity", "copy_fraction"}
+    assert (ceiling[ceiling.scope == "overall"].n_generated == 6 * 8).all()
+    table = generated
     scopes = set(table.scope)
     assert scopes == {"overall", "rare", "common", *data.ranks}
     fd = table[(table.metric == "fd")].set_index("scope")
@@ -59,7 +70,12 @@ def test_csv_rows_cover_every_metric_scope_with_counts(evaluated, data):
     assert fd.loc["rare", "n_taxa"] == 3 and fd.loc["common", "n_generated"] == 9
     # per-species FD: 8 real vs up to 3 generated each; a species with a single image has no covariance
     assert fd.loc["species", "n_taxa"] == sum(len(data.records_of(t)) >= 2 for t in species)
-    assert (table.ci_low <= table.value + 1e-9).all() and (table.value <= table.ci_high + 1e-9).all()
+    scored = table[table.value.notna()]
+    assert (scored.ci_low <= scored.value + 1e-9).all() and (scored.value <= scored.ci_high + 1e-9).all()
+    # PRDC needs k + 1 = 6 images on each side of a taxon: no species has that many generated images
+    prdc_species = table[(table.metric == "precision") & (table.scope == "species")].iloc[0]
+    assert np.isnan(prdc_species.value) and prdc_species.n_taxa == 0
+    assert set(table[table.value.isna()].metric) == {"precision", "recall", "density", "coverage"}
     lpips = table[table.metric == "lpips"].iloc[0]
     assert lpips["name"] == "LPIPS (VGG, untrained backbone)" and "untrained" in lpips["weights"]
     top5 = table[table.metric == "top5"]
@@ -88,6 +104,25 @@ def test_overall_fd_is_fd_of_the_cached_features(evaluated, data):
     assert fd["value"] == pytest.approx(fd_from_features(real_all[rows], gen), rel=1e-9)
 
 
+def test_training_images_are_near_copies_and_vendi_pools_species(evaluated):
+    """The fabricated samples are training images: every one is its own nearest training image."""
+    _, result, _ = evaluated
+    table = pd.read_csv(result.csv_path).set_index(["method", "metric", "scope"])
+    assert table.loc[("copy", "nn_train_similarity", "overall"), "value"] == pytest.approx(1.0)
+    for scope in ("overall", "rare", "common"):
+        assert table.loc[("copy", "copy_fraction", scope), "value"] == 100.0
+    reference = table.loc[("real-images", "copy_fraction", "overall"), "value"]
+    n_real = table.loc[("real-images", "copy_fraction", "overall"), "n_generated"]
+    # held-out real images above their own (interpolated) 95% quantile: 5%, up to one image of discreteness
+    assert 0 < reference <= 100 * (1 - 0.95) + 100 / n_real
+    assert "quantile=0.95;threshold=" in table.loc[("copy", "copy_fraction", "overall"), "protocol"]
+    report = json.loads(result.json_path.read_text())
+    vendi = {m["scope"]: m for m in report["measurements"] if m["metric"] == "vendi"}
+    per_species = vendi["species"]["per_taxon"]
+    assert vendi["overall"]["value"] == pytest.approx(np.mean(list(per_species.values())))
+    assert vendi["overall"]["n_taxa"] == len(per_species)
+
+
 def test_reevaluation_reads_caches_and_replaces_its_rows(evaluated, monkeypatch):
     config, result, _ = evaluated
     import taxabench.metrics.evaluation as module
@@ -103,8 +138,9 @@ def test_reevaluation_reads_caches_and_replaces_its_rows(evaluated, monkeypatch)
         with pytest.warns(SmallSampleWarning):
             again = evaluate(config, "copy", show_progress=False)
     finally:
-        config.eval.metrics = ["fd", "kid", "lpips", "clip_score", "taxa_accuracy"]
+        config.eval.metrics = DEFAULT_METRICS
     after = pd.read_csv(again.csv_path)
+    after, before = after[after.method == "copy"], before[before.method == "copy"]
     assert set(after.metric) == {"fd", "lpips", "lpips_diversity", "clip_score"} and len(after) < len(before)
     for metric in ("fd", "lpips"):
         pd.testing.assert_frame_equal(after[after.metric == metric].reset_index(drop=True),
@@ -118,9 +154,11 @@ def test_other_methods_rows_are_kept(evaluated, data):
     try:
         evaluate(config, "second", show_progress=False)
     finally:
-        config.eval.metrics = ["fd", "kid", "lpips", "clip_score", "taxa_accuracy"]
+        config.eval.metrics = DEFAULT_METRICS
     table = pd.read_csv(result.csv_path)
-    assert {"copy", "second"} == set(table.method)
+    assert {"copy", "second", "real-images"} == set(table.method)
+    # the ceiling rows of the metrics "second" was not evaluated with are kept
+    assert {"top1", "mistake_severity", "copy_fraction"} <= set(table[table.method == "real-images"].metric)
     assert (table[table.method == "second"].scope == "overall").sum() == 1
 
 

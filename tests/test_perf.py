@@ -5,13 +5,24 @@ batches across taxa. And the benchmark harness measures what it says (interleave
 from __future__ import annotations
 
 import csv
+import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from benchmarks.harness import Measurement, Worker, markdown_table, measure, model_flop_utilisation
+from benchmarks.harness import (
+    LeverPath,
+    Measurement,
+    Worker,
+    compile_columns,
+    markdown_table,
+    measure,
+    measure_alone,
+    model_flop_utilisation,
+    winning_flags,
+)
 from taxabench.sample import sample_method
 from taxabench.train import train_method
 from tests.conftest import experiment
@@ -85,6 +96,24 @@ def test_one_image_per_call_gives_the_same_samples(authors_and_defaults, tmp_pat
     assert all(np.array_equal(with_levers[k], batched[k]) for k in batched)
 
 
+@pytest.mark.slow
+def test_torch_compile_on_a_cpu_changes_nothing_but_speed(authors_and_defaults, tiny_world, tmp_path):
+    """train.compile and sample.compile in the mode a CPU has (default), against eager (minutes of compiling)."""
+    _, defaults = authors_and_defaults["defaults"]
+    config = experiment(tiny_world, tmp_path, train={"steps_per_stage": 2, "compile": True},
+                        method_options=TWO_RANKS, sample={"taxa": SPECIES, "precision": "float32"})
+    compiled = train_method(config, "taxadiffusion", show_progress=False)
+    np.testing.assert_allclose([r[2] for r in loss_curve(compiled)], [r[2] for r in loss_curve(defaults)],
+                               rtol=1e-4, atol=1e-6)
+    eager_folder = sample_method(config, "taxadiffusion", output="eager", show_progress=False)
+    config.sample.compile = True
+    compiled_folder = sample_method(config, "taxadiffusion", output="compiled", show_progress=False)
+    for path in sorted(eager_folder.glob("*/*.png")):
+        eager = np.asarray(Image.open(path), dtype=np.int16)
+        fast = np.asarray(Image.open(compiled_folder / path.relative_to(eager_folder)), dtype=np.int16)
+        assert np.abs(fast - eager).max() <= 3, path  # float32 with fused kernels: a level or two
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The harness
 # ---------------------------------------------------------------------------------------------------------------
@@ -106,6 +135,50 @@ def test_measure_interleaves_workers_and_reports_ratios_and_peaks():
 def test_a_failing_worker_names_its_error():
     with pytest.raises(RuntimeError, match="setup failed on purpose"):
         measure({"broken": Worker("tests.perf_workers:setup_sleeper", {"fail": True})}, repeats=1, warmup=0)
+
+
+def test_measure_alone_keeps_a_row_for_a_path_that_cannot_run():
+    refused = measure_alone("cudnn", "refused on cpu: a CUDA kernel", repeats=1, warmup=0, device="cpu")
+    broken = measure_alone("broken", Worker("tests.perf_workers:setup_sleeper", {"fail": True}), 1, 0, "cpu")
+    late = measure_alone("late", Worker("tests.perf_workers:setup_sleeper", {"seconds": 30, "megabytes": 1}), 1, 0,
+                         "cpu", deadline=time.monotonic() + 8)
+    fine = measure_alone("fine", Worker("tests.perf_workers:setup_sleeper", {"seconds": 0.1, "megabytes": 1}), 2,
+                         1, "cpu")
+    assert [r.measured for r in (refused, broken, late, fine)] == [False, False, False, True]
+    assert refused.note == "refused on cpu: a CUDA kernel"
+    assert broken.note == "failed: ValueError: setup failed on purpose"
+    assert late.note.startswith("stopped at the time budget after")
+    assert len(fine.seconds) == 2 and fine.first_call_seconds >= 0.1 and fine.note == ""
+    table = markdown_table("levers", [fine, refused, late])
+    assert "| fine |" in table and "1.00×" in table
+    assert "| cudnn | — | — | — | 0 |  |  | refused on cpu: a CUDA kernel |" in table
+
+
+def result(name: str, per_second: float, first: float = 1.0, items: int = 8) -> Measurement:
+    return Measurement(name, per_second, [items / per_second] * 2, items, 0.0, first_call_seconds=first)
+
+
+def test_the_combined_path_takes_every_lever_that_won_and_the_fastest_of_a_group():
+    paths = [LeverPath("defaults", "defaults", {}), LeverPath("cl", "channels-last", {"channels_last": True}),
+             LeverPath("flash", "flash", {"attention": "flash"}, group="attention"),
+             LeverPath("efficient", "efficient", {"attention": "efficient"}, group="attention"),
+             LeverPath("batch", "batch 64", {"batch_size": 64})]
+    results = {"defaults": result("defaults", 100), "cl": result("cl", 130), "flash": result("flash", 110),
+               "efficient": result("efficient", 120), "batch": result("batch", 101)}  # within the 2% margin
+    assert winning_flags(paths, results, "defaults") == {"channels_last": True, "attention": "efficient"}
+    results["cl"] = Measurement("cl", float("nan"), [], 0, 0.0, note="out of memory")
+    results["batch"] = result("batch", 150)
+    assert winning_flags(paths, results, "defaults") == {"attention": "efficient", "batch_size": 64}
+
+
+def test_compile_time_is_reported_apart_and_amortised():
+    eager = result("eager", per_second=80.0, first=0.2, items=16)  # 0.2 s per call of 2 steps
+    compiled = result("compiled", per_second=160.0, first=60.1, items=16)  # 0.1 s per call: 60 s compiling
+    columns = compile_columns(compiled, eager, steps_per_call=2, run_steps=1000)
+    assert columns["compile (s)"] == "60"
+    assert columns["break-even (steps)"] == "1,200"  # 60 s / (0.1 - 0.05 s saved per step)
+    assert columns["images/s over 1,000 steps"] == f"{8000 / (1000 * 0.05 + 60):.3g}"  # 8 images per step
+    assert compile_columns(Measurement("x", float("nan"), [], 0, 0.0), eager, 2, 1000) == {}
 
 
 def test_model_flop_utilisation():
@@ -144,6 +217,26 @@ def test_sd15_shape_is_refused_on_cpu_unless_asked():
 
     with pytest.raises(SystemExit, match="too slow to time on a CPU"):
         train_speed.main(["--size", "sd15", "--device", "cpu"])
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_both_lever_tables(tmp_path):
+    """`gpu_check.sh --dry-run` end to end on a CPU: the CUDA tests skip, both lever tables are written, the
+    CUDA-only levers are rows that say why, and the script passes."""
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the dry run is for a CPU")
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", str(tmp_path)], capture_output=True,
+                            text=True, timeout=3600, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable,
+                                                          "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = (tmp_path / "dry-run-cpu.md").read_text()
+    assert "#### Training levers" in report and "#### Sampling levers" in report
+    assert report.count("refused on cpu: train.attention: 'efficient' is a CUDA kernel") == 1
+    assert "refused on cpu: sample.compile_mode" not in report  # the CPU's compile mode is default: skipped
+    assert report.count("skipped in a dry run") == 2 and "Batch sweep" in report
 
 
 def test_gpu_check_script_parses_and_fails_clearly_without_cuda(tmp_path):

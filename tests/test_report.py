@@ -73,3 +73,23 @@ def test_regenerating_changes_nothing_and_figures_are_drawn(run_folder):
 def test_a_folder_without_metrics_is_a_clear_error(tmp_path):
     with pytest.raises(TaxabenchError, match="metrics/all.csv not found"):
         write_report(tmp_path)
+
+
+def test_ceiling_rows_and_metrics_the_report_does_not_name(run_folder):
+    """Rows of `real-images` become the ceiling row of each table; a metric the report has never heard of (here
+    `vendi_ratio`, also an unregistered sample folder `other-generator`) still gets its per-rank and per-bin rows."""
+    csv = run_folder / "metrics" / "all.csv"
+    weights = "synthclip@sha256:0123456789ab (built)"
+    extra = [f"real-images,top1,top-1 accuracy (synthclip),{scope},{value},{value - 5},{value + 5},0,256,32,synthclip,"
+             f"{weights},True,images=center-crop@64" for scope, value in (("overall", 80.0), ("genus", 90.0),
+                                                                            ("species", 80.0), ("rare", 70.0))]
+    extra += [f"{method},vendi_ratio,Vendi ratio (synthclip),{scope},{value},{value - 0.1},{value + 0.1},256,128,32,"
+              f"synthclip,{weights},True,k=5" for method in ("taxadiffusion", "other-generator")
+              for scope, value in (("rare", 0.5), ("common", 0.8), ("genus", 0.7))]
+    csv.write_text(csv.read_text() + "\n".join(extra) + "\n")
+    text = render(RunFolder.read(run_folder), figures={})
+    assert "| _real images (ceiling)_ | 90.0 [85.0, 95.0] | 80.0 [75.0, 85.0] |" in text  # top-1 per rank
+    main = text.split("## Per rank")[0]
+    assert "| _real images (ceiling)_ | — | — | — | — | 80.0 [75.0, 85.0] |" in main
+    assert "**Vendi ratio (synthclip) ↑**, per rank" in text and "`other-generator`" in text
+    assert "| Vendi ratio (synthclip) ↑ | `taxadiffusion` | 0.500 [0.400, 0.600] | 0.800 [0.700, 0.900] | — |" in text

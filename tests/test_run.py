@@ -48,7 +48,7 @@ def test_run_writes_every_output_and_a_report(finished_run):
         assert (run_dir / "samples" / name / "metadata.jsonl").is_file()
         assert (run_dir / "metrics" / f"{name}.json").is_file()
     table = pd.read_csv(run_dir / "metrics" / "all.csv")
-    assert set(table["method"]) == {"taxadiffusion", "sd-lora", "taxadiffusion+cfg"}
+    assert set(table["method"]) == {"taxadiffusion", "sd-lora", "taxadiffusion+cfg", "real-images"}
     text = report.read_text()
     assert "## Main table" in text and "## Ablations" in text and "`taxadiffusion+cfg`" in text
     assert "## Across progressive stages" in text and (run_dir / "report" / "stages.png").is_file()

@@ -158,6 +158,39 @@ def summarise_set_metric(
         results.append(ScopeValue(scope, estimate, low, high,
                                   n_real=len(real_rows), n_generated=len(gen_rows), n_taxa=len(units),
                                   n_bootstrap=pooled_resampling.resamples))
+    return results + _rank_scopes(value, real, generated, sets, resampling, min_per_side)
+
+
+def summarise_per_taxon_set_metric(
+    value: SetValue,
+    real: np.ndarray,
+    generated: np.ndarray,
+    sets: EvalSets,
+    resampling: Resampling,
+    min_per_side: int,
+) -> list[ScopeValue]:
+    """Scopes of a set metric that is only meaningful within one taxon (diversity of a species' images): the
+    pooled scopes (overall, rare, common) are the mean of the evaluated taxa's values, with a CI from resampling
+    those taxa; the rank scopes are as in `summarise_set_metric`."""
+    ranks = _rank_scopes(value, real, generated, sets, resampling, min_per_side)
+    own = ranks[-1]  # the evaluated rank: one value per unit
+    results = []
+    for scope, units in sets.pooled_scopes():
+        ids = [sets.units[u].id for u in units if sets.units[u].id in own.per_taxon]
+        scored = [u for u in units if sets.units[u].id in own.per_taxon]
+        skipped = {sets.units[u].id: own.skipped_taxa[sets.units[u].id] for u in units
+                   if sets.units[u].id in own.skipped_taxa}
+        results.append(_mean_over_taxa(scope, np.array([own.per_taxon[i] for i in ids]), ids, resampling,
+                                       sets.real_count(np.array(scored)), int(np.isin(sets.gen_unit, scored).sum()),
+                                       skipped))
+    return results + ranks
+
+
+def _rank_scopes(value: SetValue, real: np.ndarray, generated: np.ndarray, sets: EvalSets, resampling: Resampling,
+                 min_per_side: int) -> list[ScopeValue]:
+    """One scope per rank: the metric for each taxon of the rank that has `min_per_side` images on each side, then
+    the mean over those taxa."""
+    results = []
     for rank in sets.ranks:
         taxa, gen_taxon = sets.gen_taxa(rank)
         _, real_taxon = sets.real_taxa(rank)

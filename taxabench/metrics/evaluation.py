@@ -5,10 +5,11 @@ Reads `runs/<name>/samples/<method>/` (contract: `taxabench.metrics.samples`), c
 
 - `runs/<name>/metrics/<method>.json`: every measurement with its N, CI, extractor, weights identity, protocol,
   per-taxon values for the rank scopes, and the warnings;
-- `runs/<name>/metrics/all.csv`: the method's rows, replacing any earlier rows of the same method. This file is the
-  single source of the report tables; it is derived from the per-method JSONs (`rebuild_table`), so a deleted or
-  damaged one is rebuilt, and its numbers never go through a CSV round trip. Columns (`CSV_COLUMNS`, in this
-  order):
+- `runs/<name>/metrics/all.csv`: the method's rows, replacing any earlier rows of the same method, and the rows of
+  method `real-images` (`CEILING_METHOD`): the per-image metrics scored on the held-out real images of the same
+  taxa, the ceiling row of the report's tables (the same for every method of a run). This file is the single
+  source of the report tables; it is derived from the per-method JSONs (`rebuild_table`), so a deleted or damaged
+  one is rebuilt, and its numbers never go through a CSV round trip. Columns (`CSV_COLUMNS`, in this order):
 
   ===================  =====================================================================================
   method               the method name (sample folder name)
@@ -38,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,9 +61,10 @@ from taxabench.metrics.features import (
     real_images,
     resolve_device,
 )
-from taxabench.metrics.metric_base import Measurement
-from taxabench.metrics.samples import read_samples, samples_folder
+from taxabench.metrics.metric_base import SUBJECT_GENERATED, SUBJECT_REAL, Measurement
+from taxabench.metrics.samples import SampleSet, read_samples, samples_folder
 from taxabench.metrics.scopes import SCOPE_OVERALL, EvalSets
+from taxabench.taxonomy import Taxonomy
 
 KEY_METHOD = "method"
 KEY_METRIC = "metric"
@@ -80,6 +83,7 @@ KEY_PROTOCOL = "protocol"
 CSV_COLUMNS = (KEY_METHOD, KEY_METRIC, KEY_NAME, KEY_SCOPE, KEY_VALUE, KEY_CI_LOW, KEY_CI_HIGH, KEY_N_REAL,
                KEY_N_GENERATED, KEY_N_TAXA, KEY_EXTRACTOR, KEY_WEIGHTS, KEY_HIGHER_IS_BETTER, KEY_PROTOCOL)
 
+CEILING_METHOD = "real-images"  # the rows of held-out real images scored like generated ones
 FD_MIN_IMAGES = 2000  # below this many images on a side, FD is strongly biased upwards (warned, not refused)
 
 
@@ -94,9 +98,10 @@ class EvalResult:
     json_path: Path
     csv_path: Path
     warnings: list[str]
+    samples: SampleSet
 
     def headline(self) -> list[Measurement]:
-        return [m for m in self.measurements if m.scope.scope == SCOPE_OVERALL]
+        return [m for m in self.measurements if m.scope.scope == SCOPE_OVERALL and m.subject == SUBJECT_GENERATED]
 
 
 @dataclass
@@ -146,9 +151,10 @@ class EvalContext:
         return self._extractors[name]
 
     def features(self, name: str, side: str) -> dict[str, np.ndarray]:
-        """Features of the real (`side="real"`) or generated images, rows aligned with `sets.real` / generated.
+        """Features of the real (`side="real"`) or generated images, rows aligned with `sets.real` / generated, or
+        of the whole training split (`side="train"`, rows aligned with `data.train`).
 
-        Real features are cached for the whole evaluation split, generated ones per sample folder manifest.
+        Real and training features are cached for the whole split, generated ones per sample folder manifest.
         """
         if (name, side) in self._features:
             return self._features[(name, side)]
@@ -162,6 +168,10 @@ class EvalContext:
             split = real_images(self.data.eval, self.config.data)
             features = self._cached("real", fields, split, f"{name}: real images")
             features = {k: v[self.sets.real_rows] for k, v in features.items()}
+        elif side == "train":
+            fields = {**settings, "data": self.data.fingerprint(), "split": self.config.data.train_split}
+            features = self._cached("real", fields, real_images(self.data.train, self.config.data),
+                                    f"{name}: training images")
         else:
             fields = {**settings, "samples": self.sets.generated.manifest}
             features = self._cached("generated", fields, self.generated_images, f"{name}: generated images")
@@ -217,8 +227,12 @@ def prepare_extractors(config: ExperimentConfig) -> dict[str, str]:
 
 
 def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None = None,
-             show_progress: bool = True) -> EvalResult:
+             show_progress: bool = True, samples: Callable[[Taxonomy], SampleSet] | None = None) -> EvalResult:
     """Evaluate `method`'s samples in `run_dir` (default: the config's run folder); write its JSON and CSV rows.
+
+    `samples`: reads images from elsewhere given the dataset's taxonomy (another generator's folder,
+    `taxabench.metrics.external_samples`); they are evaluated and written under the name `method` instead of
+    `run_dir/samples/<method>/`.
 
     Raises `SamplesError` for a sample folder that breaks the contract, `WeightsNotFoundError` when an
     extractor's weights cannot be resolved offline, `TaxabenchError` for unknown metric or extractor names.
@@ -226,10 +240,16 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
     from taxabench.metrics.registry import METRICS
 
     run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+    if method == CEILING_METHOD:
+        raise TaxabenchError(f"'{CEILING_METHOD}' names the real-image ceiling rows of metrics/all.csv; "
+                             "give the samples another name")
     metrics = [METRICS.get(name)() for name in config.eval.metrics]  # unknown names fail before any work
     data = load_dataset(config.data)
-    samples = read_samples(samples_folder(run_dir, method), method, data.taxonomy)
-    context = EvalContext(config, data, EvalSets.build(data, samples), show_progress)
+    if samples is None:
+        sample_set = read_samples(samples_folder(run_dir, method), method, data.taxonomy)
+    else:
+        sample_set = samples(data.taxonomy)
+    context = EvalContext(config, data, EvalSets.build(data, sample_set), show_progress)
 
     measurements: list[Measurement] = []
     for metric in metrics:
@@ -245,8 +265,8 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
     if PartialState().is_main_process:
         report = _json_report(method, config, data, context, measurements, notes)
         write_bytes(json_path, json.dumps(report, indent=2, allow_nan=False).encode(), "metrics")
-        write_csv_rows(csv_path, method, measurements)
-    return EvalResult(method, measurements, json_path, csv_path, notes)
+        write_csv_rows(csv_path, method)
+    return EvalResult(method, measurements, json_path, csv_path, notes, sample_set)
 
 
 def csv_rows(method: str, measurements: list[Measurement]) -> list[dict[str, Any]]:
@@ -260,10 +280,12 @@ def csv_rows(method: str, measurements: list[Measurement]) -> list[dict[str, Any
     ]
 
 
-def write_csv_rows(path: Path, method: str, measurements: list[Measurement]) -> None:
-    """Replace `method`'s rows of `all.csv`: the methods already there keep their order, a new one comes last."""
-    del measurements  # the rows are read back from the method's JSON, written just before: one source
-    rebuild_table(path.parent.parent, [*table_methods(path), method])
+def write_csv_rows(path: Path, method: str) -> None:
+    """Replace `method`'s rows of `all.csv` with those of its JSON, written just before: the methods already there
+    keep their order and this one comes last; its ceiling rows replace the ceiling rows of the quantities it
+    computed (the ceiling is shared by every method of a run)."""
+    earlier = [m for m in table_methods(path) if m not in (method, CEILING_METHOD)]
+    rebuild_table(path.parent.parent, [*earlier, method])
 
 
 def table_methods(path: Path) -> list[str]:
@@ -277,16 +299,24 @@ def table_methods(path: Path) -> list[str]:
 
 
 def rebuild_table(run_dir: Path, methods: list[str]) -> Path:
-    """Write `<run>/metrics/all.csv` from `metrics/<method>.json` of each of `methods` that has one, in that order."""
+    """Write `<run>/metrics/all.csv` from `metrics/<method>.json` of each of `methods` that has one, as evaluating
+    them in that order leaves it: each method's generated-image rows appended, its ceiling rows replacing the
+    ceiling rows of the same quantities and appended after them."""
     import pandas as pd
 
     folder = Path(run_dir) / "metrics"
-    rows = []
-    for method in dict.fromkeys(methods):
+    rows: list[dict[str, Any]] = []
+    for method in dict.fromkeys(m for m in methods if m != CEILING_METHOD):
         path = folder / f"{method}.json"
-        if path.is_file():
-            report = read_json(path, f"re-evaluate it: `taxabench run --force eval/{method}`")
-            rows += [json_csv_row(method, entry) for entry in report.get("measurements", [])]
+        if not path.is_file():
+            continue
+        entries = read_json(path, f"re-evaluate it: `taxabench run --force eval/{method}`").get("measurements", [])
+        generated = [json_csv_row(method, e) for e in entries if e.get("subject", SUBJECT_GENERATED) == SUBJECT_GENERATED]
+        ceiling = [json_csv_row(CEILING_METHOD, e) for e in entries if e.get("subject") == SUBJECT_REAL]
+        rows = [r for r in rows if r[KEY_METHOD] != method] + generated
+        if ceiling:
+            replaced = {r[KEY_METRIC] for r in ceiling}
+            rows = [r for r in rows if not (r[KEY_METHOD] == CEILING_METHOD and r[KEY_METRIC] in replaced)] + ceiling
     table = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
     return write_bytes(folder / "all.csv", table.to_csv(index=False).encode(), "table")
 
@@ -326,7 +356,7 @@ def _json_report(method: str, config: ExperimentConfig, data: TaxaData, context:
                  "taxa": len(sets.units), "real_images": len(sets.real),
                  "rare_threshold": data.rare_threshold},
         "samples": {"folder": str(sets.generated.folder), "manifest": sets.generated.manifest,
-                    "images": len(sets.generated.images)},
+                    "images": len(sets.generated.images), "skipped": sets.generated.skipped},
         "extractors": {name: {"weights": e.identity, "protocol": e.protocol,
                               "build": getattr(e, "build_report", None)} for name, e in context._extractors.items()},
         "eval": {"bootstrap": config.eval.bootstrap, "bootstrap_set_metrics": config.eval.bootstrap_set_metrics,
@@ -334,7 +364,7 @@ def _json_report(method: str, config: ExperimentConfig, data: TaxaData, context:
                  "ci_method": "percentile bootstrap over taxa, re-centred on the estimate"},
         "warnings": notes,
         "measurements": [
-            {**{k: _finite(v) for k, v in row.items() if k != KEY_METHOD}, "protocol": m.protocol,
+            {**{k: _finite(v) for k, v in row.items() if k != KEY_METHOD}, "protocol": m.protocol, "subject": m.subject,
              "n_bootstrap": m.scope.n_bootstrap,
              "per_taxon": {k: _finite(v) for k, v in m.scope.per_taxon.items()} if m.scope.per_taxon else None,
              "skipped_taxa": m.scope.skipped_taxa}

@@ -12,11 +12,20 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from taxabench.metrics.aggregate import ScopeValue, summarise_set_metric, weighted_bootstrap
+from taxabench.metrics.aggregate import (
+    ScopeValue,
+    summarise_per_image,
+    summarise_set_metric,
+    weighted_bootstrap,
+)
 from taxabench.metrics.features import one_cpu_thread
+from taxabench.metrics.scopes import EvalSets
 
 if TYPE_CHECKING:
     from taxabench.metrics.evaluation import EvalContext
+
+SUBJECT_GENERATED = "generated"
+SUBJECT_REAL = "real"  # held-out real images scored like generated ones: the ceiling a generator can reach
 
 
 @dataclass
@@ -30,6 +39,7 @@ class Measurement:
     weights: str  # weights identity, e.g. "synthclip@sha256:0123abcd4567 (built)"
     higher_is_better: bool
     protocol: dict[str, Any] = field(default_factory=dict)  # every named choice that changes the number
+    subject: str = SUBJECT_GENERATED  # whose images were scored: generated, or real (the ceiling row)
 
     def protocol_string(self) -> str:
         return ";".join(f"{k}={v}" for k, v in self.protocol.items())
@@ -47,6 +57,45 @@ class Metric:
 
     def compute(self, context: EvalContext) -> list[Measurement]:
         raise NotImplementedError
+
+
+class PerImageMetric(Metric):
+    """A metric with one value per image (scores, accuracies, mistake severity).
+
+    It scores the generated images and, when `ceiling` is set, the held-out real images of the same taxa with the
+    same code: the real images' value is the ceiling row of every table (what a perfect generator would get under
+    this metric model).
+    """
+
+    ceiling: ClassVar[bool] = True
+
+    def values(self, context: EvalContext, sets: EvalSets, side: str) -> dict[str, dict[str, np.ndarray]]:
+        """quantity key -> per-rank values (`summarise_per_image`'s contract) of the images of `side`, whose taxa
+        `sets.gen_taxa` gives (for the real side, `sets` is `context.sets.real_as_subject()`)."""
+        raise NotImplementedError
+
+    def describe(self, context: EvalContext, quantity: str) -> tuple[str, str, str, bool, dict[str, Any]]:
+        """(display name, extractor, weights identity, higher is better, protocol) of one quantity."""
+        raise NotImplementedError
+
+    def keep(self, context: EvalContext, quantity: str, scope: ScopeValue) -> bool:
+        """Whether a scope of a quantity is reported (e.g. top-5 is left out where it is trivially 100%)."""
+        return True
+
+    def compute(self, context: EvalContext) -> list[Measurement]:
+        sides = [(SUBJECT_GENERATED, context.sets)]
+        if self.ceiling:
+            sides.append((SUBJECT_REAL, context.sets.real_as_subject()))
+        measurements = []
+        for subject, sets in sides:
+            for quantity, by_rank in self.values(context, sets, subject).items():
+                name, extractor, weights, higher, protocol = self.describe(context, quantity)
+                measurements += [
+                    Measurement(quantity, name, scope, extractor, weights, higher, protocol, subject)
+                    for scope in summarise_per_image(by_rank, sets, context.resampling)
+                    if self.keep(context, quantity, scope)
+                ]
+        return measurements
 
 
 class SetMetric(Metric):

@@ -4,15 +4,15 @@ The caption is BioCLIP's taxonomic string, "a photo of Animalia Chordata ... Abu
 (`taxonomy.bioclip_caption`). Overall, each image is scored against its own taxon's caption. At rank r, each image
 is scored against the caption of its taxon at rank r (the lineage cut after r), averaged per taxon of rank r, then
 over those taxa: "is this image aligned with its genus?". No clipping at 0 (unlike Hessel et al.'s CLIPScore).
-Named "BioCLIP score" with the BioCLIP weights, "CLIP score (<extractor>)" otherwise.
+Named "BioCLIP score" with the BioCLIP weights, "CLIP score (<extractor>)" otherwise. Held-out real images of the
+same taxa are scored the same way for the ceiling row.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from taxabench.metrics.aggregate import summarise_per_image
-from taxabench.metrics.metric_base import Measurement, Metric
+from taxabench.metrics.metric_base import PerImageMetric
 from taxabench.taxonomy import bioclip_caption
 
 DISPLAY_NAMES = {"bioclip": "BioCLIP score", "bioclip-2": "BioCLIP-2 score"}
@@ -23,25 +23,28 @@ def caption_scores(image_embeddings: np.ndarray, caption_embeddings: np.ndarray,
     return 100.0 * np.einsum("ij,ij->i", image_embeddings, caption_embeddings[caption_of_image])
 
 
-class ClipScore(Metric):
+class ClipScore(PerImageMetric):
     key = "clip_score"
-    description = "cosine(image, BioCLIP-format caption) x 100 with eval.clip_model (the paper's BioCLIP score)."
+    description = ("cosine(image, BioCLIP-format caption) x 100 with eval.clip_model (the paper's BioCLIP score); "
+                   "real images give the ceiling row.")
 
     def extractors(self, config) -> list[str]:
         return [config.eval.clip_model]
 
-    def compute(self, context) -> list[Measurement]:
+    def values(self, context, sets, side) -> dict[str, dict[str, np.ndarray]]:
         model_name = context.config.eval.clip_model
         above = context.config.data.lineage_above  # ranks the dataset lacks above its top one (BioCLIP captions)
         model = context.extractor(model_name)
-        images = context.features(model_name, "generated")[model.feature_for(self.key)]
-        sets = context.sets
+        images = context.features(model_name, side)[model.feature_for(self.key)]
         values_by_rank = {}
         for rank in sets.ranks:
             taxa, taxon_of_image = sets.gen_taxa(rank)
             captions = context.text_embeddings(model_name, [bioclip_caption(t.ranks, t.lineage, above) for t in taxa])
             values_by_rank[rank] = caption_scores(images, captions, taxon_of_image)
+        return {self.key: values_by_rank}
+
+    def describe(self, context, quantity):
+        model_name = context.config.eval.clip_model
         name = DISPLAY_NAMES.get(model_name, f"CLIP score ({model_name})")
         protocol = {**context.image_protocol(model_name), "caption": "bioclip-taxonomic", "scale": "cosine*100"}
-        return [Measurement(self.key, name, scope, model_name, model.identity, True, protocol)
-                for scope in summarise_per_image(values_by_rank, sets, context.resampling)]
+        return name, model_name, context.extractor(model_name).identity, True, protocol

@@ -28,12 +28,18 @@ def _register_builtins() -> None:
     from taxabench.metrics.extractor_lpips_vgg import LpipsVggExtractor
     from taxabench.metrics.extractor_synthclip import SynthClipExtractor
     from taxabench.metrics.metric_clip_score import ClipScore
+    from taxabench.metrics.metric_copying import Copying
     from taxabench.metrics.metric_fd import FrechetDistance
     from taxabench.metrics.metric_kid import KernelDistance
     from taxabench.metrics.metric_lpips import Lpips
+    from taxabench.metrics.metric_mistake_severity import MistakeSeverity
+    from taxabench.metrics.metric_path_consistency import PathConsistency
+    from taxabench.metrics.metric_prdc import Prdc
     from taxabench.metrics.metric_taxa_accuracy import TaxaAccuracy
+    from taxabench.metrics.metric_vendi import VendiRatio
 
-    for metric in (FrechetDistance, KernelDistance, Lpips, ClipScore, TaxaAccuracy):
+    for metric in (FrechetDistance, KernelDistance, Lpips, ClipScore, TaxaAccuracy, MistakeSeverity,
+                   PathConsistency, VendiRatio, Prdc, Copying):
         register_metric(metric.key, metric)
     for extractor in (InceptionExtractor, BioClipExtractor, BioClip2Extractor, SynthClipExtractor, LpipsVggExtractor):
         register_extractor(extractor.name, extractor)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from taxabench.errors import DataError
@@ -58,6 +58,7 @@ class SampleSet:
     rank: str
     images: list[GeneratedImage]
     manifest: str  # SHA-256 of the metadata and of each image's (path, size, mtime)
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> images left out (other generators' folders)
 
 
 def samples_folder(run_dir: Path, method: str) -> Path:

@@ -66,6 +66,12 @@ class EvalSets:
             rare_units=rare,
         )
 
+    def real_as_subject(self) -> EvalSets:
+        """These sets with the real images in the generated images' place: per-image metrics score held-out real
+        images through it for the ceiling row (`gen_unit` becomes `real_unit`)."""
+        return EvalSets(self.rank, self.ranks, self.units, self.generated, self.real, self.real_rows,
+                        gen_unit=self.real_unit, real_unit=self.real_unit, rare_units=self.rare_units)
+
     def pooled_scopes(self) -> list[tuple[str, np.ndarray]]:
         """(scope name, unit indices) of the pooled scopes: overall, and rare / common when units are species."""
         scopes = [(SCOPE_OVERALL, np.arange(len(self.units)))]
