@@ -140,3 +140,27 @@ def test_run_names_that_are_not_plain_folder_names_are_refused(name, tmp_path):
 def test_zero_step_tiny_backbones_are_refused_at_validation(key):
     with pytest.raises(ConfigError, match=r"backbone.tiny: vae_steps and unet_pretrain_steps must be at least 1"):
         config_from_dict({"backbone": {"tiny": {key: 0}}})
+
+
+def test_all_csv_follows_the_evaluation_order_and_the_latest_ceiling(tmp_path):
+    """all.csv from the JSONs: a re-evaluated method moves last, and its ceiling rows replace those it computed."""
+    import pandas as pd
+
+    from taxabench.metrics.evaluation import CEILING_METHOD, CSV_COLUMNS, rebuild_table, write_csv_rows
+
+    def entry(metric, value, subject="generated"):
+        row = {key: 1 for key in CSV_COLUMNS if key not in ("method", "protocol")}
+        return {**row, "metric": metric, "value": value, "protocol": {"images": "center-crop@64"}, "subject": subject}
+
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    reports = {"a": [entry("fd", 1.0), entry("top1", 50.0, "real")], "b": [entry("fd", 2.0), entry("top1", 60.0, "real")]}
+    for name, entries in reports.items():
+        (folder / f"{name}.json").write_text(json.dumps({"method": name, "measurements": entries}))
+    table_path = folder / "all.csv"
+    for name in ("a", "b", "a"):
+        write_csv_rows(table_path, name)
+    table = pd.read_csv(table_path)
+    assert list(table["method"]) == ["b", "a", CEILING_METHOD] and list(table["value"]) == [2.0, 1.0, 50.0]
+    written = table_path.read_bytes()
+    assert rebuild_table(tmp_path, ["b", "a"]).read_bytes() == written
