@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from taxabench.errors import ConfigError, TaxabenchError
+from taxabench.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sections
@@ -270,6 +270,11 @@ class SampleConfig:
     # auto: float64 on CPU (the same PNG bytes whatever the batch size or process count), float16 on CUDA
     precision: Literal["auto", "float64", "float32", "float16", "bfloat16"] = "auto"
     stage: int | None = None  # sample this training stage's checkpoint; None: the last one
+    # guidance sweep on the final checkpoint, no retraining: kind -> scales, e.g. {taxonomy: [1, 2, 4, 8]}; each is
+    # sampled and evaluated on the validation split (budget.split, budget.images_per_taxon), and the test sampling
+    # of each method and kind uses the scale that is best there on `guidance_select` (overall scope)
+    guidance_sweep: dict[str, list[float]] = field(default_factory=dict)
+    guidance_select: str = "fd"  # a metric key of all.csv: fd, kid, clip_score, top1, ...
     # throughput levers (taxabench/levers.py), off by default: torch.compile the UNet (reduce-overhead: CUDA graphs),
     # NHWC convolution weights in the UNet and VAE, the SDPA kernel
     compile: bool = False
@@ -285,6 +290,9 @@ class SampleConfig:
             raise ConfigError(f"{where}.guidance_scale: may not be negative, got {self.guidance_scale}")
         if self.stage is not None and self.stage < 0:
             raise ConfigError(f"{where}.stage: a stage index is at least 0, got {self.stage}")
+        for kind, scales in self.guidance_sweep.items():
+            if not scales or any(scale < 0 for scale in scales):
+                raise ConfigError(f"{where}.guidance_sweep.{kind}: at least one scale, none negative, got {scales}")
         _check_compile_mode(self.compile, self.compile_mode, where)
 
 
@@ -334,20 +342,10 @@ class EvalConfig:
     synthclip: SynthClipConfig = field(default_factory=SynthClipConfig)
 
     def validate(self, where: str) -> None:
-        from taxabench.metrics.registry import EXTRACTORS, METRICS
-
-        for index, name in enumerate(self.metrics):
-            _registered(METRICS, name, f"{where}.metrics[{index}]")
-        for key in ("fd_extractor", "clip_model"):
-            _registered(EXTRACTORS, getattr(self, key), f"{where}.{key}")
-        if self.diversity_extractor is not None:
-            _registered(EXTRACTORS, self.diversity_extractor, f"{where}.diversity_extractor")
+        # metric and extractor names are checked against their registries by the steps that use them
+        # (`taxabench.metrics.evaluation.check_eval_names`): this module does not import the metrics package
         if not 0.0 < self.copy_quantile < 1.0:
             raise ConfigError(f"{where}.copy_quantile: must be in (0, 1), got {self.copy_quantile}")
-        for name in self.weights:
-            if name not in EXTRACTORS:
-                raise ConfigError(f"{where}.weights: unknown extractor {name!r}; extractors: "
-                                  f"{', '.join(EXTRACTORS.names())}")
         if not 0.0 < self.confidence < 1.0:
             raise ConfigError(f"{where}.confidence: must be in (0, 1), got {self.confidence}")
         for key in ("bootstrap", "bootstrap_set_metrics", "kid_subsets", "kid_subset_size", "batch_size",
@@ -356,10 +354,53 @@ class EvalConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The sampler-free taxonomic probe (taxabench/probe.py): conditional denoising loss under every species."""
+
+    images_per_taxon: int = 0  # held-out real images per species (data.eval_split); 0: no probe
+    timesteps: list[int] = field(default_factory=lambda: [100, 300, 500, 700, 900])
+    noises: int = 1  # fixed noises per image and timestep
+    batch_size: int = 64  # conditions per UNet call
+
+    def validate(self, where: str) -> None:
+        if self.images_per_taxon < 0:
+            raise ConfigError(f"{where}.images_per_taxon: may not be negative, got {self.images_per_taxon}")
+        if not self.timesteps or any(t < 0 for t in self.timesteps):
+            raise ConfigError(f"{where}.timesteps: at least one timestep, none negative, got {self.timesteps}")
+        _positive(self.noises, f"{where}.noises")
+        _positive(self.batch_size, f"{where}.batch_size")
+
+
+@dataclass
+class BudgetConfig:
+    """Evaluation along training (taxabench/budget.py): at each point the method's checkpoint is kept, sampled and
+    evaluated on the validation split, so that the final test numbers are not chosen on the test set."""
+
+    # cumulative over a method's whole schedule (all its stages), in `unit`; empty: evaluate the final model only
+    points: list[float] = field(default_factory=list)
+    unit: Literal["steps", "images", "epochs"] = "steps"
+    split: str = "validation"  # real images budget points (and guidance sweeps) are evaluated against
+    images_per_taxon: int = 2  # generated images per taxon at each point (the test sampling has its own count)
+
+    def validate(self, where: str) -> None:
+        _positive(self.images_per_taxon, f"{where}.images_per_taxon")
+        for index, value in enumerate(self.points):
+            if value <= 0:
+                raise ConfigError(f"{where}.points[{index}]: a budget point must be positive, got {value}")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
+    # training seeds: each method is trained, sampled and evaluated once per seed (empty: `seed` alone); the report
+    # shows the mean and spread across seeds
+    seeds: list[int] = field(default_factory=list)
     runs_dir: str = "runs"  # the run folder is <runs_dir>/<name>
+    # `taxabench run` on a CPU: independent trainings (methods x seeds), then samplings, in this many processes at
+    # once, the CPU threads shared out; None: as many as this process has cores. One process on a GPU or under
+    # `accelerate launch` / `torchrun`
+    jobs: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     methods: list[str] = field(default_factory=lambda: ["taxadiffusion"])
@@ -367,6 +408,8 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def validate(self, where: str) -> None:
         separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
@@ -374,6 +417,15 @@ class ExperimentConfig:
                 or self.name in (".", "..") or "\0" in self.name):
             raise ConfigError(f"{where}.name: must be a plain folder name (no path separators, not '.' or '..'), "
                               f"got {self.name!r}")
+        if self.jobs is not None and self.jobs < 1:
+            raise ConfigError(f"{where}.jobs: at least 1 (or null for every core), got {self.jobs}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"{where}.seeds: each training seed once, got {self.seeds}")
+
+    @property
+    def replica_seeds(self) -> list[int | None]:
+        """The seed axis of the run layout: None for a single-seed run (layout-1 paths), else each seed."""
+        return list(self.seeds) if self.seeds else [None]
 
     @property
     def run_dir(self) -> Path:
@@ -485,13 +537,6 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} ({value!r})")
         return value
     raise TypeError(f"unsupported config type {hint!r} at {where}")
-
-
-def _registered(registry: Any, name: str, where: str) -> None:
-    try:
-        registry.get(name)
-    except TaxabenchError as error:
-        raise ConfigError(f"{where}: {error}") from error
 
 
 def _check_compile_mode(compile_: bool, mode: str, where: str) -> None:

@@ -20,11 +20,22 @@ from pathlib import Path
 
 import pandas as pd
 
+from taxabench.curves import (
+    AXIS_LABELS,
+    KEY_N_SEEDS,
+    KEY_SEED_SD,
+    along_rows,
+    best_in_every_seed,
+    combine_seeds,
+    crossings,
+    final_rows,
+    sweep_rows,
+)
 from taxabench.errors import TaxabenchError
 from taxabench.files import read_json, write_bytes, write_text, writing
+from taxabench.layout import METADATA_FILE, SCALE_SEPARATOR, RunLayout
 from taxabench.metrics.evaluation import (
     CEILING_METHOD,
-    CSV_COLUMNS,
     KEY_CI_HIGH,
     KEY_CI_LOW,
     KEY_EXTRACTOR,
@@ -35,10 +46,13 @@ from taxabench.metrics.evaluation import (
     KEY_N_REAL,
     KEY_N_TAXA,
     KEY_NAME,
+    KEY_POINT,
     KEY_PROTOCOL,
     KEY_SCOPE,
+    KEY_SEED,
     KEY_VALUE,
     KEY_WEIGHTS,
+    upgrade_table,
 )
 
 HEADLINE_METRICS = ("fd", "kid", "lpips", "clip_score", "top1")  # the paper's columns, plus species accuracy
@@ -54,7 +68,12 @@ class RunFolder:
     """What the report reads from a run folder."""
 
     root: Path
-    table: pd.DataFrame
+    layout: RunLayout
+    table: pd.DataFrame  # final evaluations (test split), seeds combined: what the tables below read
+    per_seed: pd.DataFrame  # final evaluations, one row per seed
+    curves: pd.DataFrame  # evaluations at budget points (validation split), seeds combined
+    sweeps: pd.DataFrame  # guidance sweeps of the final checkpoints (validation split), seeds combined
+    guidance_choices: list[dict]  # per sample folder (and seed): the swept scale chosen for the test sampling
     config: dict
     provenance: dict
     steps: dict
@@ -63,29 +82,33 @@ class RunFolder:
 
     @classmethod
     def read(cls, root: Path) -> RunFolder:
-        from taxabench.metrics.evaluation import rebuild_table
-
-        csv = root / "metrics" / "all.csv"
-        evaluated = sorted(p.stem for p in (root / "metrics").glob("*.json")) if (root / "metrics").is_dir() else []
-        if not csv.is_file() and evaluated:  # derived from the per-method JSONs
-            rebuild_table(root, evaluated)
+        layout = RunLayout(root)
+        layout.check_readable()
+        csv = layout.all_csv
         if not csv.is_file():
             raise TaxabenchError(f"{csv} not found: evaluate at least one method first (`taxabench eval`)")
-        table = pd.read_csv(csv)
-        if list(table.columns) != list(CSV_COLUMNS):
-            raise TaxabenchError(f"{csv}: columns {list(table.columns)} are not taxabench's ({list(CSV_COLUMNS)})")
-        warnings, models = {}, {}
-        for path in sorted((root / "metrics").glob("*.json")):
-            content = read_json(path, f"re-evaluate it: `taxabench run --force eval/{path.stem}`")
+        config = _yaml(layout.config_file)
+        table = upgrade_table(pd.read_csv(csv), csv, config.get("seed", 0), config.get("data", {}).get("eval_split"))
+        confidence = config.get("eval", {}).get("confidence", 0.95)
+        warnings, models, choices = {}, {}, []
+        for path in layout.all_metrics_json():
+            content = read_json(path, "re-evaluate it (`taxabench run --force eval/<method>`)")
+            if "guidance_of" in content:
+                choices.append({**content, "seed": path.parent.name if path.parent != layout.metrics_dir else None})
             if "method" in content:
                 warnings[content["method"]] = content.get("warnings", [])
                 models.update(content.get("extractors", {}))
         return cls(
             root=root,
-            table=table,
-            config=_yaml(root / "config.yaml"),
-            provenance=_json(root / "provenance.json"),
-            steps=_json(root / "steps.json"),
+            layout=layout,
+            table=combine_seeds(final_rows(table), confidence),
+            per_seed=final_rows(table),
+            curves=combine_seeds(along_rows(table), confidence),
+            sweeps=combine_seeds(sweep_rows(table), confidence),
+            guidance_choices=choices,
+            config=config,
+            provenance=_json(layout.provenance_file),
+            steps=_json(layout.steps_file),
             metric_models=models,
             warnings=warnings,
         )
@@ -200,7 +223,7 @@ def main_methods(table: pd.DataFrame) -> list[str]:
     return [m for m in ordered if method_family(m) == (m, m)]
 
 
-def main_table(table: pd.DataFrame, methods: Sequence[str]) -> str:
+def main_table(table: pd.DataFrame, methods: Sequence[str], per_seed: pd.DataFrame | None = None) -> str:
     metrics = [m for m in HEADLINE_METRICS if _column_name(table, m)]
     header = ["method", *[_column_name(table, m) for m in metrics]]
     best = {metric: best_and_separation(table, methods, metric)[0] for metric in metrics}
@@ -215,6 +238,13 @@ def main_table(table: pd.DataFrame, methods: Sequence[str]) -> str:
         name = _column_name(table, metric)
         verdict = ("its interval clears every other method's" if separated
                    else "its interval overlaps another method's, so the ranking is not established at this size")
+        if per_seed is not None and per_seed[KEY_SEED].nunique() > 1:
+            steady, differing = best_in_every_seed(per_seed, methods, metric)
+            if steady != winner:
+                where = ", ".join(f"seed {seed}: `{m}`" for seed, m in differing)
+                verdict = f"but the best method differs between seeds ({where}), so no rank is claimed"
+            elif separated:
+                verdict += ", and it is best in every seed"
         lines.append(f"- {name}: best `{winner}`; {verdict}.")
     return "\n".join(lines)
 
@@ -288,6 +318,110 @@ def ablation_table(table: pd.DataFrame) -> str:
     return "\n\n".join(parts)
 
 
+def budget_notes(table: pd.DataFrame, methods: Sequence[str]) -> str:
+    """What each method's final checkpoint cost, on every budget axis (`taxabench.budget`)."""
+    lines = []
+    for method in methods:
+        rows = table[(table[KEY_METHOD] == method) & (table[KEY_SCOPE] == "overall")]
+        if rows.empty or not _finite(rows.iloc[0]["steps"]):
+            continue
+        row = rows.iloc[0]
+        steps = int(row["steps"])
+        params = row["param_steps"] / steps if steps else 0.0
+        flops = f"{row['train_flops']:.3g}" if _finite(row["train_flops"]) else "—"
+        lines.append(f"- `{method}`: {steps:,} optimizer steps, {int(row['images_seen']):,} images seen, "
+                     f"{params:,.0f} trainable parameters per step on average ({row['param_steps']:.3g} "
+                     f"parameter-steps), {flops} training FLOPs, {row['wall_seconds']:,.0f} s of training")
+    if not lines:
+        return ""
+    return "\n".join(["Budget of each final checkpoint (training FLOPs counted by `FlopCounterMode` on one real step "
+                      "per stage, times the stage's steps; `taxabench/budget.py`):", "", *lines])
+
+
+def guidance_note(choices: list[dict]) -> str:
+    if not choices:
+        return ""
+    lines = [f"- `{c['guidance_of']}`{'' if c['seed'] is None else ' (' + c['seed'] + ')'}: scale {c['chosen']:g}, "
+             f"best {c['select_by']} on the validation split among "
+             + ", ".join(f"{k} → {v:.4g}" if v is not None else f"{k} → —" for k, v in c["values"].items())
+             for c in choices]
+    return "\n".join(["Guidance scales of the test sampling, each chosen on the validation split:", "", *lines])
+
+
+def sweep_table(sweeps: pd.DataFrame) -> str:
+    metrics = [m for m in HEADLINE_METRICS if _column_name(sweeps, m)]
+    rows = [[f"`{name}`", *[cell(_row(sweeps, name, m, "overall")) for m in metrics]]
+            for name in dict.fromkeys(sweeps[KEY_METHOD])]
+    return markdown_table(["sample folder @ scale", *[_column_name(sweeps, m) for m in metrics]], rows)
+
+
+def probe_table(table: pd.DataFrame) -> str:
+    """The diffusion-classifier probe (taxabench/probe.py): per-rank top-1, rare/common, sibling accuracy."""
+    rows = table[table[KEY_METRIC].isin(["probe_top1", "probe_sibling"])]
+    if rows.empty:
+        return ""
+    scopes = list(dict.fromkeys(rows[rows[KEY_METRIC] == "probe_top1"][KEY_SCOPE]))
+    header = ["method", *[f"top-1 {s}" for s in scopes], "sibling (chance 50%)", "sibling rare", "sibling common"]
+    body = []
+    for method in dict.fromkeys(rows[KEY_METHOD]):
+        body.append([f"`{method}`", *[cell(_row(rows, method, "probe_top1", s)) for s in scopes],
+                     *[cell(_row(rows, method, "probe_sibling", s)) for s in ("overall", "rare", "common")]])
+    first = rows.iloc[0]
+    return "\n".join([
+        f"Conditional denoising loss of held-out real images under every species' condition ({first[KEY_PROTOCOL]}); "
+        "the lowest is the prediction. Top-1 at a rank: the predicted species is under the right taxon of that rank. "
+        "Sibling: the true species beats a sibling of the same parent. Percent, mean over species.", "",
+        markdown_table(header, body)])
+
+
+def seeds_note(table: pd.DataFrame) -> str:
+    if KEY_N_SEEDS not in table.columns or table[KEY_N_SEEDS].max() <= 1:
+        return ""
+    count = int(table[KEY_N_SEEDS].max())
+    metrics = [m for m in HEADLINE_METRICS if _column_name(table, m)]
+    spread = []
+    for method in main_methods(table):
+        cells = []
+        for metric in metrics:
+            row = _row(table, method, metric, "overall")
+            if row is not None and _finite(row[KEY_SEED_SD]):
+                cells.append(f"{row[KEY_NAME]} {row[KEY_SEED_SD]:.{DECIMALS.get(metric, 3)}f}")
+        spread.append(f"- `{method}`: " + ", ".join(cells))
+    return "\n".join([
+        f"Each number is the mean over {count} training seeds. Its interval combines the taxa bootstrap of each "
+        "seed with the variation between seeds by Rubin's rules: mean ± t(ν)·sqrt(W + (1 + 1/m)·B), W the mean "
+        "squared bootstrap standard error (interval width / 2z), B the variance of the seed means "
+        "(`taxabench/curves.py`). A method is called best only when it is best in every seed. Spread across seeds "
+        "(standard deviation of the seed means):", "", *spread])
+
+
+def budget_section(curves: pd.DataFrame, confidence: float) -> str:
+    """Metrics along training (validation split), per method and budget point, and the crossings between methods."""
+    methods = list(dict.fromkeys(curves[KEY_METHOD]))
+    metrics = [m for m in HEADLINE_METRICS if _column_name(curves, m)]
+    header = ["method", "point", *[AXIS_LABELS[a] for a in ("steps", "images_seen", "param_steps", "train_flops",
+                                                            "wall_seconds")], *[_column_name(curves, m) for m in metrics]]
+    rows = []
+    for method in methods:
+        overall = curves[(curves[KEY_METHOD] == method) & (curves[KEY_SCOPE] == "overall")].sort_values("steps")
+        for point in dict.fromkeys(overall[KEY_POINT]):
+            first = overall[overall[KEY_POINT] == point].iloc[0]
+            cells = []
+            for metric in metrics:
+                match = overall[(overall[KEY_POINT] == point) & (overall[KEY_METRIC] == metric)]
+                cells.append(cell(None if match.empty else match.iloc[0]))
+            rows.append([f"`{method}`", point, f"{int(first['steps']):,}", f"{int(first['images_seen']):,}",
+                         f"{first['param_steps']:.3g}",
+                         f"{first['train_flops']:.3g}" if _finite(first["train_flops"]) else "—",
+                         f"{first['wall_seconds']:,.0f}", *cells])
+    sentences = [s for metric in metrics for s in crossings(curves, methods, metric)]
+    parts = [f"Each method evaluated along training on the validation split, {confidence:.0%} intervals "
+             "(test numbers above are not chosen on these).", "", markdown_table(header, rows), ""]
+    parts += ["Crossings (in images seen):", "", *[f"- {s}" for s in sentences]] if sentences else \
+        ["No method overtakes another between budget points."]
+    return "\n".join(parts)
+
+
 def metric_models_section(models: dict) -> str:
     """The extractors behind the numbers; for models taxabench built (synthclip), their own measured quality."""
     if not models:
@@ -304,9 +438,9 @@ def metric_models_section(models: dict) -> str:
     return markdown_table(["extractor", "weights", "input protocol", "quality"], rows)
 
 
-def backbone_identities(root: Path) -> list[str]:
+def backbone_identities(layout: RunLayout) -> list[str]:
     """The backbones the run's methods were trained on, from their checkpoint manifests."""
-    found = [json.loads(p.read_text())["backbone"]["identity"] for p in sorted(root.glob("checkpoints/*/manifest.json"))]
+    found = [json.loads(p.read_text())["backbone"]["identity"] for p in layout.trained_manifests()]
     return list(dict.fromkeys(found))
 
 
@@ -317,7 +451,7 @@ def provenance_section(run: RunFolder) -> str:
         f"- config fingerprint `{prov.get('config_fingerprint', '?')}` (the run's `config.yaml`)",
         f"- device: {prov.get('device', '?')}; Python {prov.get('python', '?')}",
         "- packages: " + ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items()),
-        "- backbone: " + (", ".join(f"`{b}`" for b in backbone_identities(run.root)) or "unknown"),
+        "- backbone: " + (", ".join(f"`{b}`" for b in backbone_identities(run.layout)) or "unknown"),
         "- metric weights: " + ", ".join(f"`{w}`" for w in dict.fromkeys(run.table[KEY_WEIGHTS])),
         "- protocols: " + "; ".join(f"{name}: `{protocol}`" for name, protocol in
                                     dict(zip(run.table[KEY_NAME], run.table[KEY_PROTOCOL])).items()),
@@ -338,7 +472,7 @@ def provenance_section(run: RunFolder) -> str:
 def write_report(run_dir: str | Path, figures: bool = True) -> Path:
     """Write `<run>/report/README.md` (and figures) from the run folder; returns the markdown's path."""
     run = RunFolder.read(Path(run_dir))
-    out = run.root / "report"
+    out = run.layout.report_dir
     out.mkdir(parents=True, exist_ok=True)
     drawn = draw_figures(run, out) if figures else {}
     write_text(out / "README.md", render(run, drawn), "report")
@@ -364,8 +498,11 @@ def render(run: RunFolder, figures: dict[str, str]) -> str:
         "",
         "## Main table (species level)",
         "",
-        main_table(table, methods),
+        main_table(table, methods, run.per_seed),
     ]
+    for note in (seeds_note(table), guidance_note(run.guidance_choices), budget_notes(table, methods)):
+        if note:
+            parts += ["", note]
     if figures.get("samples"):
         parts += ["", f"![samples]({figures['samples']})"]
     parts += ["", "<details><summary>What each number is computed on</summary>", "",
@@ -389,6 +526,18 @@ def render(run: RunFolder, figures: dict[str, str]) -> str:
     ablations = ablation_table(table)
     if ablations:
         parts += ["", "## Ablations", "", ablations]
+    if not run.sweeps.empty:
+        parts += ["", "## Guidance sweeps (validation split)", "", sweep_table(run.sweeps)]
+        if figures.get("sweep"):
+            parts += ["", f"![fidelity vs alignment per guidance scale]({figures['sweep']})"]
+    probe = probe_table(table)
+    if probe:
+        parts += ["", "## Taxonomic probe (no sampling)", "", probe]
+    if not run.curves.empty:
+        parts += ["", "## Along training (budget points)", "",
+                  budget_section(run.curves, run.config.get("eval", {}).get("confidence", 0.95))]
+        if figures.get("budget"):
+            parts += ["", f"![metrics along training]({figures['budget']})"]
     if figures.get("stages"):
         parts += ["", "## Across progressive stages", "", f"![stages]({figures['stages']})"]
     parts += ["", "## Metric models", "", metric_models_section(run.metric_models),
@@ -434,12 +583,17 @@ def draw_figures(run: RunFolder, out: Path) -> dict[str, str]:
             ax.set_xticks(range(len(methods)), methods, rotation=30, fontsize=7)
             ax.set_title(_column_name(table, metric), fontsize=9)
         drawn["tail"] = _save_figure(fig, axes, out / "rare_vs_common.png")
+    if not run.curves.empty:
+        drawn["budget"] = budget_figure(run.curves, out / "budget_curves.png")
+    if not run.sweeps.empty and not run.sweeps[run.sweeps[KEY_METRIC] == "fd"].empty:
+        drawn["sweep"] = sweep_figure(run.sweeps, out / "guidance_sweep.png")
     grid = sample_grid(run, methods)
     if grid is not None:
         with writing(out / "samples.png", "figure") as temporary:
             grid.save(temporary, format="PNG", optimize=True)
         drawn["samples"] = "samples.png"
-    stages = next(iter(sorted(run.root.glob("samples/*/stages.png"))), None)
+    stages = next(iter(sorted(p for m in dict.fromkeys(table[KEY_METHOD]) if (p := run.layout.stage_figure(m)).is_file())),
+                  None)
     if stages is not None:
         write_bytes(out / "stages.png", stages.read_bytes(), "figure")
         drawn["stages"] = "stages.png"
@@ -449,6 +603,60 @@ def draw_figures(run: RunFolder, out: Path) -> dict[str, str]:
 def _ci_error_bars(rows, xs: Sequence[int]) -> list[list[float]]:
     """matplotlib's yerr (distances below and above each value) from the rows' confidence intervals."""
     return [[rows[i][KEY_VALUE] - rows[i][KEY_CI_LOW] for i in xs], [rows[i][KEY_CI_HIGH] - rows[i][KEY_VALUE] for i in xs]]
+
+
+def sweep_figure(sweeps: pd.DataFrame, path: Path) -> str:
+    """Fidelity (FD) against alignment (top-1) per guidance scale, one panel per scope (overall, then each rank)."""
+    import matplotlib.pyplot as plt
+
+    scopes = [s for s in dict.fromkeys(sweeps[KEY_SCOPE]) if s not in ("rare", "common")]
+    scopes = [s for s in scopes if not sweeps[(sweeps[KEY_SCOPE] == s) & (sweeps[KEY_METRIC] == "top1")].empty
+              and not sweeps[(sweeps[KEY_SCOPE] == s) & (sweeps[KEY_METRIC] == "fd")].dropna(subset=[KEY_VALUE]).empty]
+    fig, axes = plt.subplots(1, max(1, len(scopes)), figsize=(3.4 * max(1, len(scopes)), 3.2), squeeze=False)
+    for ax, scope in zip(axes[0], scopes):
+        for entry in dict.fromkeys(n.rsplit(SCALE_SEPARATOR, 1)[0] for n in sweeps[KEY_METHOD]):
+            xs, ys, scales = [], [], []
+            for name in [n for n in dict.fromkeys(sweeps[KEY_METHOD]) if n.rsplit(SCALE_SEPARATOR, 1)[0] == entry]:
+                fd, top1 = _row(sweeps, name, "fd", scope), _row(sweeps, name, "top1", scope)
+                if fd is not None and top1 is not None and _finite(fd[KEY_VALUE]) and _finite(top1[KEY_VALUE]):
+                    xs.append(fd[KEY_VALUE])
+                    ys.append(top1[KEY_VALUE])
+                    scales.append(name.rsplit(SCALE_SEPARATOR, 1)[1])
+            ax.plot(xs, ys, marker="o", label=entry)
+            for x, y, scale in zip(xs, ys, scales):
+                ax.annotate(scale, (x, y), fontsize=6)
+        ax.set_title(scope, fontsize=9)
+        ax.set_xlabel(f"{_column_name(sweeps, 'fd')} (fidelity)", fontsize=8)
+        ax.set_ylabel(f"{_column_name(sweeps, 'top1')} (alignment)", fontsize=8)
+    return _save_figure(fig, axes, path)
+
+
+def budget_figure(curves: pd.DataFrame, path: Path) -> str:
+    """Rows: headline metrics; columns: budget axes; one line with intervals per method."""
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in HEADLINE_METRICS if _column_name(curves, m)]
+    axes_names = [a for a in AXIS_LABELS if curves[a].notna().any()]
+    fig, axes = plt.subplots(len(metrics), len(axes_names), figsize=(3.2 * len(axes_names), 2.6 * len(metrics)),
+                             squeeze=False)
+    for r, metric in enumerate(metrics):
+        for c, axis in enumerate(axes_names):
+            ax = axes[r][c]
+            for method in dict.fromkeys(curves[KEY_METHOD]):
+                rows = curves[(curves[KEY_METHOD] == method) & (curves[KEY_METRIC] == metric)
+                              & (curves[KEY_SCOPE] == "overall")].sort_values("steps")
+                rows = rows[rows[KEY_VALUE].notna() & rows[axis].notna()]
+                if rows.empty:
+                    continue
+                below = (rows[KEY_VALUE] - rows[KEY_CI_LOW]).clip(lower=0).fillna(0)
+                above = (rows[KEY_CI_HIGH] - rows[KEY_VALUE]).clip(lower=0).fillna(0)
+                ax.errorbar(rows[axis], rows[KEY_VALUE], yerr=[below, above], marker="o", capsize=3, label=method)
+            if axis in ("param_steps", "train_flops"):
+                ax.set_xscale("log")
+            ax.set_xlabel(AXIS_LABELS[axis], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(_column_name(curves, metric), fontsize=8)
+    return _save_figure(fig, axes, path)
 
 
 def _save_figure(fig, axes, path: Path) -> str:
@@ -467,10 +675,10 @@ def sample_grid(run: RunFolder, methods: Sequence[str], taxa: int = 6, per_metho
     """Rows: a spread of evaluated taxa; columns: real images, then each method's samples (PIL image or None)."""
     from PIL import Image, ImageDraw
 
-    folders = {m: run.root / "samples" / m for m in methods if (run.root / "samples" / m / "metadata.jsonl").is_file()}
+    folders = {m: run.layout.samples(m) for m in methods if (run.layout.samples(m) / METADATA_FILE).is_file()}
     if not folders:
         return None
-    lines = [json.loads(line) for line in (next(iter(folders.values())) / "metadata.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (next(iter(folders.values())) / METADATA_FILE).read_text().splitlines()]
     slugs = sorted({line["taxon_slug"] for line in lines})
     step = max(1, len(slugs) // taxa)
     chosen = slugs[::step][:taxa]
@@ -503,7 +711,7 @@ def _real_images(run: RunFolder, slugs: Sequence[str], count: int) -> dict[str, 
 
     if not run.config:
         return {}
-    config = config_from_dict(run.config, source=str(run.root / "config.yaml"))
+    config = config_from_dict(run.config, source=str(run.layout.config_file))
     data = load_dataset(config.data)
     found = {}
     for slug in slugs:

@@ -20,8 +20,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from taxabench import budget
+from taxabench.checkpoint import MANIFEST, cpu_only
 from taxabench.config import ExperimentConfig, load_config
+from taxabench.errors import TaxabenchError
 from taxabench.files import write_json, write_text
+from taxabench.layout import POINT_FINAL, POINT_SWEEP, SCALE_SEPARATOR, RunLayout, point_label, point_steps
 from taxabench.steps import Ledger, Step, check_steps, fingerprint, run_steps
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
@@ -61,13 +65,17 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
     from taxabench.data import load_dataset
     from taxabench.methods import get_method
     from taxabench.metrics import evaluate, prepare_extractors
-    from taxabench.metrics.evaluation import rebuild_table
+    from taxabench.metrics.evaluation import SEPARATE_METRICS as PROBE_METRICS
+    from taxabench.metrics.evaluation import check_eval_names
+    from taxabench.probe import run_probe
     from taxabench.report import write_report
-    from taxabench.sample import sample_method, samples_dir, stage_grid
-    from taxabench.train import cpu_only, method_dir, train_method
+    from taxabench.sample import sample_method, stage_grid
+    from taxabench.train import train_method
 
+    layout = RunLayout(run_dir)
     for method in config.methods:  # unknown names and bad options fail before any work
         get_method(method).parse_options(config.method_options.get(method), f"method_options.{method}")
+    check_eval_names(config)
     state = PartialState(cpu=cpu_only())
     with state.main_process_first():  # SynthTaxa is generated once, by the main process
         data = load_dataset(config.data)
@@ -90,49 +98,126 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
         Step("metric-models", fingerprint("metric-models", config.eval, data_fp),
              main_first(lambda: prepare_extractors(config)), clean=nothing),
     ]
-    train_fps = {}
-    for method in config.methods:
-        train_fps[method] = fingerprint("train", config.seed, config.train, config.method_options.get(method),
-                                        method, backbone_fp, data_fp)
-        steps.append(Step(
-            f"train/{method}", train_fps[method],
-            lambda method=method: train_method(config, method, run_dir, data=data, show_progress=show_progress),
-            clean=lambda method=method: shutil.rmtree(method_dir(run_dir, method), ignore_errors=True),
-            after=("backbone",), outputs=(method_dir(run_dir, method) / "manifest.json",),
-        ))
-    eval_fps = []
-    for entry in sample_entries(config):
-        sample_config = config if entry.guidance is None else replace(
-            config, sample=replace(config.sample, guidance=entry.guidance))
-        sample_fp = fingerprint("sample", config.seed, sample_config.sample, train_fps[entry.method])
-        def sample(entry=entry, sample_config=sample_config) -> None:
-            sample_method(sample_config, entry.method, run_dir, output=entry.name, show_progress=show_progress)
-            if entry.guidance is None and state.is_main_process and _stages(run_dir, entry.method) > 1:
-                stage_grid(config, entry.method, run_dir)  # the report's "across progressive stages" figure
+    along_config = replace(config, data=replace(config.data, eval_split=config.budget.split),
+                           sample=replace(config.sample, images_per_taxon=config.budget.images_per_taxon))
+    labels = point_labels(config, len(data.train), state.num_processes)
+    eval_fps, eval_names = [], []
+    for seed in config.replica_seeds:
+        seeded = config if seed is None else replace(config, seed=seed)
+        along = along_config if seed is None else replace(along_config, seed=seed)
+        suffix = "" if seed is None else f"/seed-{seed}"
+        train_fps = {}
+        for method in config.methods:
+            parts = ["train", seeded.seed, config.train, config.method_options.get(method), method, backbone_fp,
+                     data_fp]
+            if labels:  # a run without budget points keeps the fingerprints of layout 1
+                parts.append({"points": labels})
+            train_fps[method] = fingerprint(*parts)
+            steps.append(Step(
+                f"train/{method}{suffix}", train_fps[method],
+                lambda method=method, seed=seed: train_method(config, method, run_dir, data=data, seed=seed,
+                                                              show_progress=show_progress),
+                clean=lambda method=method, seed=seed: shutil.rmtree(layout.checkpoints(method, seed),
+                                                                     ignore_errors=True),
+                after=("backbone",), outputs=(layout.checkpoints(method, seed) / MANIFEST,),
+            ))
+            if config.probe.images_per_taxon:
+                probe_fp = fingerprint("probe", config.probe, config.eval.bootstrap, config.eval.confidence,
+                                       config.eval.seed, config.data.eval_split, train_fps[method], data_fp)
+                eval_fps.append(probe_fp)
+                eval_names.append(f"probe/{method}{suffix}")
+                steps.append(Step(
+                    eval_names[-1], probe_fp,
+                    lambda method=method, seed=seed: run_probe(config, method, run_dir, seed=seed)
+                    if state.is_main_process else None,
+                    clean=lambda method=method, seed=seed, value=seeded.seed: _remove_metrics(
+                        layout, method, seed, value, metrics=PROBE_METRICS, json_name=f"{method}-probe"),
+                    after=(f"train/{method}{suffix}",),
+                ))
+            for label in labels:
+                point_fp = fingerprint("point", label, along.sample, along.eval, along.data, train_fps[method],
+                                       data_fp)
+                eval_fps.append(point_fp)
+                eval_names.append(f"point/{method}{suffix}/{label}")
 
-        steps.append(Step(
-            f"sample/{entry.name}", sample_fp, sample,
-            clean=lambda entry=entry: shutil.rmtree(samples_dir(run_dir, entry.name), ignore_errors=True),
-            after=(f"train/{entry.method}",), outputs=(samples_dir(run_dir, entry.name) / "metadata.jsonl",),
-        ))
-        eval_fp = fingerprint("eval", config.eval, config.data, sample_fp, data_fp)
-        eval_fps.append(eval_fp)
-        steps.append(Step(
-            f"eval/{entry.name}", eval_fp,
-            lambda entry=entry: evaluate(config, entry.name, run_dir, show_progress=show_progress),
-            clean=lambda entry=entry: _remove_metrics(run_dir, entry.name),
-            after=(f"sample/{entry.name}", "metric-models"), outputs=(run_dir / "metrics" / f"{entry.name}.json",),
-        ))
+                def at_point(method=method, seed=seed, label=label, along=along) -> None:
+                    folder = layout.checkpoints(method, seed)
+                    if not _stages(layout, method, seed):
+                        return  # a method that does not train has no budget points
+                    sample_method(along_config, method, run_dir, output=method, seed=seed, point=label,
+                                  show_progress=show_progress)
+                    evaluate(along, method, run_dir, show_progress=show_progress, seed=seed, point=label,
+                             budget_axes=budget.axes(folder, point_steps(label)))
 
-    def report() -> None:
-        if state.is_main_process:  # all.csv is derived from the per-method JSONs: rebuilt whole, in the run's order
-            rebuild_table(run_dir, [e.name for e in sample_entries(config)])
-            write_report(run_dir)
+                steps.append(Step(
+                    eval_names[-1], point_fp, at_point,
+                    clean=lambda method=method, seed=seed, label=label: _remove_point(layout, method, seed, label),
+                    after=(f"train/{method}{suffix}", "metric-models"),
+                ))
+        for entry in sample_entries(config):
+            sample_config = seeded if entry.guidance is None else replace(
+                seeded, sample=replace(config.sample, guidance=entry.guidance))
+            kind = get_method(entry.method).default_guidance if entry.guidance is None else entry.guidance
+            swept = {scale: f"{entry.name}{SCALE_SEPARATOR}{scale:g}" for scale in config.sample.guidance_sweep.get(kind, [])}
+            sweep_fps = []
+            for scale, name in swept.items():
+                sweep_config = replace(along, sample=replace(along.sample, guidance=kind, guidance_scale=scale))
+                sweep_fps.append(fingerprint("sweep", sweep_config.sample, along.eval, along.data,
+                                             train_fps[entry.method], data_fp))
+                eval_fps.append(sweep_fps[-1])
+                eval_names.append(f"sweep/{name}{suffix}")
 
-    steps.append(Step("report", fingerprint("report", eval_fps), report,
-                      clean=lambda: shutil.rmtree(run_dir / "report", ignore_errors=True),
-                      after=tuple(f"eval/{e.name}" for e in sample_entries(config)),
-                      outputs=(run_dir / "metrics" / "all.csv", run_dir / "report" / "README.md")))
+                def sweep(entry=entry, name=name, seed=seed, sweep_config=sweep_config) -> None:
+                    sample_method(sweep_config, entry.method, run_dir, output=name, seed=seed, point=POINT_SWEEP,
+                                  show_progress=show_progress)
+                    evaluate(sweep_config, name, run_dir, show_progress=show_progress, seed=seed, point=POINT_SWEEP,
+                             budget_axes=budget.axes(layout.checkpoints(entry.method, seed)))
+
+                steps.append(Step(
+                    eval_names[-1], sweep_fps[-1], sweep,
+                    clean=lambda name=name, seed=seed, value=seeded.seed: (
+                        shutil.rmtree(layout.samples(name, seed, POINT_SWEEP), ignore_errors=True),
+                        _remove_metrics(layout, name, seed, value, POINT_SWEEP)),
+                    after=(f"train/{entry.method}{suffix}", "metric-models"),
+                ))
+            sample_fp = fingerprint("sample", seeded.seed, sample_config.sample, train_fps[entry.method], *sweep_fps)
+
+            def sample(entry=entry, sample_config=sample_config, seed=seed, swept=swept) -> None:
+                if swept:  # the scale chosen on the validation split
+                    scale = choose_scale(layout, entry.name, swept, seed, config.sample.guidance_select)
+                    sample_config = replace(sample_config, sample=replace(sample_config.sample, guidance_scale=scale))
+                sample_method(sample_config, entry.method, run_dir, output=entry.name, seed=seed,
+                              show_progress=show_progress)
+                if entry.guidance is None and state.is_main_process and _stages(layout, entry.method, seed) > 1:
+                    stage_grid(sample_config, entry.method, run_dir, seed=seed)  # the report's stages figure
+
+            steps.append(Step(
+                f"sample/{entry.name}{suffix}", sample_fp, sample,
+                clean=lambda entry=entry, seed=seed: shutil.rmtree(layout.samples(entry.name, seed),
+                                                                   ignore_errors=True),
+                after=(f"train/{entry.method}{suffix}", *[f"sweep/{n}{suffix}" for n in swept.values()]),
+                outputs=(layout.samples(entry.name, seed) / "metadata.jsonl",),
+            ))
+            eval_fp = fingerprint("eval", config.eval, config.data, sample_fp, data_fp)
+            eval_fps.append(eval_fp)
+            eval_names.append(f"eval/{entry.name}{suffix}")
+
+            def evaluate_entry(entry=entry, seed=seed, seeded=seeded) -> None:
+                axes = budget.axes(layout.checkpoints(entry.method, seed))
+                evaluate(seeded, entry.name, run_dir, show_progress=show_progress, seed=seed, budget_axes=axes)
+
+            steps.append(Step(
+                eval_names[-1], eval_fp, evaluate_entry,
+                clean=lambda entry=entry, seed=seed, value=seeded.seed: _remove_metrics(layout, entry.name, seed,
+                                                                                         value),
+                after=(f"sample/{entry.name}{suffix}", "metric-models"),
+                # a deleted all.csv is written again by re-evaluating (from the feature caches): same rows, order
+                outputs=(layout.metrics_json(entry.name, seed), layout.all_csv),
+            ))
+    steps.append(Step("report", fingerprint("report", eval_fps),
+                      lambda: write_report(run_dir) if state.is_main_process else None,
+                      clean=lambda: shutil.rmtree(layout.report_dir, ignore_errors=True),
+                      after=tuple(eval_names), outputs=(layout.report_dir / "README.md",)))
     return steps
 
 
@@ -143,26 +228,83 @@ def run(config: ExperimentConfig, force: list[str] | None = None, show_progress:
 
     from taxabench.metrics.evaluation import SmallSampleWarning
     from taxabench.provenance import provenance
-    from taxabench.train import cpu_only
 
     state = PartialState(cpu=cpu_only())  # one process, or each of `accelerate launch` / `torchrun`'s
     main = state.is_main_process
     console = console or Console(quiet=not main)
     run_dir = config.run_dir
+    layout = RunLayout(run_dir)
+    layout.check_readable()
     steps = plan(config, run_dir, show_progress=show_progress and main)
-    ledger = Ledger(run_dir / "steps.json", writable=main)
+    ledger = Ledger(layout.steps_file, writable=main)
     check_steps(steps, ledger, force or [])  # a refused config leaves the run folder's config.yaml as it was
     if main:
-        write_text(run_dir / "config.yaml", config.to_yaml(), "config")
+        layout.mark()
+        write_text(layout.config_file, config.to_yaml(), "config")
         record = {**provenance(), "processes": state.num_processes, "config_fingerprint": config.fingerprint()}
-        write_json(run_dir / "provenance.json", record, "provenance")
+        write_json(layout.provenance_file, record, "provenance")
     for step in steps:
         step.action, step.clean = _together(step.action, state), _together(step.clean, state, main_only=True)
     with warnings.catch_warnings():
         # small-sample warnings are recorded in metrics/<method>.json and listed by the report
         warnings.simplefilter("ignore", SmallSampleWarning)
+        jobs = job_count(config, state.num_processes)
+        if jobs > 1 and not force:  # independent trainings, then samplings, in parallel processes
+            first = next((i for i, step in enumerate(steps) if step.name.startswith("train/")), len(steps))
+            run_steps(steps[:first], ledger, [], console)
+            for prefix in ("train/", "sample/"):
+                _run_in_parallel(config, [s for s in steps if s.name.startswith(prefix)], ledger, jobs, console)
         run_steps(steps, ledger, force or [], console)
-    return run_dir / "report" / "README.md"
+    return layout.report_dir / "README.md"
+
+
+def job_count(config: ExperimentConfig, num_processes: int) -> int:
+    """How many independent steps run at once: 1 under several accelerate processes or on a GPU, else `jobs`
+    (None: the CPU cores this process may use)."""
+    import os
+
+    import torch
+
+    if num_processes > 1 or torch.cuda.is_available():
+        return 1
+    return config.jobs or len(os.sched_getaffinity(0))
+
+
+def _run_in_parallel(config: ExperimentConfig, steps: list[Step], ledger: Ledger, jobs: int, console: Console) -> None:
+    """Run the steps not yet done whose inputs are, each in its own process (`jobs` at a time, the CPU threads
+    shared out), and record them; a failure stops the run. Each step gets cores // jobs threads however many are
+    pending, so that a resumed run computes with the same thread count as an uninterrupted one."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    import torch
+
+    pending = [s for s in steps if s.name not in ledger.entries and all(a in ledger.entries for a in s.after)]
+    if not pending:
+        return
+    workers = min(jobs, len(pending))
+    threads = max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0))) // jobs)
+    console.rule(f"[bold]{', '.join(s.name for s in pending)}: {workers} processes x {threads} threads")
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_step_in_process, config, step.name, threads): step for step in pending}
+        for future in as_completed(futures):
+            step = futures[future]
+            ledger.record(step, future.result())
+            console.print(f"[dim]✓ {step.name}: {ledger.entries[step.name]['seconds']} s[/]")
+
+
+def _step_in_process(config: ExperimentConfig, name: str, threads: int) -> float:
+    """One step of the run's plan, in a fresh process (see `_run_in_parallel`); returns its wall seconds."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    step = next(s for s in plan(config, config.run_dir, show_progress=False) if s.name == name)
+    start = time.perf_counter()
+    step.action()
+    return time.perf_counter() - start
 
 
 def _together(action, state, main_only: bool = False):
@@ -189,16 +331,58 @@ def _remove_built_backbone(config: ExperimentConfig, data, resolve_backbone) -> 
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _stages(run_dir: Path, method: str) -> int:
-    from taxabench.train import MANIFEST, method_dir
+def choose_scale(layout: RunLayout, entry: str, swept: dict[float, str], seed: int | None, metric: str) -> float:
+    """The swept guidance scale that is best on `metric` (overall scope) on the validation split; the choice and
+    the values behind it are written to `metrics/[seed-s/]<entry>-guidance.json` for the report."""
+    values, higher = {}, None
+    for scale, name in swept.items():
+        report = json.loads(layout.metrics_json(name, seed, POINT_SWEEP).read_text())
+        found = [m for m in report["measurements"] if m["metric"] == metric and m["scope"] == "overall"]
+        if not found:
+            raise TaxabenchError(f"sample.guidance_select: {metric!r} is not a metric of {name}'s evaluation "
+                                 f"(it has {sorted({m['metric'] for m in report['measurements']})})")
+        values[scale], higher = found[0]["value"], found[0]["higher_is_better"]
+    finite = {k: v for k, v in values.items() if v is not None}
+    chosen = (max if higher else min)(finite, key=finite.get) if finite else next(iter(values))
+    path = layout.metrics_json(f"{entry}-guidance", seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"guidance_of": entry, "select_by": metric, "higher_is_better": higher,
+                                "values": {f"{k:g}": v for k, v in values.items()}, "chosen": chosen}, indent=2))
+    return chosen
 
-    return len(json.loads((method_dir(run_dir, method) / MANIFEST).read_text())["stages"])
+
+def point_labels(config: ExperimentConfig, n_train: int, num_processes: int) -> list[str]:
+    """The folder names of the run's budget points (each method checks they fit its schedule when it trains)."""
+    from taxabench.train import global_batch
+
+    batch = global_batch(config, num_processes)
+    steps = {budget.to_steps(v, config.budget.unit, batch, n_train) for v in config.budget.points}
+    return [point_label(s) for s in sorted(steps)]
 
 
-def _remove_metrics(run_dir: Path, name: str) -> None:
-    from taxabench.metrics.evaluation import rebuild_table, table_methods
+def _stages(layout: RunLayout, method: str, seed: int | None = None) -> int:
+    return len(json.loads((layout.checkpoints(method, seed) / MANIFEST).read_text())["stages"])
 
-    (run_dir / "metrics" / f"{name}.json").unlink(missing_ok=True)
-    table_path = run_dir / "metrics" / "all.csv"
+
+def _remove_metrics(layout: RunLayout, name: str, seed: int | None, seed_value: int,
+                    point: str = POINT_FINAL, metrics: frozenset[str] | None = None, json_name: str | None = None) -> None:
+    """Remove one evaluation (or the probe: its `metrics`): its JSON and its rows of all.csv."""
+    import pandas as pd
+
+    from taxabench.metrics.evaluation import SEPARATE_METRICS
+
+    layout.metrics_json(json_name or name, seed, None if point == POINT_FINAL else point).unlink(missing_ok=True)
+    table_path = layout.all_csv
     if table_path.is_file():
-        rebuild_table(run_dir, [m for m in table_methods(table_path) if m != name])
+        table = pd.read_csv(table_path)
+        same = table["method"] == name
+        same &= table["metric"].isin(metrics) if metrics is not None else ~table["metric"].isin(SEPARATE_METRICS)
+        if "point" in table.columns:  # layout-1 tables have one seed and final rows only
+            same &= (table["seed"] == seed_value) & (table["point"] == point)
+        table[~same].to_csv(table_path, index=False)
+
+
+def _remove_point(layout: RunLayout, method: str, seed: int | None, label: str) -> None:
+    shutil.rmtree(layout.samples(method, seed, label), ignore_errors=True)
+    config = load_config(layout.config_file)
+    _remove_metrics(layout, method, seed, config.seed if seed is None else seed, label)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +36,20 @@ from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 
+from taxabench.checkpoint import TextCache, cpu_only, load_checkpoint
 from taxabench.config import ExperimentConfig, SampleConfig
 from taxabench.errors import TaxabenchError
 from taxabench.files import fault_point, read_json, write_json, writing
+from taxabench.layout import METADATA_FILE, POINT_SWEEP, RunLayout, write_metadata_line
 from taxabench.levers import attention_backend, check_levers, compile_in_place, to_channels_last
 from taxabench.methods import GUIDANCE_KINDS, Method, Stage
 from taxabench.methods.base import move_inputs
 from taxabench.progress import progress_bar
 from taxabench.seeds import derive_seed
 from taxabench.taxonomy import Taxon, Taxonomy
-from taxabench.train import TextCache, cpu_only, load_checkpoint, method_dir
 
 SCHEDULERS = ("ddim", "pndm", "dpm++", "euler")
-METADATA = "metadata.jsonl"
+METADATA = METADATA_FILE
 SETTINGS = "settings.json"
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
               "bfloat16": torch.bfloat16}
@@ -315,9 +316,10 @@ class TaxaDiffusionPipeline(TaxonomyPipeline):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def samples_dir(run_dir: str | os.PathLike[str], method_name: str) -> Path:
-    """`<run>/samples/<method>`."""
-    return Path(run_dir) / "samples" / method_name
+def samples_dir(run_dir: str | os.PathLike[str], method_name: str, seed: int | None = None,
+                point: str | None = None) -> Path:
+    """`<run>/samples/<method>` (and its seed / budget-point variants: `taxabench.layout`)."""
+    return RunLayout(Path(run_dir)).samples(method_name, seed, point)
 
 
 def select_taxa(taxonomy: Taxonomy, sample: SampleConfig) -> list[Taxon]:
@@ -337,11 +339,15 @@ def sample_method(
     *,
     output: str | None = None,
     show_progress: bool = True,
+    seed: int | None = None,
+    point: str | None = None,
 ) -> Path:
     """Generate `sample.images_per_taxon` images of every selected taxon with the trained `method_name`.
 
     Returns `<run>/samples/<output>` (default: the method's name; `taxabench run` writes guidance ablations to
-    `<method>+<guidance>`). Resumable (finished images are skipped) and sharded across accelerate processes.
+    `<method>+<guidance>`). `seed`: the training seed of a multi-seed run (its checkpoint, its sampling seed, its
+    folders); `point`: the checkpoint kept at that budget point instead of the final one (`sweep`: the final
+    checkpoint, into the guidance sweep's folder). Resumable (finished images are skipped) and sharded across accelerate processes.
     Raises `TaxabenchError` for an untrained method, an unknown taxon, guidance the method lacks, and a samples
     folder made with other settings.
     """
@@ -349,8 +355,13 @@ def sample_method(
 
     sample = config.sample
     run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+    if seed is not None:
+        config = replace(config, seed=seed)
+    layout = RunLayout(run_dir)
     state = PartialState(cpu=cpu_only())
-    trained = load_checkpoint(method_dir(run_dir, method_name), sample.stage, expect_method=method_name)
+    # a guidance sweep samples the final checkpoint into its own folder; a budget point, the checkpoint kept there
+    trained = load_checkpoint(layout.checkpoints(method_name, seed), sample.stage, expect_method=method_name,
+                              point=None if point == POINT_SWEEP else point)
     pipeline = TaxonomyPipeline.from_trained(trained, sample.scheduler)
     dtype = sampling_dtype(sample.precision, state.device)
     pipeline.to(state.device, dtype)
@@ -359,7 +370,7 @@ def sample_method(
     guidance = trained.method.check_guidance(sample.guidance)
     taxa = select_taxa(trained.taxonomy, sample)
 
-    out = samples_dir(run_dir, output or method_name)
+    out = layout.samples(output or method_name, seed, point)
     settings = {
         "method": method_name,
         "checkpoint": trained.checkpoint.relative_to(run_dir).as_posix(),  # within the run folder
@@ -439,8 +450,6 @@ def _check_settings(out: Path, settings: dict, is_main: bool) -> None:
 
 def _write_metadata(out: Path, work: list[tuple[Taxon, int]], seed: int, settings: dict) -> None:
     """One line per image in the evaluator's contract (`taxabench.metrics.samples`), plus how it was made."""
-    from taxabench.metrics.samples import write_metadata_line
-
     with writing(out / METADATA, "samples-metadata") as temporary, open(temporary, "w") as handle:
         for taxon, j in work:
             write_metadata_line(
@@ -476,6 +485,7 @@ def stage_grid(
     out: str | os.PathLike[str] | None = None,
     taxa: Sequence[str] | None = None,
     images_per_taxon: int = 2,
+    seed: int | None = None,
 ) -> Path:
     """How a progressive method's images of the same species sharpen stage by stage: rows = stages
     (class → species), columns = taxa x images with the same seeds. Written to `<samples>/stages.png` by default."""
@@ -483,7 +493,7 @@ def stage_grid(
 
     run_dir = Path(run_dir) if run_dir is not None else config.run_dir
     device = PartialState(cpu=cpu_only()).device
-    folder = method_dir(run_dir, method_name)
+    folder = RunLayout(run_dir).checkpoints(method_name, seed)
     final = load_checkpoint(folder, expect_method=method_name)
     chosen = list(taxa) if taxa else [t.id for t in _spread(final.taxonomy.taxa(final.taxonomy.ranks[-1]), 3)]
     rows, labels = [], []
@@ -499,7 +509,7 @@ def stage_grid(
         rows.append(result.images)
         stage = trained.stage
         labels.append(f"stage {stage.index}: {stage.description}" if stage else "untrained")
-    target = Path(out) if out is not None else samples_dir(run_dir, method_name) / "stages.png"
+    target = Path(out) if out is not None else RunLayout(run_dir).stage_figure(method_name, seed)
     names = [final.taxonomy.resolve(t).scientific_name for t in chosen]
     return _grid_figure(rows, labels, target, [n if j == 0 else "" for n in names for j in range(images_per_taxon)])
 

@@ -18,6 +18,8 @@ Layout, under `<run>/checkpoints/<method>/`:
     config.yaml          the experiment config of the run
     loss.csv             stage, step, loss, lr, images/s, seconds per step
     stage-<k>/           the trained parts after stage k (method.json + safetensors / diffusers LoRA / unet/)
+    points/step-<T>/     the trained parts at each budget point (`budget.points`, optimizer steps over all stages)
+    budget.json          global batch, trainable parameters and counted FLOPs per step of each stage (budget.py)
     state/stage-<k>/checkpoint-<step>/   accelerate state while stage k trains (removed when it completes)
 """
 
@@ -26,14 +28,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import math
 import os
 import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -42,20 +43,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taxabench import __version__
+from taxabench import __version__, budget
+from taxabench.checkpoint import (  # noqa: F401 - TrainedMethod, load_checkpoint, read_taxonomy: public API here too
+    MANIFEST,
+    STAGE_FILE,
+    TAXONOMY_FILE,
+    TextCache,
+    TrainedMethod,
+    cpu_only,
+    load_checkpoint,
+    load_stage,
+    read_taxonomy,
+    retrain_fix,
+)
 from taxabench.config import ExperimentConfig
 from taxabench.errors import DamagedFileError, TaxabenchError
 from taxabench.files import building_folder, fault_point, read_json, remove, write_json, write_text
+from taxabench.layout import RunLayout
 from taxabench.levers import attention_backend, check_levers, to_channels_last
 from taxabench.methods import Method, Stage, TrainingDraws, build_method, get_method
 from taxabench.methods.base import move_inputs
 from taxabench.progress import progress_bar
 from taxabench.seeds import derive_seed, generator
 
-MANIFEST = "manifest.json"
-STAGE_FILE = "method.json"
-TAXONOMY_FILE = "taxonomy.json"
-LOSS_LOG = "loss.csv"
+LOSS_LOG = budget.LOSS_LOG
+POINTS_DIR = "points"
 TRAINABLE_STATE = "trainable.safetensors"
 STEP_FILE = "training_state.json"
 # records the latent cache encodes together: batched enough for a GPU, small enough that a stage shorter than an
@@ -73,9 +85,9 @@ OPERATIONAL_KEYS = ("checkpoint_every", "checkpoints_total_limit", "num_workers"
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def method_dir(run_dir: str | os.PathLike[str], method_name: str) -> Path:
-    """`<run>/checkpoints/<method>`: where a method's stages, manifest and loss log live."""
-    return Path(run_dir) / "checkpoints" / method_name
+def method_dir(run_dir: str | os.PathLike[str], method_name: str, seed: int | None = None) -> Path:
+    """`<run>/checkpoints/[seed-<s>/]<method>`: where a method's stages, manifest and loss log live."""
+    return RunLayout(Path(run_dir)).checkpoints(method_name, seed)
 
 
 def train_method(
@@ -85,12 +97,17 @@ def train_method(
     *,
     data=None,
     show_progress: bool = True,
+    seed: int | None = None,
 ) -> Path:
     """Train every stage of `method_name` (resuming whatever a previous run of the same config left).
 
+    With `seed` (a run with several training seeds), the method trains with that seed into the run's
+    `seed-<s>` folder. At each of `config.budget.points` the trained parts are kept in `points/step-<T>/`, and
+    `budget.json` records what each budget axis needs (`taxabench.budget`).
+
     Returns the method's checkpoint folder (`<run>/checkpoints/<method>`); `load_trained` reads it. Raises
     `TaxabenchError` for an unknown method, a zero stage budget, ranks the method needs but the dataset lacks,
-    and a checkpoint folder that was trained with another config.
+    a budget point outside the schedule, and a checkpoint folder that was trained with another config.
     """
     from accelerate import PartialState
 
@@ -100,6 +117,8 @@ def train_method(
     cls = get_method(method_name)  # an unknown name, bad options or missing ranks fail before anything heavy loads
     options = cls.parse_options(config.method_options.get(method_name), f"method_options.{method_name}")
     run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+    if seed is not None:
+        config = replace(config, seed=seed)
     state = PartialState(cpu=cpu_only())
     if data is None:
         data = load_dataset(config.data)
@@ -114,15 +133,21 @@ def train_method(
         if stage.steps < 1:
             raise TaxabenchError(f"method '{method_name}' {stage.name}: a stage budget must be at least 1 step")
 
-    root = method_dir(run_dir, method_name)
+    root = method_dir(run_dir, method_name, seed)
+    points = training_points(config, stages, len(data.train), state.num_processes, method_name)
     fingerprint = training_fingerprint(config, method, data, backbone.identity)
     manifest = _open_manifest(root, method, stages, fingerprint, backbone, config, data, state.is_main_process)
+    if state.is_main_process:
+        params = {s.index: sum(p.numel() for p in method.trainable_parameters(s)) for s in stages}
+        budget.write_schedule(root, stages, params, global_batch(config, state.num_processes))
     state.wait_for_everyone()
 
     for stage in stages:
         final = root / stage.name
+        stage_points = [p for p in points if p.stage == stage.index]
         if not (final / STAGE_FILE).is_file():
-            _train_stage(config, method, stage, data, backbone, root, show_progress and state.is_main_process)
+            _train_stage(config, method, stage, data, backbone, root, show_progress and state.is_main_process,
+                         stage_points)
         load_stage(method, final)  # every process continues from exactly what was saved
         if state.is_main_process and stage.name not in manifest["completed"]:
             manifest["completed"].append(stage.name)
@@ -131,98 +156,38 @@ def train_method(
     return root
 
 
-@dataclass
-class TrainedMethod:
-    """A method with its trained parts loaded on its backbone, ready to sample."""
-
-    method: Method
-    backbone: Any  # taxabench.backbone.Backbone
-    stage: Stage | None  # the stage whose weights are loaded; None for a method without stages
-    checkpoint: Path  # the stage folder (or the method folder for a method without stages)
-    taxonomy: Any  # taxabench.taxonomy.Taxonomy of the training taxa
-    manifest: dict
-
-
 def load_trained(
     run_dir: str | os.PathLike[str],
     method_name: str,
     stage: int | None = None,
     backbone_path: str | os.PathLike[str] | None = None,
+    seed: int | None = None,
 ) -> TrainedMethod:
     """Load `<run>/checkpoints/<method>` (its last stage, or `stage`) on the backbone it was trained on.
 
     `backbone_path` overrides where the SD-format folder is looked for (the manifest records the path used in
     training); its identity must match the one the checkpoint was trained on.
     """
-    return load_checkpoint(method_dir(run_dir, method_name), stage, backbone_path, expect_method=method_name)
+    return load_checkpoint(method_dir(run_dir, method_name, seed), stage, backbone_path, expect_method=method_name)
 
 
-def load_checkpoint(
-    folder: str | os.PathLike[str],
-    stage: int | None = None,
-    backbone_path: str | os.PathLike[str] | None = None,
-    expect_method: str | None = None,
-) -> TrainedMethod:
-    """Load a method checkpoint folder (`<run>/checkpoints/<method>`, or one of its `stage-<k>` folders) by itself,
-    e.g. outside any run."""
-    from taxabench.backbone import load_sd_folder
-    from taxabench.weights import folder_sha256
+def global_batch(config: ExperimentConfig, num_processes: int) -> int:
+    """Training images per optimizer step, over all processes."""
+    return config.train.batch_size * num_processes * config.train.gradient_accumulation_steps
 
-    folder = Path(folder)
-    if (folder / STAGE_FILE).is_file() and (folder.parent / MANIFEST).is_file() and stage is None:
-        stage = read_json(folder / STAGE_FILE, _retrain_fix(folder.parent, expect_method))["stage"]["index"]
-        folder = folder.parent
-    if not (folder / MANIFEST).is_file():
-        raise TaxabenchError(
-            f"{folder} is not a trained method folder (no {MANIFEST}); train it first with "
-            f"`taxabench train --config FILE --method {expect_method or '<name>'}`"
-        )
-    manifest = read_json(folder / MANIFEST, _retrain_fix(folder, expect_method))
-    if expect_method is not None and manifest["method"] != expect_method:
-        raise TaxabenchError(
-            f"{folder} holds a checkpoint of method '{manifest['method']}', not '{expect_method}'"
-        )
-    cls = get_method(manifest["method"])
-    stages = [Stage(s["index"], s["steps"], s["description"]) for s in manifest["stages"]]
-    missing = [s.name for s in stages if s.name not in manifest["completed"]]
-    if stage is None and missing:
-        raise TaxabenchError(
-            f"{folder}: method '{manifest['method']}' has not finished training ({', '.join(missing)} missing); "
-            "rerun the same `taxabench train` command to resume it"
-        )
-    chosen = stages[-1] if stages and stage is None else None
-    if stage is not None:
-        names = {s.index: s for s in stages}
-        if stage not in names or names[stage].name not in manifest["completed"]:
-            done = ", ".join(manifest["completed"]) or "none"
-            raise TaxabenchError(f"{folder}: no trained stage {stage} (completed: {done})")
-        chosen = names[stage]
 
-    recorded = manifest["backbone"]
-    path = Path(backbone_path) if backbone_path is not None else Path(recorded["path"])
-    if not path.is_dir():
-        raise TaxabenchError(
-            f"backbone folder {path} (recorded in {folder / MANIFEST}) not found; rebuild it with the run's config "
-            "(`taxabench backbone tiny` or `taxabench train`) or pass its location as backbone_path"
-        )
-    if backbone_path is not None and recorded["source"] != "tiny":
-        identity = f"{recorded['identity'].split('@')[0]}@sha256:{folder_sha256(path)[:12]}"
-        if identity != recorded["identity"]:
-            raise TaxabenchError(f"backbone {path} ({identity}) is not the one {folder} was trained on "
-                                 f"({recorded['identity']})")
-    backbone = load_sd_folder(path, identity=recorded["identity"], source=recorded["source"])
-    taxonomy = read_taxonomy(folder / TAXONOMY_FILE)
-    species = [taxonomy.labels_of(t) for t in taxonomy.taxa(taxonomy.ranks[-1])]
-    options = cls.parse_options(manifest["options"], f"{folder / MANIFEST}: options")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(manifest["seed"])
-        method = cls(options, taxonomy.ranks, species, backbone)
-    checkpoint = folder
-    if chosen is not None:
-        checkpoint = folder / chosen.name
-        load_stage(method, checkpoint)
-    method.conditioner.eval()
-    return TrainedMethod(method, backbone, chosen, checkpoint, taxonomy, manifest)
+def training_points(config: ExperimentConfig, stages: Sequence[Stage], n_train: int, num_processes: int,
+                    method_name: str) -> list[budget.BudgetPoint]:
+    """The budget points (`config.budget`) of a method's schedule; none for a method that does not train."""
+    if not stages or not config.budget.points:
+        return []
+    return budget.resolve_points(config.budget.points, config.budget.unit, stages,
+                                 global_batch(config, num_processes), n_train, method_name)
+
+
+def point_folder(root: Path, label: str) -> Path:
+    """Where the trained parts at budget point `label` are kept inside a method folder."""
+    return root / POINTS_DIR / label
 
 
 def training_fingerprint(config: ExperimentConfig, method: Method, data, backbone_identity: str) -> dict[str, Any]:
@@ -238,34 +203,6 @@ def training_fingerprint(config: ExperimentConfig, method: Method, data, backbon
     }
 
 
-def load_stage(method: Method, folder: Path) -> None:
-    """`method.load(folder)`, with a damaged (truncated, corrupted) file named in one line and how to redo it."""
-    from safetensors import SafetensorError
-
-    try:
-        method.load(folder)
-    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as error:
-        raise DamagedFileError(folder, f"its weights cannot be read ({type(error).__name__}: {error})",
-                               _retrain_fix(folder.parent, method.name)) from error
-
-
-def _retrain_fix(root: Path, method_name: str | None) -> str:
-    name = method_name or root.name
-    return (f"retrain it: `taxabench run --force train/{name}` (or remove {root} and rerun "
-            f"`taxabench train --method {name}`)")
-
-
-def read_taxonomy(path: Path):
-    """The taxonomy a checkpoint was trained on (written as ranks + the lineages of its finest-rank taxa)."""
-    from taxabench.taxonomy import Record, Taxonomy
-
-    saved = read_json(path, _retrain_fix(path.parent, None))
-    ranks = saved["ranks"]
-    records = [Record(Path(), tuple(lineage) + (None,) * (len(ranks) - len(lineage)), "train", f"{path}")
-               for lineage in saved["taxa"]]
-    return Taxonomy(ranks, records)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Manifest
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,15 +212,14 @@ def _steps_per_stage(config: ExperimentConfig, n_train: int, num_processes: int)
     train = config.train
     if train.epochs_per_stage is None:
         return train.steps_per_stage
-    global_batch = train.batch_size * num_processes * train.gradient_accumulation_steps
-    return max(1, math.ceil(train.epochs_per_stage * n_train / global_batch))
+    return max(1, math.ceil(train.epochs_per_stage * n_train / global_batch(config, num_processes)))
 
 
 def _open_manifest(root, method, stages, fingerprint, backbone, config, data, is_main) -> dict:
     """Read the manifest of an earlier run (same config required) or write a fresh one."""
     path = root / MANIFEST
     if path.is_file():
-        manifest = read_json(path, _retrain_fix(root, method.name))
+        manifest = read_json(path, retrain_fix(root, method.name))
         differences = _differences(manifest.get("fingerprint", {}), fingerprint)
         if manifest.get("method") != method.name or differences:
             what = "; ".join(differences[:4]) or f"method {manifest.get('method')!r}"
@@ -397,25 +333,6 @@ class LatentCache:
         pixels = torch.stack(images).to(device=device, dtype=self.backbone.vae.dtype)
         mean, std = self.backbone.latent_distribution(pixels)
         return mean.float(), std.float()
-
-
-class TextCache:
-    """Frozen text-encoder embeddings per unique string (`cache=True`), or encoded every time (`cache=False`),
-    returned in `dtype` (training: float32, what the trainable condition modules compute in).
-
-    Cached, each string is encoded by itself, so its embedding does not depend on which other strings happened
-    to be missing at the same time (a resumed run starts with an empty cache; see `LatentCache`)."""
-
-    def __init__(self, backbone, cache: bool, dtype: torch.dtype = torch.float32):
-        self.backbone, self.cache, self.dtype = backbone, cache, dtype
-        self.stored: dict[str, torch.Tensor] = {}
-
-    def __call__(self, strings: list[str]) -> torch.Tensor:
-        if not self.cache:
-            return self.backbone.encode_text(strings).to(self.dtype)
-        for string in sorted(set(strings) - set(self.stored)):
-            self.stored[string] = self.backbone.encode_text([string])[0].to(self.dtype)
-        return torch.stack([self.stored[s] for s in strings])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -614,9 +531,11 @@ class StageTrainer:
         return accelerator.gather(torch.stack(losses).mean().reshape(1)).mean().item()
 
 
-def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Path, show_progress: bool) -> None:
+def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Path, show_progress: bool,
+                 points: Sequence[budget.BudgetPoint] = ()) -> None:
     train = config.train
     trainer = StageTrainer(config, method, stage, data, backbone)
+    at_step = {p.stage_step: p for p in points}
     accelerator = trainer.accelerator
     state_dir = root / "state" / stage.name
     start = _resume(accelerator, state_dir)
@@ -627,15 +546,23 @@ def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Pat
     with progress_bar(f"{method.name} {stage.name}: {stage.description}", stage.steps, show_progress,
                       completed=start) as advance:
         for step in range(start, stage.steps):
+            count_flops = step == start and not budget.has_flops(root, stage.index)
             started = time.perf_counter()
-            step_loss = trainer.step(step)
+            if count_flops:
+                step_loss, flops = _counted_step(trainer, step)
+            else:
+                step_loss = trainer.step(step)
             fault_point("train-step")
             seconds = time.perf_counter() - started
+            if count_flops and accelerator.is_main_process:
+                budget.record_flops(root, stage.index, flops * accelerator.num_processes)
             rate = trainer.global_batch / seconds
             if accelerator.is_main_process:
                 _log(loss_log, stage.index, step + 1, step_loss, trainer.lr_scheduler.get_last_lr()[0], rate, seconds)
             advance(loss=step_loss, **{"img/s": rate})
             done = step + 1
+            if done in at_step and accelerator.is_main_process:
+                _save_point(trainer, root, at_step[done])
             if done % train.checkpoint_every == 0 and done < stage.steps:
                 _save_state(accelerator, state_dir, done, train.checkpoints_total_limit)
 
@@ -657,10 +584,47 @@ def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Pat
     accelerator.free_memory()
 
 
-def cpu_only() -> bool:
-    """Without CUDA, run on CPU explicitly: accelerate then treats `torchrun`/`accelerate launch` processes as a
-    gloo process group (`MULTI_CPU`) instead of as independent single-process runs."""
-    return not torch.cuda.is_available()
+def _counted_step(trainer: StageTrainer, step: int) -> tuple[float, float]:
+    """Optimizer step `step` under `FlopCounterMode`: (its loss, the FLOPs this process counted).
+
+    With cached latents the step's images are VAE-encoded first, outside the count: each image is encoded once
+    per run, not once per step. The step itself is the real one (same draws, same update)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if trainer.latents.cache:
+        accumulation = trainer.config.train.gradient_accumulation_steps
+        for micro in range(step * accumulation, (step + 1) * accumulation):
+            trainer.latents.moments([trainer.stream.record_index(p) for p in trainer.stream.positions(micro)],
+                                    trainer.device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss = trainer.step(step)
+    return loss, float(counter.get_total_flops())
+
+
+def _save_point(trainer: StageTrainer, root: Path, point: budget.BudgetPoint) -> None:
+    """Keep the trained parts at a budget point (the EMA weights when there is an EMA), like a stage folder."""
+    target = point_folder(root, point.label)
+    if (target / STAGE_FILE).is_file():
+        return
+    method, stage = trainer.method, trainer.stage
+    backup = None
+    if trainer.ema is not None:
+        backup = [p.detach().clone() for p in trainer.ema.params]
+        trainer.ema.copy_to_params()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with building_folder(target, "point") as staging:
+        files = method.save(staging)
+        write_json(staging / STAGE_FILE, {
+            "method": method.name, "stage": {"index": stage.index, "name": stage.name, "steps": stage.steps,
+                                             "description": stage.description},
+            "point": {"label": point.label, "steps": point.steps, "stage_step": point.stage_step},
+            "files": files, "taxabench_version": __version__,
+        }, "stage-file")
+    if backup is not None:
+        with torch.no_grad():
+            for param, value in zip(trainer.ema.params, backup):
+                param.copy_(value)
 
 
 def _default_device() -> torch.device:

@@ -68,6 +68,7 @@ def experiment(world: Path, runs_dir: Path, **sections):
     data = {
         "name": "test",
         "runs_dir": str(runs_dir),
+        "jobs": 1,  # steps one after the other, in the test's process (tests that want parallel jobs set it)
         "data": {"root": str(world)},
         "backbone": {"tiny": dict(TEST_BACKBONE)},
         "train": {"steps_per_stage": 2, "batch_size": 4, "checkpoint_every": 1},

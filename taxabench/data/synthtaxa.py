@@ -32,7 +32,7 @@ from taxabench.data.csv import CsvAdapter
 from taxabench.errors import DataError
 from taxabench.taxonomy import check_ranks
 
-FORMAT_VERSION = 1  # bump when the rendering changes: cached worlds of another version are rebuilt elsewhere
+FORMAT_VERSION = 2  # bump when the rendering changes: cached worlds of another version are rebuilt elsewhere
 
 # Traits owned by the coarse ranks, coarse to fine, spread over all ranks but the last (see `traits_by_rank`).
 COARSE_TRAITS = ("silhouette", "hue", "proportions", "fin_colour", "pattern_colour", "pattern")
@@ -65,6 +65,7 @@ class SynthTaxaSpec:
     head_images: int = 40  # training images of the most common species; the rarest has 1 (see `build_world`)
     test_images: int = 8  # held-out real images per species (what metrics compare against)
     reference_images: int = 24  # per species, for training the synthclip metric model
+    validation_images: int = 4  # per species, what budget points are evaluated on (never the test split)
     seed: int = 0
 
     def check(self) -> None:
@@ -80,11 +81,11 @@ PRESETS: dict[str, SynthTaxaSpec] = {
     "tiny": SynthTaxaSpec(),
     # 108 species, ~1,500 training images: the controlled benchmark
     "small": SynthTaxaSpec(branching=(2, 3, 2, 3, 3), head_images=60, test_images=16,
-                           reference_images=32),
+                           reference_images=32, validation_images=8),
     # 7 ranks like iNaturalist, 128 species, 128 px
     "inat-like": SynthTaxaSpec(ranks=("kingdom", "phylum", "class", "order", "family", "genus", "species"),
                                branching=(1, 2, 2, 2, 2, 2, 4), image_size=128, head_images=80, test_images=16,
-                               reference_images=32),
+                               reference_images=32, validation_images=8),
 }
 
 
@@ -327,7 +328,7 @@ def render(traits: dict[str, object], size: int, rng: np.random.Generator) -> tu
 
 SPEC_FILE = "synthtaxa.json"
 METADATA_FILE = "metadata.csv"
-SPLIT_SEEDS = {"train": 0, "test": 1, "reference": 2}
+SPLIT_SEEDS = {"train": 0, "test": 1, "reference": 2, "validation": 3}
 
 
 def generate(spec: SynthTaxaSpec, out: Path, show_progress: bool = True) -> Path:
@@ -353,7 +354,7 @@ def generate(spec: SynthTaxaSpec, out: Path, show_progress: bool = True) -> Path
     rows = []
     jobs = [(i, split, j) for i, sp in enumerate(world)
             for split, count in (("train", sp.train_images), ("test", spec.test_images),
-                                 ("reference", spec.reference_images))
+                                 ("reference", spec.reference_images), ("validation", spec.validation_images))
             for j in range(count)]
     with Progress(disable=not show_progress, transient=True) as progress:
         task = progress.add_task(f"SynthTaxa: rendering {len(jobs)} images", total=len(jobs))

@@ -42,6 +42,7 @@ def build_method(name: str, config, ranks: Sequence[str], species: Sequence[Labe
 
 
 def _register_builtins() -> None:
+    from baselines.controls import FlatLDMLora, SDLoraMatched, TaxaDiffusionGated
     from baselines.flat_ldm import FlatLDM
     from baselines.sd_finetune import SDFinetune
     from baselines.sd_lora import SDLora
@@ -56,6 +57,10 @@ def _register_builtins() -> None:
         "sd-zeroshot": SDZeroShot,
         "sd-lora": SDLora,
         "sd-finetune": SDFinetune,
+        # equal-capacity controls (baselines/controls.py)
+        "flat-ldm-lora": FlatLDMLora,
+        "sd-lora-matched": SDLoraMatched,
+        "taxadiffusion-gated": TaxaDiffusionGated,
     }
     for name, cls in builtins.items():
         register_method(name, cls)

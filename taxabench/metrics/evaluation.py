@@ -8,8 +8,8 @@ Reads `runs/<name>/samples/<method>/` (contract: `taxabench.metrics.samples`), c
 - `runs/<name>/metrics/all.csv`: the method's rows, replacing any earlier rows of the same method, and the rows of
   method `real-images` (`CEILING_METHOD`): the per-image metrics scored on the held-out real images of the same
   taxa, the ceiling row of the report's tables (the same for every method of a run). This file is the single
-  source of the report tables; it is derived from the per-method JSONs (`rebuild_table`), so a deleted or damaged
-  one is rebuilt, and its numbers never go through a CSV round trip. Columns (`CSV_COLUMNS`, in this order):
+  source of the report tables; `taxabench run` writes a deleted one again by re-evaluating (from the feature
+  caches). Columns (`CSV_COLUMNS`, in this order):
 
   ===================  =====================================================================================
   method               the method name (sample folder name)
@@ -46,11 +46,12 @@ from typing import Any
 
 import numpy as np
 
-from taxabench import __version__
+from taxabench import __version__, budget
 from taxabench.config import ExperimentConfig
 from taxabench.data import TaxaData, load_dataset
-from taxabench.errors import TaxabenchError
-from taxabench.files import read_json, write_bytes
+from taxabench.errors import ConfigError, TaxabenchError
+from taxabench.files import write_bytes
+from taxabench.layout import POINT_FINAL, RunLayout
 from taxabench.metrics.aggregate import Resampling
 from taxabench.metrics.cache import files_key, load_features, save_features
 from taxabench.metrics.extractor_base import FeatureExtractor
@@ -62,7 +63,7 @@ from taxabench.metrics.features import (
     resolve_device,
 )
 from taxabench.metrics.metric_base import SUBJECT_GENERATED, SUBJECT_REAL, Measurement
-from taxabench.metrics.samples import SampleSet, read_samples, samples_folder
+from taxabench.metrics.samples import SampleSet, read_samples
 from taxabench.metrics.scopes import SCOPE_OVERALL, EvalSets
 from taxabench.taxonomy import Taxonomy
 
@@ -80,8 +81,17 @@ KEY_EXTRACTOR = "extractor"
 KEY_WEIGHTS = "weights"
 KEY_HIGHER_IS_BETTER = "higher_is_better"
 KEY_PROTOCOL = "protocol"
+KEY_SEED = "seed"  # the training (and sampling) seed
+KEY_POINT = "point"  # "final", or the budget point `step-<T>` (taxabench/budget.py)
+KEY_SPLIT = "split"  # the real images compared against: the test split for "final", validation along training
+BUDGET_COLUMNS = budget.AXES  # steps, images_seen, param_steps, train_flops, wall_seconds
+# layout 1 wrote the first 14 columns only; `upgrade_table` fills the others for such a run
 CSV_COLUMNS = (KEY_METHOD, KEY_METRIC, KEY_NAME, KEY_SCOPE, KEY_VALUE, KEY_CI_LOW, KEY_CI_HIGH, KEY_N_REAL,
-               KEY_N_GENERATED, KEY_N_TAXA, KEY_EXTRACTOR, KEY_WEIGHTS, KEY_HIGHER_IS_BETTER, KEY_PROTOCOL)
+               KEY_N_GENERATED, KEY_N_TAXA, KEY_EXTRACTOR, KEY_WEIGHTS, KEY_HIGHER_IS_BETTER, KEY_PROTOCOL,
+               KEY_SEED, KEY_POINT, KEY_SPLIT, *BUDGET_COLUMNS)
+LAYOUT_1_COLUMNS = CSV_COLUMNS[:14]
+# metrics whose rows another step writes (the taxonomic probe, taxabench/probe.py): an evaluation leaves them be
+SEPARATE_METRICS = frozenset({"probe_top1", "probe_sibling"})
 
 CEILING_METHOD = "real-images"  # the rows of held-out real images scored like generated ones
 FD_MIN_IMAGES = 2000  # below this many images on a side, FD is strongly biased upwards (warned, not refused)
@@ -222,31 +232,62 @@ def prepare_extractors(config: ExperimentConfig) -> dict[str, str]:
     """
     from taxabench.metrics.registry import EXTRACTORS, METRICS
 
+    check_eval_names(config)
     names = dict.fromkeys(name for metric in config.eval.metrics for name in METRICS.get(metric)().extractors(config))
     return {name: EXTRACTORS.get(name).load(config).identity for name in names}
 
 
+def check_eval_names(config: ExperimentConfig, where: str = "eval") -> None:
+    """Every metric and extractor `config.eval` names is registered (`ConfigError` naming the key otherwise).
+
+    Not part of `load_config`: the registries live in this package, and the config module must not import it."""
+    from taxabench.metrics.registry import EXTRACTORS, METRICS
+
+    def registered(registry, name: str, key: str) -> None:
+        if name not in registry:
+            try:
+                registry.get(name)
+            except TaxabenchError as error:
+                raise ConfigError(f"{key}: {error}") from error
+
+    for index, name in enumerate(config.eval.metrics):
+        registered(METRICS, name, f"{where}.metrics[{index}]")
+    for key in ("fd_extractor", "clip_model"):
+        registered(EXTRACTORS, getattr(config.eval, key), f"{where}.{key}")
+    if config.eval.diversity_extractor is not None:
+        registered(EXTRACTORS, config.eval.diversity_extractor, f"{where}.diversity_extractor")
+    for name in config.eval.weights:
+        if name not in EXTRACTORS:
+            raise ConfigError(f"{where}.weights: unknown extractor {name!r}; extractors: "
+                              f"{', '.join(EXTRACTORS.names())}")
+
+
 def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None = None,
-             show_progress: bool = True, samples: Callable[[Taxonomy], SampleSet] | None = None) -> EvalResult:
+             show_progress: bool = True, samples: Callable[[Taxonomy], SampleSet] | None = None, *,
+             seed: int | None = None, point: str | None = None,
+             budget_axes: dict[str, float] | None = None) -> EvalResult:
     """Evaluate `method`'s samples in `run_dir` (default: the config's run folder); write its JSON and CSV rows.
 
     `samples`: reads images from elsewhere given the dataset's taxonomy (another generator's folder,
     `taxabench.metrics.external_samples`); they are evaluated and written under the name `method` instead of
-    `run_dir/samples/<method>/`.
+    `run_dir/samples/<method>/`. `seed` and `point` pick the sample folder of a training seed (multi-seed runs)
+    and of a budget point (None: the final checkpoint); the rows carry the seed (`config.seed` when None), the
+    point, the split compared against (`data.eval_split`) and `budget_axes` (NaN where not given).
 
     Raises `SamplesError` for a sample folder that breaks the contract, `WeightsNotFoundError` when an
     extractor's weights cannot be resolved offline, `TaxabenchError` for unknown metric or extractor names.
     """
     from taxabench.metrics.registry import METRICS
 
-    run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+    check_eval_names(config)  # unknown names fail before any work
+    layout = RunLayout(Path(run_dir) if run_dir is not None else config.run_dir)
     if method == CEILING_METHOD:
         raise TaxabenchError(f"'{CEILING_METHOD}' names the real-image ceiling rows of metrics/all.csv; "
                              "give the samples another name")
-    metrics = [METRICS.get(name)() for name in config.eval.metrics]  # unknown names fail before any work
+    metrics = [METRICS.get(name)() for name in config.eval.metrics]
     data = load_dataset(config.data)
     if samples is None:
-        sample_set = read_samples(samples_folder(run_dir, method), method, data.taxonomy)
+        sample_set = read_samples(layout.samples(method, seed, point), method, data.taxonomy)
     else:
         sample_set = samples(data.taxonomy)
     context = EvalContext(config, data, EvalSets.build(data, sample_set), show_progress)
@@ -258,76 +299,59 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
     for note in notes:
         warnings.warn(note, SmallSampleWarning, stacklevel=2)
 
-    out = run_dir / "metrics"
-    json_path, csv_path = out / f"{method}.json", out / "all.csv"
+    json_path, csv_path = layout.metrics_json(method, seed, point), layout.all_csv
+    key = {KEY_SEED: config.seed if seed is None else seed, KEY_POINT: point or POINT_FINAL,
+           KEY_SPLIT: config.data.eval_split}
+    key.update({axis: (budget_axes or {}).get(axis, math.nan) for axis in BUDGET_COLUMNS})
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        report = _json_report(method, config, data, context, measurements, notes)
+        report = _json_report(method, config, data, context, measurements, notes, key)
         write_bytes(json_path, json.dumps(report, indent=2, allow_nan=False).encode(), "metrics")
-        write_csv_rows(csv_path, method)
+        write_csv_rows(csv_path, method, [m for m in measurements if m.subject == SUBJECT_GENERATED], key)
+        ceiling = [m for m in measurements if m.subject == SUBJECT_REAL]
+        if ceiling:  # the ceiling is shared by every method: only the quantities computed now are replaced
+            write_csv_rows(csv_path, CEILING_METHOD, ceiling, key, only_metrics=frozenset(m.metric for m in ceiling))
     return EvalResult(method, measurements, json_path, csv_path, notes, sample_set)
 
 
-def csv_rows(method: str, measurements: list[Measurement]) -> list[dict[str, Any]]:
+def csv_rows(method: str, measurements: list[Measurement], key: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """`all.csv` rows of one evaluation; `key`: its seed, point, split and budget axes (absent: left empty)."""
     return [
         {KEY_METHOD: method, KEY_METRIC: m.metric, KEY_NAME: m.name, KEY_SCOPE: m.scope.scope,
          KEY_VALUE: m.scope.value, KEY_CI_LOW: m.scope.ci_low, KEY_CI_HIGH: m.scope.ci_high,
          KEY_N_REAL: m.scope.n_real, KEY_N_GENERATED: m.scope.n_generated, KEY_N_TAXA: m.scope.n_taxa,
          KEY_EXTRACTOR: m.extractor, KEY_WEIGHTS: m.weights, KEY_HIGHER_IS_BETTER: m.higher_is_better,
-         KEY_PROTOCOL: m.protocol_string()}
+         KEY_PROTOCOL: m.protocol_string(), **(key or {})}
         for m in measurements
     ]
 
 
-def write_csv_rows(path: Path, method: str) -> None:
-    """Replace `method`'s rows of `all.csv` with those of its JSON, written just before: the methods already there
-    keep their order and this one comes last; its ceiling rows replace the ceiling rows of the quantities it
-    computed (the ceiling is shared by every method of a run)."""
-    earlier = [m for m in table_methods(path) if m not in (method, CEILING_METHOD)]
-    rebuild_table(path.parent.parent, [*earlier, method])
+def upgrade_table(table, path: Path, seed: int, eval_split: str | None):
+    """An `all.csv` in taxabench's columns: a layout-1 table (final evaluations of one seed) gains the seed, point,
+    split and budget columns; any other set of columns is refused, naming the file."""
+    if list(table.columns) == list(LAYOUT_1_COLUMNS):
+        table = table.assign(**{KEY_SEED: seed, KEY_POINT: POINT_FINAL, KEY_SPLIT: eval_split},
+                             **{axis: math.nan for axis in BUDGET_COLUMNS})
+    if list(table.columns) != list(CSV_COLUMNS):
+        raise TaxabenchError(f"{path} has columns {list(table.columns)}, expected {list(CSV_COLUMNS)}; "
+                             "move it away and re-evaluate every method")
+    return table
 
 
-def table_methods(path: Path) -> list[str]:
-    """The methods of an `all.csv`, in order (none when it is missing or unreadable)."""
+def write_csv_rows(path: Path, method: str, measurements: list[Measurement], key: dict[str, Any],
+                   only_metrics: frozenset[str] | None = None) -> None:
+    """Replace the rows of `method` at `key`'s seed and point in `all.csv` (other rows are kept in their order):
+    those of `only_metrics`, or (None) all but the `SEPARATE_METRICS` another step writes."""
     import pandas as pd
 
-    try:
-        return list(dict.fromkeys(pd.read_csv(path, usecols=[KEY_METHOD], dtype=str)[KEY_METHOD]))
-    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        return []
-
-
-def rebuild_table(run_dir: Path, methods: list[str]) -> Path:
-    """Write `<run>/metrics/all.csv` from `metrics/<method>.json` of each of `methods` that has one, as evaluating
-    them in that order leaves it: each method's generated-image rows appended, its ceiling rows replacing the
-    ceiling rows of the same quantities and appended after them."""
-    import pandas as pd
-
-    folder = Path(run_dir) / "metrics"
-    rows: list[dict[str, Any]] = []
-    for method in dict.fromkeys(m for m in methods if m != CEILING_METHOD):
-        path = folder / f"{method}.json"
-        if not path.is_file():
-            continue
-        entries = read_json(path, f"re-evaluate it: `taxabench run --force eval/{method}`").get("measurements", [])
-        generated = [json_csv_row(method, e) for e in entries if e.get("subject", SUBJECT_GENERATED) == SUBJECT_GENERATED]
-        ceiling = [json_csv_row(CEILING_METHOD, e) for e in entries if e.get("subject") == SUBJECT_REAL]
-        rows = [r for r in rows if r[KEY_METHOD] != method] + generated
-        if ceiling:
-            replaced = {r[KEY_METRIC] for r in ceiling}
-            rows = [r for r in rows if not (r[KEY_METHOD] == CEILING_METHOD and r[KEY_METRIC] in replaced)] + ceiling
-    table = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
-    return write_bytes(folder / "all.csv", table.to_csv(index=False).encode(), "table")
-
-
-def json_csv_row(method: str, entry: dict[str, Any]) -> dict[str, Any]:
-    """An `all.csv` row from a measurement of a method's JSON (undefined numbers are null there, NaN here)."""
-    row = {key: entry[key] for key in CSV_COLUMNS if key not in (KEY_METHOD, KEY_PROTOCOL)}
-    row = {key: math.nan if value is None and key in (KEY_VALUE, KEY_CI_LOW, KEY_CI_HIGH) else value
-           for key, value in row.items()}
-    protocol = ";".join(f"{k}={v}" for k, v in entry[KEY_PROTOCOL].items())
-    return {KEY_METHOD: method, **row, KEY_PROTOCOL: protocol}
+    new = pd.DataFrame(csv_rows(method, measurements, key), columns=list(CSV_COLUMNS))
+    if path.is_file():
+        old = upgrade_table(pd.read_csv(path), path, key[KEY_SEED], key[KEY_SPLIT])
+        same = (old[KEY_METHOD] == method) & (old[KEY_SEED] == key[KEY_SEED]) & (old[KEY_POINT] == key[KEY_POINT])
+        same &= old[KEY_METRIC].isin(only_metrics) if only_metrics is not None else ~old[KEY_METRIC].isin(SEPARATE_METRICS)
+        new = pd.concat([old[~same], new], ignore_index=True)
+    write_bytes(path, new.to_csv(index=False).encode(), "table")
 
 
 def _small_sample_warnings(measurements: list[Measurement]) -> list[str]:
@@ -345,10 +369,13 @@ def _small_sample_warnings(measurements: list[Measurement]) -> list[str]:
 
 
 def _json_report(method: str, config: ExperimentConfig, data: TaxaData, context: EvalContext,
-                 measurements: list[Measurement], notes: list[str]) -> dict[str, Any]:
+                 measurements: list[Measurement], notes: list[str], key: dict[str, Any]) -> dict[str, Any]:
     sets = context.sets
     return {
         "method": method,
+        "seed": key[KEY_SEED],
+        "point": key[KEY_POINT],
+        "budget": {axis: _finite(key[axis]) for axis in BUDGET_COLUMNS},
         "taxabench_version": __version__,
         "config_fingerprint": config.fingerprint("data", "eval"),
         "data": {"dataset": data.dataset, "fingerprint": data.fingerprint(), "eval_split": config.data.eval_split,

@@ -1,6 +1,6 @@
 """The generated-sample folder the evaluator reads: a strict, documented contract.
 
-Layout (written by the sampler, `taxabench/sample.py`)::
+Layout (written by the sampler, `taxabench/sample.py`; paths and the line writer: `taxabench/layout.py`)::
 
     runs/<name>/samples/<method>/
         metadata.jsonl                  one JSON object per line, one line per image
@@ -26,17 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from taxabench.errors import DataError
+from taxabench.layout import METADATA_FILE, SAMPLE_KEYS, RunLayout, write_metadata_line  # noqa: F401 - re-exported
 from taxabench.taxonomy import Taxon, Taxonomy
-
-METADATA_FILE = "metadata.jsonl"
-SAMPLE_KEYS: dict[str, type] = {
-    "taxon_id": str, "taxon_slug": str, "rank": str, "lineage": list, "image": str, "seed": int, "method": str,
-}
 
 
 class SamplesError(DataError):
@@ -61,8 +56,8 @@ class SampleSet:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> images left out (other generators' folders)
 
 
-def samples_folder(run_dir: Path, method: str) -> Path:
-    return Path(run_dir) / "samples" / method
+def samples_folder(run_dir: Path, method: str, seed: int | None = None, point: str | None = None) -> Path:
+    return RunLayout(Path(run_dir)).samples(method, seed, point)
 
 
 def read_samples(folder: Path, method: str, taxonomy: Taxonomy) -> SampleSet:
@@ -131,10 +126,3 @@ def _parse_line(line: str, where: str, folder: Path, method: str, taxonomy: Taxo
     if not path.is_file():
         raise SamplesError(f"{where}: image file not found: {path}")
     return GeneratedImage(path, taxon, entry["seed"], where)
-
-
-def write_metadata_line(handle, image: Path, folder: Path, taxon: Taxon, seed: int, method: str, **extra) -> None:
-    """Write one `metadata.jsonl` line in the contract's format (for the sampler and for tests)."""
-    entry = {"taxon_id": taxon.id, "taxon_slug": taxon.slug, "rank": taxon.rank, "lineage": list(taxon.lineage),
-             "image": Path(os.path.relpath(image, folder)).as_posix(), "seed": seed, "method": method, **extra}
-    handle.write(json.dumps(entry) + "\n")

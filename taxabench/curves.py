@@ -1,0 +1,158 @@
+"""Rankings as curves: seeds combined into one number with one interval, metrics along the budget axes, crossings.
+
+Everything here reads `metrics/all.csv` rows (schema: `taxabench.metrics.evaluation`) and computes no metric.
+
+**Seeds.** With several training seeds, a (method, point, metric, scope) has one row per seed, each with its
+percentile-bootstrap interval over taxa. They combine by Rubin's rules (as multiple imputations are combined):
+the estimate is the mean over the m seeds; the within-seed variance W is the mean of the squared bootstrap
+standard errors, each taken as the interval's width / (2 z); the between-seed variance B is the sample variance of
+the m estimates; the total variance is T = W + (1 + 1/m) B, and the interval is mean ± t(ν) sqrt(T) with Rubin's
+degrees of freedom ν = (m − 1)(1 + W / ((1 + 1/m) B))². So the interval widens with the taxa bootstrap *and* with
+how much the seeds disagree. `seed_sd` is sqrt(B), the spread across seeds.
+
+**Ranks.** A method is called best on a metric only if it is best in every seed (`ranks_hold_across_seeds`) and
+its combined interval clears every other method's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from taxabench.budget import AXES
+from taxabench.layout import POINT_FINAL, POINT_SWEEP
+from taxabench.metrics.evaluation import (
+    KEY_CI_HIGH,
+    KEY_CI_LOW,
+    KEY_HIGHER_IS_BETTER,
+    KEY_METHOD,
+    KEY_METRIC,
+    KEY_NAME,
+    KEY_POINT,
+    KEY_SCOPE,
+    KEY_SEED,
+    KEY_VALUE,
+)
+
+KEY_N_SEEDS = "n_seeds"
+KEY_SEED_SD = "seed_sd"
+GROUP = [KEY_METHOD, KEY_POINT, KEY_METRIC, KEY_NAME, KEY_SCOPE]
+AXIS_LABELS = {"steps": "optimizer steps", "images_seen": "images seen", "param_steps": "trainable params × steps",
+               "train_flops": "training FLOPs (counted)", "wall_seconds": "training wall-clock s"}
+
+
+def rubin(values: Sequence[float], ci_low: Sequence[float], ci_high: Sequence[float],
+          confidence: float) -> tuple[float, float, float, float]:
+    """(mean, interval low, interval high, spread across seeds) of per-seed estimates with bootstrap intervals."""
+    from scipy import stats
+
+    q = np.asarray(values, dtype=float)
+    m = len(q)
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    widths = np.asarray(ci_high, dtype=float) - np.asarray(ci_low, dtype=float)
+    within = float(np.mean((widths / (2 * z)) ** 2)) if np.all(np.isfinite(widths)) else math.nan
+    mean = float(q.mean())
+    if m == 1:
+        return mean, float(ci_low[0]), float(ci_high[0]), 0.0
+    between = float(q.var(ddof=1))
+    total = within + (1 + 1 / m) * between
+    if not math.isfinite(total):
+        return mean, math.nan, math.nan, math.sqrt(between)
+    df = math.inf if between == 0 else (m - 1) * (1 + within / ((1 + 1 / m) * between)) ** 2
+    half = (stats.norm.ppf(0.5 + confidence / 2) if math.isinf(df) else stats.t.ppf(0.5 + confidence / 2, df)) \
+        * math.sqrt(total)
+    return mean, mean - half, mean + half, math.sqrt(between)
+
+
+def combine_seeds(table: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """One row per (method, point, metric, scope): a single seed's row as it is, several seeds by `rubin`."""
+    rows = []
+    for _, group in table.groupby(GROUP, sort=False, dropna=False):
+        first = group.iloc[0].copy()
+        finite = group[np.isfinite(group[KEY_VALUE].astype(float))]
+        first[KEY_N_SEEDS] = len(group)
+        first[KEY_SEED_SD] = 0.0
+        if len(group) > 1 and len(finite):
+            mean, low, high, spread = rubin(finite[KEY_VALUE], finite[KEY_CI_LOW], finite[KEY_CI_HIGH], confidence)
+            first[KEY_VALUE], first[KEY_CI_LOW], first[KEY_CI_HIGH], first[KEY_SEED_SD] = mean, low, high, spread
+            for axis in AXES:  # equal across seeds except wall-clock time: its mean
+                first[axis] = group[axis].astype(float).mean()
+        rows.append(first)
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def final_rows(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table[KEY_POINT] == POINT_FINAL]
+
+
+def along_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Evaluations at budget points (`step-<T>`), not the final one nor guidance sweeps."""
+    return table[table[KEY_POINT].astype(str).str.startswith("step-")]
+
+
+def sweep_rows(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table[KEY_POINT] == POINT_SWEEP]
+
+
+def best_in_every_seed(per_seed: pd.DataFrame, methods: Sequence[str], metric: str, scope: str = "overall"):
+    """(method best in every seed, or None; the seeds where the best differs) on the final rows."""
+    rows = per_seed[(per_seed[KEY_METRIC] == metric) & (per_seed[KEY_SCOPE] == scope)
+                    & per_seed[KEY_METHOD].isin(methods)]
+    if rows.empty:
+        return None, []
+    higher = bool(rows.iloc[0][KEY_HIGHER_IS_BETTER])
+    winners = {}
+    for seed, group in rows.groupby(KEY_SEED):
+        group = group[np.isfinite(group[KEY_VALUE].astype(float))]
+        if len(group):
+            best = group.loc[group[KEY_VALUE].idxmax() if higher else group[KEY_VALUE].idxmin()]
+            winners[seed] = best[KEY_METHOD]
+    names = set(winners.values())
+    if len(names) == 1:
+        return names.pop(), []
+    return None, sorted(winners.items())
+
+
+def crossings(curves: pd.DataFrame, methods: Sequence[str], metric: str, axis: str = "images_seen",
+              scope: str = "overall") -> list[str]:
+    """A sentence for each time one method overtakes another along training on `metric` (combined rows)."""
+    rows = curves[(curves[KEY_METRIC] == metric) & (curves[KEY_SCOPE] == scope)]
+    if rows.empty:
+        return []
+    higher = bool(rows.iloc[0][KEY_HIGHER_IS_BETTER])
+    name = rows.iloc[0][KEY_NAME]
+    by_method = {m: rows[rows[KEY_METHOD] == m].sort_values("steps") for m in methods}
+    sentences = []
+    for a in methods:
+        for b in methods:
+            if a == b or by_method[a].empty or by_method[b].empty:
+                continue
+            joined = by_method[a].merge(by_method[b], on=KEY_POINT, suffixes=("_a", "_b")).sort_values("steps_a")
+            if len(joined) < 2:
+                continue
+            sign = 1 if higher else -1
+            ahead = [sign * (r[f"{KEY_VALUE}_a"] - r[f"{KEY_VALUE}_b"]) > 0 for _, r in joined.iterrows()]
+            clear = [(r[f"{KEY_CI_LOW}_a"] > r[f"{KEY_CI_HIGH}_b"]) if higher else
+                     (r[f"{KEY_CI_HIGH}_a"] < r[f"{KEY_CI_LOW}_b"]) for _, r in joined.iterrows()]
+            for i in range(1, len(joined)):
+                if ahead[i] and not ahead[i - 1]:
+                    at = joined.iloc[i][f"{axis}_a"]
+                    before = joined.iloc[i - 1][f"{axis}_a"]
+                    since = next((j for j in range(i, len(joined)) if all(clear[j:])), None)
+                    verdict = (f"intervals clear from {_number(joined.iloc[since][f'{axis}_a'])} {AXIS_LABELS[axis]}"
+                               if since is not None else "the intervals overlap at every later point")
+                    sentences.append(f"`{a}` overtakes `{b}` on {name} between {_number(before)} and {_number(at)} "
+                                     f"{AXIS_LABELS[axis]}; {verdict}.")
+    return sentences
+
+
+def _number(value: float) -> str:
+    value = float(value)
+    if not math.isfinite(value):
+        return "?"
+    if abs(value) >= 1e6:
+        return f"{value:.3g}"
+    return f"{value:,.0f}" if value == int(value) else f"{value:,.1f}"

@@ -1,0 +1,262 @@
+"""Rankings as curves: budget points along training, budget axes, seeds combined, crossings."""
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from taxabench.budget import BudgetPoint, resolve_points, to_steps
+from taxabench.config import ConfigError
+from taxabench.curves import best_in_every_seed, combine_seeds, crossings, rubin
+from taxabench.methods import Stage
+from tests.conftest import experiment
+
+# everything but wall-clock seconds is a function of the config: a resumed run must reproduce it exactly
+STABLE_COLUMNS = ["method", "metric", "scope", "seed", "point", "split", "value", "ci_low", "ci_high", "n_real",
+                  "n_generated", "n_taxa", "steps", "images_seen", "param_steps", "train_flops"]
+
+
+def test_budget_units_become_optimizer_steps_and_fall_in_their_stage():
+    stages = [Stage(0, 4, "a"), Stage(1, 4, "b"), Stage(2, 4, "c")]
+    assert to_steps(5, "steps", 8, 100) == 5
+    assert to_steps(33, "images", 8, 100) == 5  # the first step whose images reach 33
+    assert to_steps(0.5, "epochs", 8, 100) == 7  # 50 images at 8 per step
+    points = resolve_points([12, 4, 5, 4], "steps", stages, 8, 100, "m")
+    assert points == [BudgetPoint("step-000004", 4, 0, 4), BudgetPoint("step-000005", 5, 1, 1),
+                      BudgetPoint("step-000012", 12, 2, 4)]
+    with pytest.raises(ConfigError, match=r"budget.points\[0\]: 13 steps is 13 optimizer steps, outside .*'m'"):
+        resolve_points([13], "steps", stages, 8, 100, "m")
+
+
+def test_rubin_combination_matches_an_independent_computation():
+    from scipy import stats
+
+    values, low, high = [10.0, 12.0, 11.0], [9.0, 10.5, 9.0], [11.0, 13.5, 13.0]
+    mean, lo, hi, spread = rubin(values, low, high, 0.95)
+    z = 1.959963984540054
+    within = np.mean([((h - lo_) / (2 * z)) ** 2 for lo_, h in zip(low, high)])
+    between = np.var(values, ddof=1)
+    total = within + (1 + 1 / 3) * between
+    df = 2 * (1 + within / ((1 + 1 / 3) * between)) ** 2
+    half = stats.t.ppf(0.975, df) * math.sqrt(total)
+    assert mean == pytest.approx(11.0)
+    assert (lo, hi) == pytest.approx((11.0 - half, 11.0 + half))
+    assert spread == pytest.approx(1.0)
+    assert hi - lo > max(h - lo_ for lo_, h in zip(low, high))  # seed disagreement widens the interval
+
+
+def _row(method, seed, point, value, half, steps, higher=False, metric="fd"):
+    return {"method": method, "metric": metric, "name": metric.upper(), "scope": "overall", "value": value,
+            "ci_low": value - half, "ci_high": value + half, "n_real": 10, "n_generated": 10, "n_taxa": 5,
+            "extractor": "x", "weights": "w", "higher_is_better": higher, "protocol": "p", "seed": seed,
+            "point": point, "split": "validation", "steps": steps, "images_seen": steps * 8,
+            "param_steps": steps * 100.0, "train_flops": steps * 1e9, "wall_seconds": steps * 0.5}
+
+
+def test_seeds_combine_and_a_rank_is_claimed_only_when_it_holds_in_every_seed():
+    rows = [_row("a", 0, "final", 10, 1, 10), _row("a", 1, "final", 14, 1, 10),
+            _row("b", 0, "final", 12, 1, 10), _row("b", 1, "final", 13, 1, 10)]
+    table = pd.DataFrame(rows)
+    combined = combine_seeds(table, 0.95)
+    a = combined[combined["method"] == "a"].iloc[0]
+    assert a["value"] == pytest.approx(12.0) and a["n_seeds"] == 2
+    assert (a["ci_low"], a["ci_high"]) == pytest.approx(rubin([10, 14], [9, 13], [11, 15], 0.95)[1:3])
+    assert best_in_every_seed(table, ["a", "b"], "fd") == (None, [(0, "a"), (1, "b")])
+    steady = pd.DataFrame([_row("a", 0, "final", 10, 1, 10), _row("a", 1, "final", 11, 1, 10),
+                           _row("b", 0, "final", 12, 1, 10), _row("b", 1, "final", 13, 1, 10)])
+    assert best_in_every_seed(steady, ["a", "b"], "fd") == ("a", [])
+
+
+def rows_final():
+    return [_row("flat-ldm", 0, "final", 10, 1, 10), _row("flat-ldm", 1, "final", 14, 1, 10),
+            _row("sd-lora", 0, "final", 12, 1, 10), _row("sd-lora", 1, "final", 13, 1, 10)]
+
+
+def test_the_report_shows_seed_means_spreads_and_claims_no_rank_the_seeds_disagree_on(tmp_path):
+    from taxabench.report import write_report
+
+    rows = [*rows_final(), _row("flat-ldm", 0, "step-000005", 20, 1, 5), _row("sd-lora", 0, "step-000005", 15, 1, 5),
+            _row("flat-ldm", 1, "step-000005", 20, 1, 5), _row("sd-lora", 1, "step-000005", 15, 1, 5),
+            *[{**r, "point": "step-000010"} for r in rows_final()]]
+    (tmp_path / "metrics").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "metrics" / "all.csv", index=False)
+    (tmp_path / "config.yaml").write_text("name: seeds\nseed: 0\nseeds: [0, 1]\n")
+    text = write_report(tmp_path, figures=False).read_text()
+    assert "mean over 2 training seeds" in text and "Rubin's rules" in text
+    assert "- `flat-ldm`: FD 2.83" in text  # sd of 10 and 14
+    assert "the best method differs between seeds (seed 0: `flat-ldm`, seed 1: `sd-lora`), so no rank is claimed" in text
+    assert "`flat-ldm` overtakes `sd-lora` on FD between 40 and 80 images seen" in text
+
+
+def test_a_crossing_is_reported_with_where_the_intervals_clear():
+    # lower is better: b starts ahead, a overtakes between 16 and 32 images and clears from 48
+    rows = [_row("a", 0, "step-000001", 20, 1, 1), _row("b", 0, "step-000001", 15, 1, 1),
+            _row("a", 0, "step-000002", 14, 2, 2), _row("b", 0, "step-000002", 15, 2, 2),
+            _row("a", 0, "step-000003", 10, 1, 3), _row("b", 0, "step-000003", 15, 1, 3),
+            _row("a", 0, "step-000004", 9, 1, 4), _row("b", 0, "step-000004", 15, 1, 4)]
+    sentences = crossings(combine_seeds(pd.DataFrame(rows), 0.95), ["a", "b"], "fd")
+    assert sentences == ["`a` overtakes `b` on FD between 8 and 16 images seen; intervals clear from 24 images seen."]
+
+
+def budget_config(world: Path, runs: Path, name: str, **sections):
+    config = experiment(
+        world, runs,
+        data={"species_subset": {"mode": "first", "n": 4}},
+        methods=["sd-lora"],
+        train={"steps_per_stage": 1, "batch_size": 4, "checkpoint_every": 1},
+        budget={"points": [2, 4], "images_per_taxon": 1},
+        sample={"guidance_sweep": {"cfg": [1.0, 3.0]}},
+        probe={"images_per_taxon": 1, "timesteps": [300, 700]},
+        eval={"synthclip": {"steps": 30}, "bootstrap": 30, "bootstrap_set_metrics": 10},
+        **sections,
+    )
+    return replace(config, name=name)
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def straight_budget_run(tiny_world, tiny_backbone, tmp_path_factory):
+    from taxabench.run import run
+
+    config = budget_config(tiny_world, tmp_path_factory.mktemp("runs"), "straight")
+    return config, run(config, show_progress=False)
+
+
+def test_budget_points_are_evaluated_on_validation_with_every_axis(straight_budget_run):
+    config, report = straight_budget_run
+    table = pd.read_csv(config.run_dir / "metrics" / "all.csv")
+    assert set(table["point"]) == {"step-000002", "step-000004", "final"}
+    along = table[table["point"].str.startswith("step-")]
+    final = table[table["point"] == "final"]
+    assert set(along["split"]) == {"validation"} and set(final["split"]) == {"test"}
+    assert sorted(set(along["steps"])) == [2, 4] and set(final["steps"]) == {5}  # sd-lora: 1 step x 5 ranks
+    assert set(final["images_seen"]) == {20}
+    budget = json.loads((config.run_dir / "checkpoints" / "sd-lora" / "budget.json").read_text())
+    params = budget["stages"][0]["trainable_params"]
+    assert params > 0 and set(final["param_steps"]) == {5 * params}
+    assert budget["stages"][0]["flops_per_step"] > 0
+    assert set(final["train_flops"]) == {5 * budget["stages"][0]["flops_per_step"]}
+    assert (final["wall_seconds"] > along["wall_seconds"].max()).all()
+    # the validation sampling has its own image count: 1 per taxon along training, 2 for the test sampling
+    n_generated = table[(table["metric"] == "fd") & (table["scope"] == "overall")].set_index("point")["n_generated"]
+    assert n_generated["step-000002"] * 2 == n_generated["final"]
+    text = report.read_text()
+    assert "## Along training (budget points)" in text and "training FLOPs" in text
+    assert (config.run_dir / "report" / "budget_curves.png").is_file()
+
+
+def test_the_test_sampling_uses_the_guidance_scale_chosen_on_validation(straight_budget_run):
+    config, report = straight_budget_run
+    table = pd.read_csv(config.run_dir / "metrics" / "all.csv")
+    sweep = table[(table["point"] == "sweep") & (table["metric"] == "fd") & (table["scope"] == "overall")]
+    assert set(sweep["split"]) == {"validation"} and set(sweep["method"]) == {"sd-lora@1", "sd-lora@3"}
+    best = sweep.sort_values("value").iloc[0]["method"].split("@")[1]
+    choice = json.loads((config.run_dir / "metrics" / "sd-lora-guidance.json").read_text())
+    assert f"{choice['chosen']:g}" == best and choice["select_by"] == "fd"
+    line = json.loads((config.run_dir / "samples" / "sd-lora" / "metadata.jsonl").read_text().splitlines()[0])
+    assert line["guidance_scale"] == choice["chosen"]
+    text = report.read_text()
+    assert "## Guidance sweeps (validation split)" in text and f"scale {choice['chosen']:g}, best fd" in text
+    assert (config.run_dir / "report" / "guidance_sweep.png").is_file()
+
+
+def test_the_probe_writes_per_rank_and_sibling_rows_that_evaluation_leaves_alone(straight_budget_run):
+    config, report = straight_budget_run
+    table = pd.read_csv(config.run_dir / "metrics" / "all.csv")
+    probe = table[table["metric"].str.startswith("probe_")]
+    assert set(probe[probe["metric"] == "probe_top1"]["scope"]) >= {"class", "species", "rare", "common"}
+    assert set(probe["method"]) == {"sd-lora"} and set(probe["point"]) == {"final"}
+    top1 = probe[probe["metric"] == "probe_top1"].set_index("scope")["value"]
+    assert 0 <= top1["species"] <= top1["genus"] <= top1["class"] <= 100  # coarser ranks are easier
+    assert "## Taxonomic probe (no sampling)" in report.read_text()
+
+
+@pytest.mark.parametrize("kill_at", ["point/sd-lora/step-000004", "inside training after the first point"])
+def test_a_run_killed_at_a_budget_point_resumes_to_the_same_table(straight_budget_run, tiny_world, tmp_path,
+                                                                  monkeypatch, kill_at):
+    import taxabench.run as run_module
+    import taxabench.train as train_module
+
+    reference, _ = straight_budget_run
+    config = budget_config(tiny_world, tmp_path, "killed")
+    with monkeypatch.context() as patch:
+        if kill_at.startswith("inside"):
+            real_save = train_module._save_point
+
+            def save_then_die(trainer, root, point):
+                real_save(trainer, root, point)
+                raise Killed(kill_at)
+            patch.setattr(train_module, "_save_point", save_then_die)
+        else:
+            real_plan = run_module.plan
+
+            def plan_with_a_kill(*args, **kwargs):
+                steps = real_plan(*args, **kwargs)
+                for step in steps:
+                    if step.name == kill_at:
+                        def killed(action=step.action):
+                            action()
+                            raise Killed(kill_at)
+                        step.action = killed
+                return steps
+            patch.setattr(run_module, "plan", plan_with_a_kill)
+        with pytest.raises(Killed):
+            run_module.run(config, show_progress=False)
+    first_point = config.run_dir / "along" / "step-000002" / "metrics" / "sd-lora.json"
+    before = first_point.stat().st_mtime_ns if first_point.is_file() else None
+    run_module.run(config, show_progress=False)
+    if before is not None:  # an evaluation finished before the kill is not redone
+        assert first_point.stat().st_mtime_ns == before
+    resumed = pd.read_csv(config.run_dir / "metrics" / "all.csv")
+    straight = pd.read_csv(reference.run_dir / "metrics" / "all.csv")
+    key = ["point", "metric", "scope"]
+    pd.testing.assert_frame_equal(resumed[STABLE_COLUMNS].sort_values(key).reset_index(drop=True),
+                                  straight[STABLE_COLUMNS].sort_values(key).reset_index(drop=True))
+
+
+@pytest.mark.slow
+def test_three_points_two_seeds_and_a_control_in_parallel_jobs_resume_to_the_same_table(tiny_world, tiny_backbone,
+                                                                                          tmp_path, monkeypatch):
+    """The issue's done-when at test size: 3 budget points, 2 training seeds, one control, two processes; killed
+    at a budget point and resumed, the table equals an uninterrupted run's, and the report shows the curves."""
+    import taxabench.run as run_module
+
+    def config(name):
+        return replace(budget_config(tiny_world, tmp_path, name), methods=["sd-lora", "flat-ldm-lora"], seeds=[0, 1],
+                       jobs=2, budget=replace(budget_config(tiny_world, tmp_path, name).budget, points=[1, 3, 5]))
+
+    straight = config("straight")
+    report = run_module.run(straight, show_progress=False)
+    killed = config("killed")
+    real_plan = run_module.plan
+
+    def plan_with_a_kill(*args, **kwargs):
+        steps = real_plan(*args, **kwargs)
+        for step in steps:
+            if step.name == "point/flat-ldm-lora/seed-1/step-000003":
+                def die(action=step.action):
+                    action()
+                    raise Killed("at a budget point")
+                step.action = die
+        return steps
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "plan", plan_with_a_kill)
+        with pytest.raises(Killed):
+            run_module.run(killed, show_progress=False)
+    run_module.run(killed, show_progress=False)
+    key = ["method", "seed", "point", "metric", "scope"]
+    a = pd.read_csv(straight.run_dir / "metrics" / "all.csv")[STABLE_COLUMNS].sort_values(key).reset_index(drop=True)
+    b = pd.read_csv(killed.run_dir / "metrics" / "all.csv")[STABLE_COLUMNS].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    assert set(a["seed"]) == {0, 1} and len(set(a["point"])) == 4
+    text = report.read_text()
+    assert "## Along training (budget points)" in text and "mean over 2 training seeds" in text
+    assert "overtakes" in text or "No method overtakes another" in text
+    assert "**sd-lora** and its variants" in text or "`flat-ldm-lora`" in text
