@@ -24,6 +24,7 @@ def fault_config(world: Path, runs_dir: Path, name: str, methods: list[str]) -> 
 
     config = experiment(
         world, runs_dir,
+        jobs=1,  # every step in the run's own process: a fault kills the run, not a worker of its pool
         data={"dataset": "csv"},
         methods=methods,
         method_options={"taxadiffusion": {"ranks": ["class", "species"]}, "flat-ldm": {"steps": 8}},
