@@ -103,10 +103,10 @@ def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_
     from taxabench.checkpoint import TextCache, cpu_only, load_checkpoint
     from taxabench.data import load_dataset
     from taxabench.data.images import load_image, to_tensor
+    from taxabench.files import write_bytes
     from taxabench.layout import POINT_FINAL, RunLayout
     from taxabench.methods.base import move_inputs
     from taxabench.metrics.aggregate import Resampling, ScopeValue
-    from taxabench.files import write_bytes
     from taxabench.metrics.evaluation import (
         KEY_POINT,
         KEY_SEED,
