@@ -320,6 +320,7 @@ class EvalConfig:
     fd_extractor: str = "synthclip"  # features for fd and kid; `inception` for the paper's FID on real data
     clip_model: str = "synthclip"  # clip_score and taxa_accuracy; `bioclip` on real data
     weights: dict[str, str] = field(default_factory=dict)  # extractor -> explicit weights file or folder
+    revisions: dict[str, str] = field(default_factory=dict)  # hub-loaded extractor -> pinned hub commit or tag
     lpips_size: int | None = None  # common size images are resized to for LPIPS; None: data.image_size
     lpips_max_real: int = 32  # real images of its taxon each generated image is compared with (seeded subset)
     # all: each generated image against all those real images (mean); index: the i-th generated against the i-th
@@ -329,6 +330,7 @@ class EvalConfig:
     # offline, else untrained. An untrained backbone is named "LPIPS (VGG, untrained backbone)" everywhere.
     lpips_backbone: Literal["auto", "pretrained", "untrained"] = "auto"
     diversity_extractor: str | None = None  # vendi, prdc, copying features; None: clip_model (the metric model)
+    cmmd_extractor: str = "clip-vit-l14-336"  # cmmd's embedding (named CMMD only with CLIP ViT-L/14@336)
     prdc_k: int = 5  # neighbours of the k-NN balls of precision / recall / density / coverage (Naeem et al.: 5)
     copy_quantile: float = 0.95  # near-copy: closer to a training image than this quantile of held-out real images
     kid_subsets: int = 100  # KID: mean over this many random subsets (torchmetrics / clean-fid protocol)...

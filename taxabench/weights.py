@@ -52,11 +52,14 @@ class ResolvedWeights:
     path: Path  # a file, or a folder for hub repos
     source: Source
     sha256: str | None  # of the file; of the sorted file digests for a folder
+    revision: str | None = None  # the hub commit of a hub snapshot (pinned, or the one the cache holds)
 
     def identity(self, name: str) -> str:
-        """How reports name these weights: `inception@sha256:6726825d… (cache)`."""
+        """How reports name these weights: `inception@sha256:6726825d… (cache)`, hub snapshots with their commit:
+        `bioclip@sha256:0123abcd4567 (cache, revision 3f5c8e2a1b9d)`."""
         digest = f"sha256:{self.sha256[:12]}" if self.sha256 else "unhashed"
-        return f"{name}@{digest} ({self.source})"
+        revision = f", revision {self.revision[:12]}" if self.revision else ""
+        return f"{name}@{digest} ({self.source}{revision})"
 
 
 def is_offline() -> bool:
@@ -89,24 +92,27 @@ def folder_sha256(path: Path) -> str:
 
 
 def resolve_weights(
-    spec: WeightsSpec, explicit: str | os.PathLike[str] | None = None, download: bool = True
+    spec: WeightsSpec, explicit: str | os.PathLike[str] | None = None, download: bool = True,
+    revision: str | None = None,
 ) -> ResolvedWeights:
     """Find `spec`'s weights in the order of the module docstring, or fail fast saying how to provide them.
 
     `download=False` stops after the cache (for reports of what is available without touching the network).
+    `revision` pins a hub repo's commit (or tag): only that snapshot is taken from the cache or downloaded, so a
+    repo whose weights change upstream (BioCLIP's taxonomic fix) keeps giving the same numbers.
     """
     if explicit is not None:
         return _checked(spec, Path(explicit), "explicit")
     if os.environ.get(spec.env_var):
         return _checked(spec, Path(os.environ[spec.env_var]), "env")
-    cached = _from_cache(spec)
+    cached = _from_cache(spec, revision)
     if cached is not None:
         return _checked(spec, cached, "cache")
     if not download:
-        raise WeightsNotFoundError(_how_to_provide(spec, "not in any local cache"))
+        raise WeightsNotFoundError(_how_to_provide(spec, "not in any local cache", revision))
     if not is_offline():
-        return _checked(spec, _download(spec), "download")
-    raise WeightsNotFoundError(_how_to_provide(spec, "the machine is offline"))
+        return _checked(spec, _download(spec, revision), "download")
+    raise WeightsNotFoundError(_how_to_provide(spec, "the machine is offline", revision))
 
 
 def _checked(spec: WeightsSpec, path: Path, source: Source) -> ResolvedWeights:
@@ -117,7 +123,8 @@ def _checked(spec: WeightsSpec, path: Path, source: Source) -> ResolvedWeights:
         missing = [f for f in spec.hf_files if not (path / f).exists()]
         if missing:
             raise WeightsNotFoundError(f"{spec.name} weights: {path} lacks {missing[0]} ({spec.description})")
-        return ResolvedWeights(path, source, folder_sha256(path))
+        snapshot = path.parent.name == "snapshots" and source in ("cache", "download")
+        return ResolvedWeights(path, source, folder_sha256(path), path.name if snapshot else None)
     digest = file_sha256(path)
     if spec.sha256 and digest != spec.sha256:
         raise WeightsNotFoundError(
@@ -127,7 +134,7 @@ def _checked(spec: WeightsSpec, path: Path, source: Source) -> ResolvedWeights:
     return ResolvedWeights(path, source, digest)
 
 
-def _from_cache(spec: WeightsSpec) -> Path | None:
+def _from_cache(spec: WeightsSpec, revision: str | None = None) -> Path | None:
     if spec.filename:
         torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
         for folder in (taxabench_home() / "weights", torch_home / "hub" / "checkpoints"):
@@ -138,17 +145,17 @@ def _from_cache(spec: WeightsSpec) -> Path | None:
         from huggingface_hub.errors import LocalEntryNotFoundError
 
         try:
-            return Path(snapshot_download(spec.hf_repo, local_files_only=True))
+            return Path(snapshot_download(spec.hf_repo, revision=revision, local_files_only=True))
         except LocalEntryNotFoundError:
             return None
     return None
 
 
-def _download(spec: WeightsSpec) -> Path:
+def _download(spec: WeightsSpec, revision: str | None = None) -> Path:
     if spec.hf_repo:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(spec.hf_repo, allow_patterns=list(spec.hf_patterns) or None))
+        return Path(snapshot_download(spec.hf_repo, revision=revision, allow_patterns=list(spec.hf_patterns) or None))
     if not (spec.url and spec.filename):
         raise WeightsNotFoundError(_how_to_provide(spec, "there is no download address for it"))
     target = taxabench_home() / "weights" / spec.filename
@@ -164,11 +171,12 @@ def _download(spec: WeightsSpec) -> Path:
     return target
 
 
-def _how_to_provide(spec: WeightsSpec, reason: str) -> str:
+def _how_to_provide(spec: WeightsSpec, reason: str, revision: str | None = None) -> str:
     if spec.hf_repo:
-        what = f"the Hugging Face repo {spec.hf_repo}"
+        pin = f" --revision {revision}" if revision else ""
+        what = f"the Hugging Face repo {spec.hf_repo}" + (f" at revision {revision}" if revision else "")
         place = (
-            f"run `huggingface-cli download {spec.hf_repo}` on a machine with internet and copy the cache "
+            f"run `huggingface-cli download {spec.hf_repo}{pin}` on a machine with internet and copy the cache "
             f"($HF_HOME/hub) here, or download the repo to a folder and set ${spec.env_var} to it"
         )
     else:

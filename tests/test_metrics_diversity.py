@@ -62,6 +62,33 @@ def test_prdc_matches_the_definitions_and_its_edge_cases():
     assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
 
 
+def test_prdc_in_chunks_equals_prdc_from_whole_matrices(monkeypatch):
+    """Sets too large for their distance matrices are computed in chunks of rows: the same numbers."""
+    import taxabench.metrics.metric_prdc as module
+
+    rng = np.random.default_rng(4)
+    real, fake, weights = rng.normal(size=(50, 5)), rng.normal(size=(45, 5)), rng.integers(1, 4, 45).astype(float)
+    whole = prdc(real, fake, 5, None, weights)
+    monkeypatch.setattr(module, "MAX_MATRIX", 0)
+    monkeypatch.setattr(module, "CHUNK", 7)
+    assert prdc(real, fake, 5, None, weights) == pytest.approx(whole, rel=1e-12)
+
+
+def test_prdc_bootstrap_replicates_are_prdc_of_each_resample():
+    from taxabench.metrics.metric_prdc import prdc_bootstrap
+
+    rng = np.random.default_rng(5)
+    real, fake = rng.normal(size=(30, 4)), rng.normal(size=(24, 4))
+    real_unit, fake_unit = np.repeat(np.arange(6), 5), np.repeat(np.arange(6), 4)
+    counts = rng.multinomial(6, np.full(6, 1 / 6), size=4)
+    replicates = prdc_bootstrap(real, fake, real_unit, fake_unit, counts, 3)
+    for b, count in enumerate(counts):
+        rw, fw = count[real_unit], count[fake_unit]
+        expected = prdc(real[rw > 0], fake[fw > 0], 3, rw[rw > 0], fw[fw > 0])
+        for quantity, value in expected.items():
+            assert replicates[quantity][b] == pytest.approx(100 * value, rel=1e-12)
+
+
 def test_weighted_prdc_counts_each_image_its_weight_times():
     rng = np.random.default_rng(2)
     real, fake = rng.normal(size=(30, 4)), rng.normal(size=(25, 4))

@@ -254,12 +254,17 @@ def check_eval_names(config: ExperimentConfig, where: str = "eval") -> None:
         registered(METRICS, name, f"{where}.metrics[{index}]")
     for key in ("fd_extractor", "clip_model"):
         registered(EXTRACTORS, getattr(config.eval, key), f"{where}.{key}")
+    registered(EXTRACTORS, config.eval.cmmd_extractor, f"{where}.cmmd_extractor")
     if config.eval.diversity_extractor is not None:
         registered(EXTRACTORS, config.eval.diversity_extractor, f"{where}.diversity_extractor")
-    for name in config.eval.weights:
-        if name not in EXTRACTORS:
-            raise ConfigError(f"{where}.weights: unknown extractor {name!r}; extractors: "
-                              f"{', '.join(EXTRACTORS.names())}")
+    for key in ("weights", "revisions"):
+        for name in getattr(config.eval, key):
+            if name not in EXTRACTORS:
+                raise ConfigError(f"{where}.{key}: unknown extractor {name!r}; extractors: "
+                                  f"{', '.join(EXTRACTORS.names())}")
+    for name in config.eval.revisions:
+        if not any(spec.hf_repo for spec in EXTRACTORS.get(name).weights_specs):
+            raise ConfigError(f"{where}.revisions: {name!r} does not load from the Hugging Face hub")
 
 
 def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None = None,

@@ -123,11 +123,15 @@ class SetMetric(Metric):
     def protocol(self, context: EvalContext) -> dict[str, Any]:
         return {}
 
+    def extractor_name(self, config) -> str:
+        """The extractor whose features the metric compares (default: `eval.fd_extractor`)."""
+        return config.eval.fd_extractor
+
     def extractors(self, config) -> list[str]:
-        return [config.eval.fd_extractor]
+        return [self.extractor_name(config)]
 
     def compute(self, context: EvalContext) -> list[Measurement]:
-        extractor_name = context.config.eval.fd_extractor
+        extractor_name = self.extractor_name(context.config)
         extractor = context.extractor(extractor_name)
         feature = extractor.feature_for(self.key)
         real = context.features(extractor_name, "real")[feature]

@@ -15,7 +15,7 @@ import numpy as np
 from taxabench.metrics.metric_base import PerImageMetric
 from taxabench.taxonomy import bioclip_caption
 
-DISPLAY_NAMES = {"bioclip": "BioCLIP score", "bioclip-2": "BioCLIP-2 score"}
+DISPLAY_NAMES = {"bioclip": "BioCLIP score", "bioclip-2": "BioCLIP-2 score", "bioclip-2-5": "BioCLIP-2.5 score"}
 
 
 def caption_scores(image_embeddings: np.ndarray, caption_embeddings: np.ndarray, caption_of_image: np.ndarray) -> np.ndarray:

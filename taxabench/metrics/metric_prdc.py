@@ -24,6 +24,7 @@ from taxabench.metrics.metric_vendi import diversity_extractor
 
 QUANTITIES = ("precision", "recall", "density", "coverage")
 CHUNK = 4096  # rows of a distance matrix held at once
+MAX_MATRIX = 50_000_000  # float64 distances held at once when all three matrices fit (400 MB)
 
 
 def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -44,8 +45,10 @@ def prdc(real: np.ndarray, generated: np.ndarray, k: int, real_weights: np.ndarr
     `weights` times in the averages (1 by default: the paper's definitions)."""
     r = torch.as_tensor(np.asarray(real, dtype=np.float64))
     g = torch.as_tensor(np.asarray(generated, dtype=np.float64))
-    rw = torch.as_tensor(np.ones(len(r)) if real_weights is None else np.asarray(real_weights, dtype=np.float64))
-    gw = torch.as_tensor(np.ones(len(g)) if generated_weights is None else np.asarray(generated_weights, dtype=np.float64))
+    if len(r) * (len(r) + 2 * len(g)) + len(g) ** 2 <= MAX_MATRIX:
+        return _prdc_from_distances(_distances(r, r), _distances(g, g), _distances(r, g), k, real_weights,
+                                    generated_weights)
+    rw, gw = _weights(real_weights, len(r)), _weights(generated_weights, len(g))
     real_radius, gen_radius = _kth_neighbour_distance(r, k), _kth_neighbour_distance(g, k)
     in_real_ball = torch.zeros(len(g), dtype=torch.bool)
     real_balls_holding = torch.zeros(len(g), dtype=torch.float64)
@@ -58,12 +61,56 @@ def prdc(real: np.ndarray, generated: np.ndarray, k: int, real_weights: np.ndarr
         real_balls_holding += (inside * rw[i:i + CHUNK, None]).sum(dim=0)
         in_gen_ball[i:i + CHUNK] = (distance < gen_radius[None, :]).any(dim=1)
         covered[i:i + CHUNK] = inside.any(dim=1)
+    return _summary(rw, gw, in_real_ball, real_balls_holding, in_gen_ball, covered, k)
+
+
+def _weights(weights: np.ndarray | None, n: int) -> torch.Tensor:
+    return torch.as_tensor(np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64))
+
+
+def _prdc_from_distances(real_real, gen_gen, real_gen, k, real_weights=None, generated_weights=None):
+    """`prdc` from the three distance matrices of the rows (real x real, generated x generated, real x generated):
+    a bootstrap computes them once and indexes each resample's rows."""
+    rw, gw = _weights(real_weights, len(real_real)), _weights(generated_weights, len(gen_gen))
+    real_radius = real_real.topk(k + 1, dim=1, largest=False).values[:, k]
+    gen_radius = gen_gen.topk(k + 1, dim=1, largest=False).values[:, k]
+    inside = real_gen < real_radius[:, None]
+    return _summary(rw, gw, inside.any(dim=0), (inside * rw[:, None]).sum(dim=0),
+                    (real_gen < gen_radius[None, :]).any(dim=1), inside.any(dim=1), k)
+
+
+def _summary(rw, gw, in_real_ball, real_balls_holding, in_gen_ball, covered, k) -> dict[str, float]:
     return {
         "precision": float((gw * in_real_ball).sum() / gw.sum()),
         "recall": float((rw * in_gen_ball).sum() / rw.sum()),
         "density": float((gw * real_balls_holding).sum() / gw.sum() / rw.mean() / k),
         "coverage": float((rw * covered).sum() / rw.sum()),
     }
+
+
+def prdc_bootstrap(real, generated, real_unit, gen_unit, counts, k: int) -> dict[str, np.ndarray]:
+    """Each quantity's bootstrap replicates (`aggregate.SetBootstrap`'s arguments): the distances are computed once
+    (when they fit in memory), each resample keeps its distinct rows weighted by their taxon's count."""
+    r = torch.as_tensor(np.asarray(real, dtype=np.float64))
+    g = torch.as_tensor(np.asarray(generated, dtype=np.float64))
+    small = len(r) * (len(r) + 2 * len(g)) + len(g) ** 2 <= MAX_MATRIX
+    matrices = (_distances(r, r), _distances(g, g), _distances(r, g)) if small else None
+    out = {quantity: np.full(len(counts), np.nan) for quantity in QUANTITIES}
+    for b, count in enumerate(counts):
+        real_weights, gen_weights = count[real_unit], count[gen_unit]
+        keep_real, keep_gen = np.flatnonzero(real_weights > 0), np.flatnonzero(gen_weights > 0)
+        if min(len(keep_real), len(keep_gen)) <= k:
+            continue
+        if matrices is not None:
+            rr, gg, rg = matrices
+            kr, kg = torch.as_tensor(keep_real), torch.as_tensor(keep_gen)
+            values = _prdc_from_distances(rr[kr][:, kr], gg[kg][:, kg], rg[kr][:, kg], k, real_weights[keep_real],
+                                          gen_weights[keep_gen])
+        else:
+            values = prdc(real[keep_real], generated[keep_gen], k, real_weights[keep_real], gen_weights[keep_gen])
+        for quantity in QUANTITIES:
+            out[quantity][b] = 100.0 * values[quantity]
+    return out
 
 
 class Prdc(Metric):
@@ -82,24 +129,22 @@ class Prdc(Metric):
         generated = context.features(name, "generated")[feature]
         k = context.config.eval.prdc_k
         protocol = {**context.image_protocol(name), "feature": feature, "k": k, "distance": "euclidean"}
+        bootstraps: dict[tuple, dict[str, np.ndarray]] = {}
+
+        def replicates(r, g, real_unit, gen_unit, counts, quantity):
+            # one bootstrap per pooled scope serves the four quantities: keyed by what identifies the scope
+            key = (len(r), len(g), real_unit.tobytes(), gen_unit.tobytes(), counts.tobytes())
+            if key not in bootstraps:
+                bootstraps[key] = prdc_bootstrap(r, g, real_unit, gen_unit, counts, k)
+            return bootstraps[key][quantity]
+
         measurements = []
         for quantity in QUANTITIES:
-            def value(r, g, quantity=quantity):
-                return 100.0 * prdc(r, g, k)[quantity]
-
-            def bootstrap(r, g, real_unit, gen_unit, counts, quantity=quantity):
-                out = np.full(len(counts), np.nan)
-                for b, count in enumerate(counts):
-                    real_weights, gen_weights = count[real_unit], count[gen_unit]
-                    keep_real, keep_gen = real_weights > 0, gen_weights > 0
-                    if min(keep_real.sum(), keep_gen.sum()) > k:
-                        out[b] = 100.0 * prdc(r[keep_real], g[keep_gen], k, real_weights[keep_real],
-                                              gen_weights[keep_gen])[quantity]
-                return out
-
             with one_cpu_thread():
-                scopes = summarise_set_metric(value, bootstrap, real, generated, context.sets, context.resampling,
-                                              context.pooled_resampling, k + 1)
+                scopes = summarise_set_metric(
+                    lambda r, g, quantity=quantity: 100.0 * prdc(r, g, k)[quantity],
+                    lambda *args, quantity=quantity: replicates(*args, quantity),
+                    real, generated, context.sets, context.resampling, context.pooled_resampling, k + 1)
             measurements += [Measurement(quantity, f"{quantity} ({name}, k={k})", scope, name, extractor.identity,
                                          True, protocol) for scope in scopes]
         return measurements

@@ -23,13 +23,17 @@ def register_extractor(name: str, cls: type[FeatureExtractor]) -> type[FeatureEx
 
 
 def _register_builtins() -> None:
-    from taxabench.metrics.extractor_bioclip import BioClip2Extractor, BioClipExtractor
+    from taxabench.metrics.extractor_bioclip import BioClip2Extractor, BioClip25Extractor, BioClipExtractor
+    from taxabench.metrics.extractor_clip_l14_336 import ClipL14At336Extractor
+    from taxabench.metrics.extractor_dinov2 import Dinov2Extractor
     from taxabench.metrics.extractor_inception import InceptionExtractor
     from taxabench.metrics.extractor_lpips_vgg import LpipsVggExtractor
     from taxabench.metrics.extractor_synthclip import SynthClipExtractor
     from taxabench.metrics.metric_clip_score import ClipScore
+    from taxabench.metrics.metric_cmmd import Cmmd
     from taxabench.metrics.metric_copying import Copying
     from taxabench.metrics.metric_fd import FrechetDistance
+    from taxabench.metrics.metric_fd_dinov2 import FrechetDistanceDinov2
     from taxabench.metrics.metric_kid import KernelDistance
     from taxabench.metrics.metric_lpips import Lpips
     from taxabench.metrics.metric_mistake_severity import MistakeSeverity
@@ -39,9 +43,10 @@ def _register_builtins() -> None:
     from taxabench.metrics.metric_vendi import VendiRatio
 
     for metric in (FrechetDistance, KernelDistance, Lpips, ClipScore, TaxaAccuracy, MistakeSeverity,
-                   PathConsistency, VendiRatio, Prdc, Copying):
+                   PathConsistency, VendiRatio, Prdc, Copying, FrechetDistanceDinov2, Cmmd):
         register_metric(metric.key, metric)
-    for extractor in (InceptionExtractor, BioClipExtractor, BioClip2Extractor, SynthClipExtractor, LpipsVggExtractor):
+    for extractor in (InceptionExtractor, BioClipExtractor, BioClip2Extractor, BioClip25Extractor, SynthClipExtractor,
+                      LpipsVggExtractor, Dinov2Extractor, ClipL14At336Extractor):
         register_extractor(extractor.name, extractor)
 
 

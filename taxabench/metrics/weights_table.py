@@ -34,7 +34,7 @@ def weights_table(config: ExperimentConfig | None = None) -> list[WeightsStatus]
                 else:
                     explicit = config.eval.weights.get(name)
                     resolved = resolve_weights(spec, explicit.removeprefix("local-dir:") if explicit else None,
-                                               download=False)
+                                               download=False, revision=config.eval.revisions.get(name))
                 rows.append(WeightsStatus(name, spec.name, True, f"{resolved.identity(spec.name)}: {resolved.path}"))
             except WeightsNotFoundError as error:
                 rows.append(WeightsStatus(name, spec.name, False, str(error)))
