@@ -1,4 +1,4 @@
-"""nox sessions: tests, slow, lint, demo, bench, faults. Run `nox -l` to list them.
+"""nox sessions: tests, slow, realweights, lint, demo, bench, faults. Run `nox -l` to list them.
 
 Every session shares one virtualenv (`.nox/taxabench`): torch alone is ~5 GB, so a venv per session would cost
 minutes and gigabytes. It is created once and reinstalled only when pyproject.toml changes.
@@ -43,6 +43,16 @@ def slow(session: nox.Session) -> None:
     """Only the tests marked slow (multi-process training, longer end-to-end runs)."""
     bin_ = shared_env(session)
     session.run(str(bin_ / "pytest"), "-m", "slow", *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def realweights(session: nox.Session) -> None:
+    """The real-weights path offline: SD 1.5 / BioCLIP / Inception / VGG16 stand-ins in their real cache layouts
+    through `taxabench weights`, a `taxabench run` of configs/fishnet.yaml and diffusers; LPIPS at 512 px against
+    the lpips package (tests/test_realweights.py, tests/test_metrics_lpips.py; about 15 minutes on 2 cores)."""
+    bin_ = shared_env(session)
+    session.run(str(bin_ / "pytest"), "-m", "not cuda", "tests/test_realweights.py", "tests/test_metrics_lpips.py",
+                *session.posargs, external=True)
 
 
 @nox.session(venv_backend="none")

@@ -32,11 +32,25 @@ import torch.nn.functional as F
 
 from taxabench.config import DataConfig, ExperimentConfig, TinyBackbone, taxabench_home
 from taxabench.errors import ConfigError, TaxabenchError
+from taxabench.metrics.cache import shared_mode
 from taxabench.taxonomy import bioclip_caption
 
 TINY_FORMAT_VERSION = 2  # bump when the tiny build changes: cached tiny backbones of another version are rebuilt
 SD_COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 SD_BACKBONE_WEIGHTS = "sd-backbone"  # weights-spec name: $TAXABENCH_SD_BACKBONE_WEIGHTS points at a folder
+# the files each component's from_pretrained reads; of several weights files, the first present is the one read
+SD_WEIGHT_FILES = {
+    "unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+    "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+    "text_encoder": ("model.safetensors", "pytorch_model.bin"),
+}
+SD_CONFIG_FILES = {
+    "unet": ("config.json",), "vae": ("config.json",), "text_encoder": ("config.json",),
+    "tokenizer": ("vocab.json", "merges.txt"), "scheduler": ("scheduler_config.json",),
+}
+SD_OPTIONAL_FILES = ("tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json")
+# the stock SD 1.5 id and the one it had until 2024 (runwayml took it down; the weights are the same)
+SD15_IDS = ("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5")
 
 # Stable Diffusion 1.5's noise schedule (its scheduler/scheduler_config.json): every tiny backbone uses it too.
 SD15_SCHEDULER = {
@@ -142,19 +156,17 @@ def resolve_backbone(config: ExperimentConfig, data=None, show_progress: bool = 
         if data is None:
             raise TaxabenchError("backbone.source 'tiny' is built from the dataset; load the dataset first")
         return ensure_tiny_backbone(data, config.data, config.backbone.tiny, show_progress=show_progress)
-    from taxabench.weights import folder_sha256, resolve_weights
+    from taxabench.weights import resolve_weights
 
     if Path(source).exists():
         path = Path(source)
-        _check_sd_folder(path, source)
-        return path, f"{path.name}@sha256:{folder_sha256(path)[:12]}"
+        return path, f"{path.name}@sha256:{sd_folder_sha256(path, source)[:12]}"
     if source.count("/") != 1 or source.startswith((".", "/")):
         raise ConfigError(
             f"backbone.source: {source!r} is neither an existing folder nor a hub id like "
-            "'runwayml/stable-diffusion-v1-5' (nor 'tiny')"
+            "'stable-diffusion-v1-5/stable-diffusion-v1-5' (nor 'tiny')"
         )
     resolved = resolve_weights(hub_backbone_spec(source))
-    _check_sd_folder(resolved.path, source)
     return resolved.path, resolved.identity(source)
 
 
@@ -166,21 +178,55 @@ def hub_backbone_spec(source: str):
         name=SD_BACKBONE_WEIGHTS,
         description=f"the Stable-Diffusion-format pipeline {source} (folders {', '.join(SD_COMPONENTS)})",
         hf_repo=source,
-        hf_files=("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json"),
+        hf_aliases=tuple(i for i in SD15_IDS if i != source) if source in SD15_IDS else (),
         # the diffusers folders only: SD repos also hold multi-GB single-file and fp16/EMA checkpoints
         hf_patterns=("model_index.json", "*/config.json", "*/*_config.json", "tokenizer/*",
                      "vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors",
                      "text_encoder/model.safetensors"),
+        loaded_files=lambda path: sd_files(path, source),
     )
 
 
-def _check_sd_folder(path: Path, source: str) -> None:
+def sd_files(path: Path, source: str) -> list[Path]:
+    """The files `load_sd_folder` reads from an SD-format folder; a missing one is an error naming it and the fix."""
+    from taxabench.errors import WeightsInvalidError
+
+    path = Path(path)
+
+    def fix(*folders: str) -> str:
+        include = "".join(f" --include '{name}/*'" for name in folders)
+        return (f"fetch it again (`hf download stable-diffusion-v1-5/stable-diffusion-v1-5{include}`) or write the "
+                "folder with `StableDiffusionPipeline.save_pretrained`")
+
     missing = [name for name in SD_COMPONENTS if not (path / name).is_dir()]
     if missing:
-        raise TaxabenchError(
-            f"backbone {source!r}: {path} is not a Stable-Diffusion-format folder: it lacks {', '.join(missing)}/ "
-            f"(expected {', '.join(SD_COMPONENTS)}, as `StableDiffusionPipeline.save_pretrained` writes)"
-        )
+        raise WeightsInvalidError(f"backbone {source!r}: {path} is not a Stable-Diffusion-format folder: it lacks "
+                                  f"{', '.join(missing)}/ (expected {', '.join(SD_COMPONENTS)}); "
+                                  + fix(*missing))
+    files = []
+    for component in SD_COMPONENTS:
+        folder = path / component
+        for name in SD_CONFIG_FILES[component]:
+            if not (folder / name).is_file():
+                raise WeightsInvalidError(f"backbone {source!r}: {folder / name} is missing; "
+                                          + fix(component))
+            files.append(folder / name)
+        if component in SD_WEIGHT_FILES:
+            found = [folder / name for name in SD_WEIGHT_FILES[component] if (folder / name).is_file()]
+            if not found:
+                raise WeightsInvalidError(
+                    f"backbone {source!r}: {folder}/ has no weights file ({' or '.join(SD_WEIGHT_FILES[component])}; "
+                    f"an interrupted download?); " + fix(component))
+            files.append(found[0])
+    files += [path / name for name in SD_OPTIONAL_FILES if (path / name).is_file()]
+    return files
+
+
+def sd_folder_sha256(path: Path, source: str) -> str:
+    """The backbone's identity digest: of the files it loads only (an extra fp16 variant changes nothing)."""
+    from taxabench.weights import files_sha256
+
+    return files_sha256(Path(path), sd_files(path, source))
 
 
 def quiet_hub_progress() -> None:
@@ -199,7 +245,7 @@ def load_sd_folder(path: Path, identity: str, source: str) -> Backbone:
 
     quiet_hub_progress()
     path = Path(path)
-    _check_sd_folder(path, source)
+    sd_files(path, source)
     backbone = Backbone(
         vae=AutoencoderKL.from_pretrained(path, subfolder="vae"),
         unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet"),
@@ -238,6 +284,7 @@ def ensure_tiny_backbone(
     if not (folder / "build.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
+        shared_mode(staging, directory=True)
         try:
             build_tiny_backbone(data, data_config, tiny, staging, show_progress=show_progress)
             if (folder / "build.json").is_file():  # another process finished first: keep its copy

@@ -93,8 +93,7 @@ def _load_point(folder: Path, manifest: dict, stages: list[Stage], point: str, b
 
 def _load(folder: Path, manifest: dict, chosen: Stage | None, weights: Path, backbone_path) -> TrainedMethod:
     """The method of `manifest` on its backbone, with the trained parts in `weights` (a stage or point folder)."""
-    from taxabench.backbone import load_sd_folder
-    from taxabench.weights import folder_sha256
+    from taxabench.backbone import load_sd_folder, sd_folder_sha256
 
     cls = get_method(manifest["method"])
     recorded = manifest["backbone"]
@@ -105,7 +104,7 @@ def _load(folder: Path, manifest: dict, chosen: Stage | None, weights: Path, bac
             "(`taxabench backbone tiny` or `taxabench train`) or pass its location as backbone_path"
         )
     if backbone_path is not None and recorded["source"] != "tiny":
-        identity = f"{recorded['identity'].split('@')[0]}@sha256:{folder_sha256(path)[:12]}"
+        identity = f"{recorded['identity'].split('@')[0]}@sha256:{sd_folder_sha256(path, str(path))[:12]}"
         if identity != recorded["identity"]:
             raise TaxabenchError(f"backbone {path} ({identity}) is not the one {folder} was trained on "
                                  f"({recorded['identity']})")

@@ -126,9 +126,12 @@ def data_stats(
     from taxabench.data import load_dataset
 
     if config is not None:
-        if dataset or root or annotations:
-            raise TaxabenchError("give either --config or --dataset/--root/--annotations, not both")
+        if dataset or root:
+            raise TaxabenchError("give either --config or --dataset/--root, not both (--annotations may go with "
+                                 "--config: it replaces the config's data.annotations)")
         data_config = load_config(config).data
+        if annotations is not None:
+            data_config.annotations = str(annotations)
     elif dataset is not None:
         data_config = DataConfig(dataset=dataset, root=str(root) if root else None,
                                  annotations=str(annotations) if annotations else None)
@@ -295,16 +298,28 @@ def weights_list(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML (explicit weights, data).")] = None,
 ) -> None:
-    """List every feature extractor's weights: where they resolve from now, or what is missing and how to get it."""
+    """What a run of the config loads: where each weights file resolves from now, or what is missing and how to get
+    it (exit status 1 when something the run needs is missing)."""
     if ctx.invoked_subcommand is not None:
         return
     from taxabench.metrics import weights_table
 
-    table = Table("extractor", "weights", "status", title="weights", title_justify="left")
-    for row in weights_table(load_config(config) if config else None):
-        status = f"[green]found[/] {row.where}" if row.found else f"[red]missing[/] {row.where}"
-        table.add_row(row.extractor, row.component, status)
+    table = Table("extractor", "weights", "use", "status", title="weights", title_justify="left")
+    rows = weights_table(load_config(config) if config else None)
+    for row in rows:
+        if row.found:
+            status = f"[green]found[/] {row.where}"
+        elif row.use in ("needed", "optional"):
+            colour = "red" if row.use == "needed" else "yellow"
+            status = f"[{colour}]missing[/] {row.where}"
+        else:
+            status = f"[dim]not found[/] [dim]{row.where}[/]"
+        table.add_row(row.extractor, row.component, row.use, status)
     console.print(table)
+    blocking = [row for row in rows if row.blocks_the_run]
+    if blocking:
+        raise TaxabenchError(f"{len(blocking)} weights the run needs are missing: "
+                             + ", ".join(f"{row.extractor} ({row.component})" for row in blocking))
 
 
 @weights_app.command("build")
@@ -340,6 +355,8 @@ def run_command(
                                      "--force train (all methods). Repeatable."),
     ] = None,
     overrides: SetOption = None,
+    no_stage_figure: Annotated[bool, typer.Option("--no-stage-figure", help="Skip the progressive methods' "
+                                                  "across-stages figure (sample.stage_figure: false).")] = False,
 ) -> None:
     """Everything from one config: data, backbone, metric models, train, sample, eval, report.
 
@@ -348,7 +365,10 @@ def run_command(
     """
     from taxabench.run import run
 
-    report = run(experiment_config(config, overrides), force=force, console=console)
+    experiment = experiment_config(config, overrides)
+    if no_stage_figure:
+        experiment.sample.stage_figure = False
+    report = run(experiment, force=force, console=console)
     console.print(f"\n[bold green]done[/]: report at {report}")
 
 

@@ -270,6 +270,9 @@ class SampleConfig:
     # auto: float64 on CPU (the same PNG bytes whatever the batch size or process count), float16 on CUDA
     precision: Literal["auto", "float64", "float32", "float16", "bfloat16"] = "auto"
     stage: int | None = None  # sample this training stage's checkpoint; None: the last one
+    # `taxabench run` draws the progressive methods' across-stages figure (2 images of 3 species per stage, at
+    # data.image_size) in a step of its own; false (or `run --no-stage-figure`) skips it
+    stage_figure: bool = True
     # guidance sweep on the final checkpoint, no retraining: kind -> scales, e.g. {taxonomy: [1, 2, 4, 8]}; each is
     # sampled and evaluated on the validation split (budget.split, budget.images_per_taxon), and the test sampling
     # of each method and kind uses the scale that is best there on `guidance_select` (overall scope)
@@ -322,6 +325,13 @@ class EvalConfig:
     weights: dict[str, str] = field(default_factory=dict)  # extractor -> explicit weights file or folder
     revisions: dict[str, str] = field(default_factory=dict)  # hub-loaded extractor -> pinned hub commit or tag
     lpips_size: int | None = None  # common size images are resized to for LPIPS; None: data.image_size
+    # sha256 of a file you verified to hold the same weights as the published one under other bytes (e.g. re-saved):
+    # accepted for that extractor, and every number it produces says "unverified: sha256 ..."
+    unverified_weights: dict[str, str] = field(default_factory=dict)
+    # the clip_score caption: taxonomic = the bare string "Animalia Chordata ... Abudefduf saxatilis" (the paper
+    # group's BioCLIP-score script); sentence = "a photo of Animalia ... saxatilis." (BioCLIP's training form);
+    # auto: taxonomic for BioCLIP models, sentence for synthclip (trained on sentences)
+    clip_caption: Literal["auto", "taxonomic", "sentence"] = "auto"
     lpips_max_real: int = 32  # real images of its taxon each generated image is compared with (seeded subset)
     # all: each generated image against all those real images (mean); index: the i-th generated against the i-th
     # real image of its taxon, as the paper group's LPIPS script pairs them
@@ -348,6 +358,9 @@ class EvalConfig:
         # (`taxabench.metrics.evaluation.check_eval_names`): this module does not import the metrics package
         if not 0.0 < self.copy_quantile < 1.0:
             raise ConfigError(f"{where}.copy_quantile: must be in (0, 1), got {self.copy_quantile}")
+        for name, digest in self.unverified_weights.items():
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ConfigError(f"{where}.unverified_weights.{name}: a full SHA-256 (64 hex digits), got {digest!r}")
         if not 0.0 < self.confidence < 1.0:
             raise ConfigError(f"{where}.confidence: must be in (0, 1), got {self.confidence}")
         for key in ("bootstrap", "bootstrap_set_metrics", "kid_subsets", "kid_subset_size", "batch_size",

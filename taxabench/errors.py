@@ -23,3 +23,8 @@ class DamagedFileError(TaxabenchError):
     def __init__(self, path, problem: str, fix: str):
         super().__init__(f"{path} is damaged: {problem}; {fix}")
         self.path = path
+
+
+class WeightsInvalidError(WeightsNotFoundError):
+    """Weights that were found (a path given, or a cached file) but are not the expected ones: a wrong SHA-256, an
+    interrupted download. Never a reason to fall back to other weights."""

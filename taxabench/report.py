@@ -444,6 +444,14 @@ def backbone_identities(layout: RunLayout) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def _peak(entry: dict) -> str:
+    """A step's peak memory: resident set, and CUDA's peak allocation when it ran on CUDA."""
+    if "peak_rss_mb" not in entry:
+        return "not recorded"
+    text = f"{entry['peak_rss_mb']:.0f}" + (" (since process start)" if "peak_rss_since" in entry else "")
+    return text + (f", CUDA {entry['peak_cuda_mb']:.0f}" if "peak_cuda_mb" in entry else "")
+
+
 def provenance_section(run: RunFolder) -> str:
     prov = run.provenance
     lines = [
@@ -458,8 +466,8 @@ def provenance_section(run: RunFolder) -> str:
     ]
     if run.steps:
         lines.append("")
-        lines.append(markdown_table(["step", "wall time (s)", "finished"],
-                                    [[name, f"{entry['seconds']:.1f}", entry["finished"]]
+        lines.append(markdown_table(["step", "wall time (s)", "peak memory (MB)", "finished"],
+                                    [[name, f"{entry['seconds']:.1f}", _peak(entry), entry["finished"]]
                                      for name, entry in run.steps.items()]))
     return "\n".join(lines)
 

@@ -180,7 +180,9 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                         _remove_metrics(layout, name, seed, value, POINT_SWEEP)),
                     after=(f"train/{entry.method}{suffix}", "metric-models"),
                 ))
-            sample_fp = fingerprint("sample", seeded.seed, sample_config.sample, train_fps[entry.method], *sweep_fps)
+            # switching the stage figure off (sample.stage_figure) changes no samples
+            sample_fp = fingerprint("sample", seeded.seed, replace(sample_config.sample, stage_figure=True),
+                                    train_fps[entry.method], *sweep_fps)
 
             def sample(entry=entry, sample_config=sample_config, seed=seed, swept=swept) -> None:
                 if swept:  # the scale chosen on the validation split
@@ -188,8 +190,8 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                     sample_config = replace(sample_config, sample=replace(sample_config.sample, guidance_scale=scale))
                 sample_method(sample_config, entry.method, run_dir, output=entry.name, seed=seed,
                               show_progress=show_progress)
-                if entry.guidance is None and state.is_main_process and _stages(layout, entry.method, seed) > 1:
-                    stage_grid(sample_config, entry.method, run_dir, seed=seed)  # the report's stages figure
+                if entry.guidance is None and config.sample.stage_figure:
+                    _stage_figure(sample_config, entry.method, run_dir, seed, layout, state, stage_grid)
 
             steps.append(Step(
                 f"sample/{entry.name}{suffix}", sample_fp, sample,
@@ -358,6 +360,20 @@ def point_labels(config: ExperimentConfig, n_train: int, num_processes: int) -> 
     batch = global_batch(config, num_processes)
     steps = {budget.to_steps(v, config.budget.unit, batch, n_train) for v in config.budget.points}
     return [point_label(s) for s in sorted(steps)]
+
+
+def _stage_figure(config: ExperimentConfig, method: str, run_dir: Path, seed, layout: RunLayout, state,
+                  stage_grid) -> None:
+    """The report's "across progressive stages" figure, at data.image_size: never the reason a run stops."""
+    if not state.is_main_process or _stages(layout, method, seed) < 2:
+        return
+    try:
+        stage_grid(config, method, run_dir, seed=seed)
+    except Exception as error:  # the samples and metrics do not depend on it
+        Console(stderr=True).print(
+            f"[yellow]warning:[/] the stage figure of {method} failed ({type(error).__name__}: {error}); the run "
+            f"goes on without it (draw it later with `taxabench sample --config FILE --method {method} "
+            "--stage-grid`, or skip it with sample.stage_figure: false / run --no-stage-figure)", highlight=False)
 
 
 def _stages(layout: RunLayout, method: str, seed: int | None = None) -> int:

@@ -440,8 +440,9 @@ def _check_settings(out: Path, settings: dict, is_main: bool) -> None:
         if changed:
             what = "; ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in changed[:3])
             raise TaxabenchError(
-                f"{out} holds samples made with other settings ({what}); sample into another run folder "
-                "(--run DIR) or remove that folder"
+                f"{out} holds samples made with other settings ({what}); redo them with `taxabench run --config "
+                f"FILE --force sample/{out.name}`, sample into another run folder (`taxabench sample --config FILE "
+                f"--method {out.name.split('+')[0]} --run DIR`), or remove that folder"
             )
         return
     if is_main:
@@ -488,7 +489,8 @@ def stage_grid(
     seed: int | None = None,
 ) -> Path:
     """How a progressive method's images of the same species sharpen stage by stage: rows = stages
-    (class → species), columns = taxa x images with the same seeds. Written to `<samples>/stages.png` by default."""
+    (class → species), columns = taxa x images with the same seeds, at the run's `data.image_size` (not the
+    backbone's: SD 1.5 would draw 512 px whatever the run samples). Written to `<samples>/stages.png` by default."""
     from accelerate import PartialState
 
     run_dir = Path(run_dir) if run_dir is not None else config.run_dir
@@ -505,8 +507,10 @@ def stage_grid(
         pipeline.set_progress_bar_config(disable=True)
         result = pipeline(chosen, num_images_per_taxon=images_per_taxon, seed=config.seed,
                           guidance=config.sample.guidance, guidance_scale=config.sample.guidance_scale,
-                          num_inference_steps=config.sample.steps)
+                          num_inference_steps=config.sample.steps, height=config.data.image_size,
+                          width=config.data.image_size)
         rows.append(result.images)
+        del pipeline  # one stage's weights at a time
         stage = trained.stage
         labels.append(f"stage {stage.index}: {stage.description}" if stage else "untrained")
     target = Path(out) if out is not None else RunLayout(run_dir).stage_figure(method_name, seed)

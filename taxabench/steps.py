@@ -6,6 +6,10 @@ records a step only once its action has returned, so a killed step simply runs a
 itself resumable (training from its accelerate state, sampling skipping finished images, evaluation from its
 feature caches), so it picks up where it stopped.
 
+Each entry also records the step's peak memory: the process's resident set (Linux resets its high-water mark per step
+through /proc/self/clear_refs; elsewhere it is the peak since the process started, and says so) and, on CUDA, the
+peak allocated by torch.
+
 A finished step whose inputs changed is an error, not a silent overwrite: rerun with `--force STEP` (which
 also redoes the steps after it) or use another run name. A finished step whose outputs are gone or unreadable
 (`Step.outputs`: a deleted `metrics/all.csv`, a truncated JSON) runs again: its outputs are derived data.
@@ -53,8 +57,44 @@ class Step:
         return None
 
 
+def reset_peak_memory() -> bool:
+    """Start a step's memory high-water marks; False when the resident-set one cannot be reset here."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_memory(reset: bool) -> dict[str, float]:
+    """The peak resident memory (MB) since `reset_peak_memory`, and CUDA's peak allocation when there is CUDA."""
+    import resource
+    import sys
+
+    peak: dict[str, float] = {}
+    status = Path("/proc/self/status")
+    high_water = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")] \
+        if status.is_file() else []
+    if high_water:
+        peak["peak_rss_mb"] = round(int(high_water[0].split()[1]) / 1024, 1)
+    else:  # ru_maxrss: kilobytes on Linux, bytes on macOS
+        scale = 1 if sys.platform == "darwin" else 1024
+        peak["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1)
+    if not reset:
+        peak["peak_rss_since"] = "process start"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        peak["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
 class Ledger:
-    """`steps.json`: step name -> fingerprint, wall seconds and finish time of its last completed run."""
+    """`steps.json`: step name -> fingerprint, wall seconds, peak memory and finish time of its last completed run."""
 
     def __init__(self, path: Path, writable: bool = True):
         """`writable`: False on every process but the main one of a multi-process run (they only read it)."""
@@ -64,8 +104,8 @@ class Ledger:
                "redone")
         self.entries: dict[str, dict] = read_json(path, fix) if path.is_file() else {}
 
-    def record(self, step: Step, seconds: float) -> None:
-        self.entries[step.name] = {"fingerprint": step.fingerprint, "seconds": round(seconds, 2),
+    def record(self, step: Step, seconds: float, memory: dict[str, float] | None = None) -> None:
+        self.entries[step.name] = {"fingerprint": step.fingerprint, "seconds": round(seconds, 2), **(memory or {}),
                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self._write()
 
@@ -123,6 +163,7 @@ def run_steps(steps: Sequence[Step], ledger: Ledger, force: Sequence[str] = (), 
             console.print(f"[yellow]{step.name}: {missing} is missing or unreadable; redoing the step[/]")
             ledger.forget(step.name)
         console.rule(f"[bold]{step.name}")
+        reset = reset_peak_memory()
         start = time.perf_counter()
         step.action()
-        ledger.record(step, time.perf_counter() - start)
+        ledger.record(step, time.perf_counter() - start, peak_memory(reset))

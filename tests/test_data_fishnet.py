@@ -213,3 +213,27 @@ def test_paths_outside_root_are_refused(tmp_path, folder):
     root = make_release(tmp_path, train=train, images=False)
     with pytest.raises(DataError, match=r"train.csv:5: image path .* points outside the data root"):
         load_dataset(fishnet(root))
+
+
+def test_empty_class_takes_its_orders_class(tmp_path):
+    """Rows with species, family and order but no Class (about 90 in the release's test.csv) are kept: their order's
+    class comes from the other rows; an order that no row gives a class is a counted skip, not 'no known rank'."""
+    no_class = [dict(row("Chromis chromis", FISHBASE + f"Chchr_u{i}.jpg", "Chromis", "Pomacentridae",
+                         "Ovalentaria"), Class="") for i in range(2)]
+    orphan = dict(row("Lophius piscatorius", FISHBASE + "Lopis_u0.jpg", "Lophius", "Lophiidae", "Lophiiformes"),
+                  Class="")
+    data = load_dataset(fishnet(make_release(tmp_path, train=[*TRAIN, *no_class, orphan])))
+    chromis = data.taxonomy.resolve("Chromis chromis")
+    assert chromis.id == "Actinopteri/Ovalentaria/Pomacentridae/Chromis/chromis"
+    assert data.taxonomy.image_count(chromis.id) == 2
+    skipped = data.stats()["skipped"]
+    assert skipped["empty Class, and no other row gives its order one class"] == 1 and "no known rank" not in skipped
+
+
+def test_stats_from_a_config_with_other_annotations(tmp_path, capsys):
+    root = make_release(tmp_path)
+    config = tmp_path / "fishnet.yaml"
+    config.write_text(f"data: {{dataset: fishnet, root: {root}, annotations: /nowhere}}\n")
+    assert main(["data", "stats", "--config", str(config), "--annotations", str(root / "test.csv"), "--split",
+                 "test", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["per_rank"]["species"] == 2

@@ -1,5 +1,6 @@
 """`taxabench run`: one command from config to report; a killed run, rerun, ends with the same numbers."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -54,6 +55,9 @@ def test_run_writes_every_output_and_a_report(finished_run):
     assert "## Across progressive stages" in text and (run_dir / "report" / "stages.png").is_file()
     assert not (run_dir / "samples" / "sd-lora" / "stages.png").exists()  # one stage: nothing to show
     assert (run_dir / "config.yaml").is_file() and (run_dir / "provenance.json").is_file()
+    steps = json.loads((run_dir / "steps.json").read_text())
+    assert all(entry["peak_rss_mb"] > 0 for entry in steps.values())
+    assert "peak memory (MB)" in text
 
 
 @pytest.mark.parametrize("kill_at", ["train/sd-lora", "inside sampling", "eval/sd-lora"])

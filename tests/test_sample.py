@@ -180,8 +180,11 @@ def test_sampling_errors(trained_run, tmp_path):
     with pytest.raises(TaxabenchError, match="not a trained method folder"):
         sample_into(trained_run, tmp_path / "none", method="taxadiffusion-joint")
     sample_into(trained_run, tmp_path / "changed", taxa=["bubuii"], images_per_taxon=1)
-    with pytest.raises(TaxabenchError, match=r"other settings \(guidance_scale: 9.0 -> 4.0\)"):
+    with pytest.raises(TaxabenchError, match=r"other settings \(guidance_scale: 9.0 -> 4.0\)") as error:
         sample_into(trained_run, tmp_path / "changed", taxa=["bubuii"], images_per_taxon=1, guidance_scale=4.0)
+    # commands that exist: `taxabench run` has --force, no --run; `taxabench sample` has --run
+    assert "`taxabench run --config FILE --force sample/taxadiffusion`" in str(error.value)
+    assert "`taxabench sample --config FILE --method taxadiffusion --run DIR`" in str(error.value)
 
 
 def test_any_rank_and_an_untrained_method(trained_run, tmp_path):
@@ -227,6 +230,19 @@ def test_stage_grid_and_cli(trained_run, tmp_path, capsys):
     assert main(["sample", "--config", str(config_file), "--method", "sd-lora", "--run", str(run)]) == 0
     assert (run / "samples" / "sd-lora" / "grid.png").is_file()
     assert len((run / "samples" / "sd-lora" / "metadata.jsonl").read_text().splitlines()) == 1
+
+
+def test_stage_grid_is_drawn_at_the_runs_image_size(trained_run, tmp_path, monkeypatch):
+    """Not at the backbone's native size (SD 1.5 would always draw 512 px: 64 of 71 minutes, then killed at 17.8 GB)."""
+    import dataclasses
+
+    import taxabench.sample as sample_module
+
+    drawn = []
+    monkeypatch.setattr(sample_module, "_grid_figure", lambda rows, *args: drawn.append(rows) or tmp_path / "x.png")
+    config = dataclasses.replace(trained_run, data=dataclasses.replace(trained_run.data, image_size=32))
+    stage_grid(config, "taxadiffusion", taxa=["bubuii"], images_per_taxon=1, out=tmp_path / "s.png")
+    assert {image.size for row in drawn[0] for image in row} == {(32, 32)}
 
 
 @pytest.mark.slow

@@ -51,14 +51,17 @@ def test_offline_fails_fast_naming_the_file_and_how_to_provide_it():
     assert "$TAXABENCH_TOY_NET_WEIGHTS" in message
 
 
-def test_weights_table_names_the_backbone_and_what_is_missing(tiny_world):
+def test_weights_table_names_the_backbone_and_what_is_missing(tiny_world, tmp_path, monkeypatch):
     from taxabench.metrics import weights_table
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty hub cache, whatever ran before
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
 
     hub = config_from_dict({"backbone": {"source": "stable-diffusion-v1-5/stable-diffusion-v1-5"},
                             "data": {"root": str(tiny_world)}})
     row = weights_table(hub)[0]
     assert (row.extractor, row.found) == ("backbone", False)
-    assert "huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5" in row.where
+    assert "hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --include" in row.where
     assert "$TAXABENCH_SD_BACKBONE_WEIGHTS" in row.where
     tiny = weights_table(ExperimentConfig(data=hub.data))[0]
     assert (tiny.component, tiny.found) == ("tiny", True)

@@ -11,6 +11,10 @@ usually). Every metric is reported in these scopes (names are the `scope` column
 - `rare` / `common` (only when R is species): the overall computation restricted to species with at most /
   more than `data.rare_threshold` training images. CI: resample those species.
 
+Set metrics that only mean something within one taxon (a species' diversity, `vendi`) use
+`summarise_per_taxon_set_metric`: their pooled scopes are the mean of the evaluated taxa's values instead of one
+computation on everything pooled.
+
 All resampling is seeded from `eval.seed`; CIs are percentile intervals at `eval.confidence`, re-centred so the
 bootstrap median sits on the estimate (see `Resampling.interval`).
 """

@@ -69,3 +69,16 @@ def save_features(kind: str, fields: dict[str, Any], features: dict[str, np.ndar
     with writing(target, "features") as temporary, open(temporary, "wb") as handle:
         np.savez(handle, **features)
     return target
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`taxabench.files.write_bytes` for cache files (an ordinary file mode: readable by the group)."""
+    write_bytes(path, data, "features")
+
+
+def shared_mode(path: str | os.PathLike[str], directory: bool = False) -> None:
+    """The mode an ordinary write would give (tempfile makes 0600 files and 0700 folders: unreadable to the
+    group in a shared folder)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -257,7 +258,7 @@ def check_eval_names(config: ExperimentConfig, where: str = "eval") -> None:
     registered(EXTRACTORS, config.eval.cmmd_extractor, f"{where}.cmmd_extractor")
     if config.eval.diversity_extractor is not None:
         registered(EXTRACTORS, config.eval.diversity_extractor, f"{where}.diversity_extractor")
-    for key in ("weights", "revisions"):
+    for key in ("weights", "revisions", "unverified_weights"):
         for name in getattr(config.eval, key):
             if name not in EXTRACTORS:
                 raise ConfigError(f"{where}.{key}: unknown extractor {name!r}; extractors: "
@@ -300,6 +301,10 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
     measurements: list[Measurement] = []
     for metric in metrics:
         measurements += metric.compute(context)
+    for measurement in measurements:  # weights accepted by eval.unverified_weights: said next to every number
+        unverified = re.search(r"unverified: sha256 [0-9a-f]{64}", measurement.weights)
+        if unverified and unverified.group(0) not in measurement.name:
+            measurement.name = f"{measurement.name} [{unverified.group(0)}]"
     notes = _small_sample_warnings(measurements)
     for note in notes:
         warnings.warn(note, SmallSampleWarning, stacklevel=2)

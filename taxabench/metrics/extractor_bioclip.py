@@ -20,6 +20,7 @@ BIOCLIP_WEIGHTS = WeightsSpec(
     description="BioCLIP (open_clip ViT-B-16, imageomics/bioclip on the Hugging Face hub, MIT licence, ~600 MB)",
     hf_repo="imageomics/bioclip",
     hf_files=("open_clip_config.json",),
+    hf_weights=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
 )
 BIOCLIP_2_5_WEIGHTS = WeightsSpec(
     name="bioclip-2-5",
@@ -32,6 +33,7 @@ BIOCLIP_2_WEIGHTS = WeightsSpec(
     description="BioCLIP-2 (open_clip ViT-L-14, imageomics/bioclip-2 on the Hugging Face hub, MIT licence, ~1.7 GB)",
     hf_repo="imageomics/bioclip-2",
     hf_files=("open_clip_config.json",),
+    hf_weights=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
 )
 
 

@@ -22,6 +22,7 @@ INCEPTION_WEIGHTS = WeightsSpec(
     name="inception",
     description="the FID Inception-V3 (TensorFlow inception-2015-12-05 ported by pytorch-fid, Apache-2.0)",
     filename="pt_inception-2015-12-05-6726825d.pth",
+    other_filenames=("weights-inception-2015-12-05-6726825d.pth",),  # torch-fidelity's name for the same file
     url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
     sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
     size="95.6 MB (95,628,359 bytes)",
@@ -57,7 +58,8 @@ class InceptionExtractor(FeatureExtractor):
 
     @classmethod
     def load(cls, config) -> InceptionExtractor:
-        return cls(resolve_weights(INCEPTION_WEIGHTS, config.eval.weights.get(cls.name)))
+        return cls(resolve_weights(INCEPTION_WEIGHTS, config.eval.weights.get(cls.name),
+                                   unverified_sha256=config.eval.unverified_weights.get(cls.name)))
 
     def __init__(self, weights: ResolvedWeights):
         super().__init__()

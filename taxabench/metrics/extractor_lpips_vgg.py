@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import torch
 
-from taxabench.errors import WeightsNotFoundError
+from taxabench.errors import WeightsInvalidError, WeightsNotFoundError
 from taxabench.metrics.extractor_base import FeatureExtractor, to_unit_range
 from taxabench.weights import ResolvedWeights, WeightsSpec, file_sha256, resolve_weights
 
@@ -76,7 +76,10 @@ class LpipsVggExtractor(FeatureExtractor):
         backbone = None
         if mode != "untrained":
             try:
-                backbone = resolve_weights(VGG16_WEIGHTS, config.eval.weights.get(cls.name))
+                backbone = resolve_weights(VGG16_WEIGHTS, config.eval.weights.get(cls.name),
+                                           unverified_sha256=config.eval.unverified_weights.get(cls.name))
+            except WeightsInvalidError:
+                raise  # a file was found but is not the published one: never silently a random backbone
             except WeightsNotFoundError:
                 if mode == "pretrained":
                     raise
@@ -108,7 +111,9 @@ class LpipsVggExtractor(FeatureExtractor):
         self.size = size
         self.trained = backbone is not None
         heads_id = f"heads:sha256:{HEADS_SHA256[:12]}"
-        if backbone is not None:
+        if backbone is not None and not backbone.verified:
+            self.identity = f"lpips-vgg@{heads_id}+vgg16:unverified: sha256 {backbone.sha256} ({backbone.source})"
+        elif backbone is not None:
             self.identity = f"lpips-vgg@{heads_id}+vgg16:sha256:{backbone.sha256[:12]} ({backbone.source})"
         else:
             self.identity = f"lpips-vgg@{heads_id}+vgg16:untrained(seed {seed})"

@@ -1,7 +1,10 @@
 """`clip_score`: the BioCLIP score of the paper, cosine(image, caption) x 100 averaged over generated images.
 
-The caption is BioCLIP's taxonomic string, "a photo of Animalia Chordata ... Abudefduf saxatilis."
-(`taxonomy.bioclip_caption`). Overall, each image is scored against its own taxon's caption. At rank r, each image
+The caption is `eval.clip_caption`: the bare taxonomic string "Animalia Chordata ... Abudefduf saxatilis", as the
+paper group's BioCLIP-score script builds it (the default for BioCLIP models), or BioCLIP's training sentence
+"a photo of Animalia Chordata ... Abudefduf saxatilis." (`taxonomy.bioclip_caption`; the default for synthclip,
+which was trained on it). The two give different scores (29% apart on the same images and weights); the protocol
+names the one used. Overall, each image is scored against its own taxon's caption. At rank r, each image
 is scored against the caption of its taxon at rank r (the lineage cut after r), averaged per taxon of rank r, then
 over those taxa: "is this image aligned with its genus?". No clipping at 0 (unlike Hessel et al.'s CLIPScore).
 Named "BioCLIP score" with the BioCLIP weights, "CLIP score (<extractor>)" otherwise. Held-out real images of the
@@ -23,6 +26,17 @@ def caption_scores(image_embeddings: np.ndarray, caption_embeddings: np.ndarray,
     return 100.0 * np.einsum("ij,ij->i", image_embeddings, caption_embeddings[caption_of_image])
 
 
+def caption_form(setting: str, model_name: str) -> str:
+    if setting != "auto":
+        return setting
+    return "taxonomic" if model_name in DISPLAY_NAMES else "sentence"
+
+
+def caption(ranks, labels, above, form: str) -> str:
+    sentence = bioclip_caption(ranks, labels, above)
+    return sentence if form == "sentence" else sentence.removeprefix("a photo of ").removesuffix(".")
+
+
 class ClipScore(PerImageMetric):
     key = "clip_score"
     description = ("cosine(image, BioCLIP-format caption) x 100 with eval.clip_model (the paper's BioCLIP score); "
@@ -34,17 +48,18 @@ class ClipScore(PerImageMetric):
     def values(self, context, sets, side) -> dict[str, dict[str, np.ndarray]]:
         model_name = context.config.eval.clip_model
         above = context.config.data.lineage_above  # ranks the dataset lacks above its top one (BioCLIP captions)
+        form = caption_form(context.config.eval.clip_caption, model_name)
         model = context.extractor(model_name)
         images = context.features(model_name, side)[model.feature_for(self.key)]
         values_by_rank = {}
         for rank in sets.ranks:
             taxa, taxon_of_image = sets.gen_taxa(rank)
-            captions = context.text_embeddings(model_name, [bioclip_caption(t.ranks, t.lineage, above) for t in taxa])
+            captions = context.text_embeddings(model_name, [caption(t.ranks, t.lineage, above, form) for t in taxa])
             values_by_rank[rank] = caption_scores(images, captions, taxon_of_image)
         return {self.key: values_by_rank}
 
     def describe(self, context, quantity):
         model_name = context.config.eval.clip_model
         name = DISPLAY_NAMES.get(model_name, f"CLIP score ({model_name})")
-        protocol = {**context.image_protocol(model_name), "caption": "bioclip-taxonomic", "scale": "cosine*100"}
+        protocol = {**context.image_protocol(model_name), "caption": caption_form(context.config.eval.clip_caption, model_name), "scale": "cosine*100"}
         return name, model_name, context.extractor(model_name).identity, True, protocol

@@ -13,11 +13,12 @@ summarised like every other metric (overall, per rank, rare/common).
 Distances come from `LpipsVggExtractor` embeddings: one network pass per image, one float64 Gram matrix per taxon.
 An embedding is 128 MB at 512 px, so a taxon's embeddings are kept in memory only up to `MEMORY_BYTES`; beyond that
 they go to a temporary file beside the feature cache and the Gram matrix is read from it a slice of dimensions at a
-time (peak memory stays near `MEMORY_BYTES` whatever the number of images per taxon).
+time (peak memory stays near `MEMORY_BYTES` plus a batch, whatever the number of images per taxon).
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -123,30 +124,55 @@ def _lpips_matrix(extractor, parts: list[tuple], batch_size: int) -> np.ndarray:
         store, done = None, 0
         while done < total:
             # the first image tells the embedding size, and so how many fit in one batch
-            size = 1 if store is None else min(batch_size, max(1, BATCH_BYTES // (4 * store.shape[1])))
+            size = 1 if store is None else min(batch_size, max(1, BATCH_BYTES // (4 * store.dimensions)))
             chunk = batches[done:done + size]
             images = chunk[0][0]
-            chunk = [item for item in chunk if item[0] is images]  # one image set per batch
-            rows = [int(item[1][0]) for item in chunk]
+            rows = [int(item[1][0]) for item in chunk if item[0] is images]  # one image set per batch
             embedding = extractor(images.tensor(rows))["lpips"].cpu().numpy()
             if store is None:
-                store = _embedding_store(total, embedding.shape[1], Path(scratch))
-            store[done:done + len(rows)] = embedding
+                store = EmbeddingStore(total, embedding.shape[1], Path(scratch) / "embeddings.f32")
+            store.append(embedding)
             done += len(rows)
         gram = np.zeros((total, total))
-        for start in range(0, store.shape[1], GRAM_CHUNK):
-            block = np.asarray(store[:, start:start + GRAM_CHUNK], dtype=np.float64)
+        for start in range(0, store.dimensions, GRAM_CHUNK):
+            block = store.columns(start, min(start + GRAM_CHUNK, store.dimensions))
             gram += block @ block.T
-        del store
+        store.close()
     norms = np.diag(gram)
     return np.maximum(norms[:, None] + norms[None, :] - 2 * gram, 0.0)
 
 
-def _embedding_store(rows: int, dimensions: int, scratch: Path) -> np.ndarray:
-    if rows * dimensions * 4 <= MEMORY_BYTES:
-        return np.empty((rows, dimensions), dtype=np.float32)
-    return np.lib.format.open_memmap(scratch / "embeddings.npy", mode="w+", dtype=np.float32,
-                                     shape=(rows, dimensions))
+class EmbeddingStore:
+    """A taxon's embeddings (rows x dimensions float32): in memory up to `MEMORY_BYTES`, else in a file read back a
+    slice of dimensions at a time with plain reads (not a memory map, whose pages would count as the process's)."""
+
+    def __init__(self, rows: int, dimensions: int, path: Path):
+        self.rows, self.dimensions, self.filled = rows, dimensions, 0
+        self.array = np.empty((rows, dimensions), np.float32) if rows * dimensions * 4 <= MEMORY_BYTES else None
+        self.handle = None if self.array is not None else open(path, "w+b")  # noqa: SIM115 (closed in close())
+
+    def append(self, embeddings: np.ndarray) -> None:
+        if self.array is not None:
+            self.array[self.filled:self.filled + len(embeddings)] = embeddings
+        else:
+            self.handle.write(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes())
+        self.filled += len(embeddings)
+
+    def columns(self, start: int, end: int) -> np.ndarray:
+        """Dimensions start..end of every row, as float64."""
+        if self.array is not None:
+            return self.array[:, start:end].astype(np.float64)
+        self.handle.flush()
+        width = end - start
+        block = np.empty((self.rows, width), np.float64)
+        for row in range(self.rows):
+            data = os.pread(self.handle.fileno(), width * 4, (row * self.dimensions + start) * 4)
+            block[row] = np.frombuffer(data, dtype=np.float32)
+        return block
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
 
 
 def _scratch_dir() -> Path:
