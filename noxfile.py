@@ -1,4 +1,4 @@
-"""nox sessions: tests, slow, realweights, lint, demo, bench. Run `nox -l` to list them.
+"""nox sessions: tests, slow, realweights, lint, demo, bench, faults. Run `nox -l` to list them.
 
 Every session shares one virtualenv (`.nox/taxabench`): torch alone is ~5 GB, so a venv per session would cost
 minutes and gigabytes. It is created once and reinstalled only when pyproject.toml changes.
@@ -79,3 +79,11 @@ def bench(session: nox.Session) -> None:
     bin_ = shared_env(session)
     session.run(str(bin_ / "python"), "-m", "benchmarks", "--size", "tiny", "--device", "cpu",
                 "--out", str(ROOT / "reports" / "perf" / "cpu.md"), "--", *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def faults(session: nox.Session) -> None:
+    """The fault-injection sweep: a small run killed at every kind of point a clean run passes (optimizer steps, each
+    kind of run-file write), rerun, and compared byte for byte with an uninterrupted run (tests/test_faults.py)."""
+    bin_ = shared_env(session)
+    session.run(str(bin_ / "pytest"), "-m", "slow", "tests/test_faults.py", *session.posargs, external=True)

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from taxabench.errors import TaxabenchError
+from taxabench.errors import DamagedFileError, TaxabenchError
+from taxabench.files import read_json
 from taxabench.methods import Method, Stage, get_method
 
 MANIFEST = "manifest.json"
@@ -47,14 +48,14 @@ def load_checkpoint(
     e.g. outside any run; `point`: the trained parts kept at that budget point (`points/step-<T>/`) instead."""
     folder = Path(folder)
     if (folder / STAGE_FILE).is_file() and (folder.parent / MANIFEST).is_file() and stage is None:
-        stage = json.loads((folder / STAGE_FILE).read_text())["stage"]["index"]
+        stage = read_json(folder / STAGE_FILE, retrain_fix(folder.parent, expect_method))["stage"]["index"]
         folder = folder.parent
     if not (folder / MANIFEST).is_file():
         raise TaxabenchError(
             f"{folder} is not a trained method folder (no {MANIFEST}); train it first with "
             f"`taxabench train --config FILE --method {expect_method or '<name>'}`"
         )
-    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest = read_json(folder / MANIFEST, retrain_fix(folder, expect_method))
     if expect_method is not None and manifest["method"] != expect_method:
         raise TaxabenchError(
             f"{folder} holds a checkpoint of method '{manifest['method']}', not '{expect_method}'"
@@ -86,7 +87,7 @@ def _load_point(folder: Path, manifest: dict, stages: list[Stage], point: str, b
         kept = sorted(p.name for p in (folder / POINTS_DIR).glob("*") if (p / STAGE_FILE).is_file()) \
             if (folder / POINTS_DIR).is_dir() else []
         raise TaxabenchError(f"{folder}: no checkpoint kept at budget point {point} (kept: {', '.join(kept) or 'none'})")
-    index = json.loads((weights / STAGE_FILE).read_text())["stage"]["index"]
+    index = read_json(weights / STAGE_FILE, retrain_fix(folder, manifest["method"]))["stage"]["index"]
     return _load(folder, manifest, next(s for s in stages if s.index == index), weights, backbone_path)
 
 
@@ -115,16 +116,35 @@ def _load(folder: Path, manifest: dict, chosen: Stage | None, weights: Path, bac
         torch.manual_seed(manifest["seed"])
         method = cls(options, taxonomy.ranks, species, backbone)
     if chosen is not None:
-        method.load(weights)
+        load_stage(method, weights, folder)
     method.conditioner.eval()
     return TrainedMethod(method, backbone, chosen, weights, taxonomy, manifest)
+
+
+def load_stage(method: Method, folder: Path, root: Path | None = None) -> None:
+    """`method.load(folder)`, with a damaged (truncated, corrupted) file named in one line and how to redo it;
+    `root`: the method's checkpoint folder (default: the stage folder's parent)."""
+    from safetensors import SafetensorError
+
+    try:
+        method.load(folder)
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as error:
+        raise DamagedFileError(folder, f"its weights cannot be read ({type(error).__name__}: {error})",
+                               retrain_fix(root or folder.parent, method.name)) from error
+
+
+def retrain_fix(root: Path, method_name: str | None) -> str:
+    """What to do about a damaged file of the method checkpoint folder `root`."""
+    name = method_name or root.name
+    return (f"retrain it: `taxabench run --force train/{name}` (or remove {root} and rerun "
+            f"`taxabench train --method {name}`)")
 
 
 def read_taxonomy(path: Path):
     """The taxonomy a checkpoint was trained on (written as ranks + the lineages of its finest-rank taxa)."""
     from taxabench.taxonomy import Record, Taxonomy
 
-    saved = json.loads(path.read_text())
+    saved = read_json(path, retrain_fix(path.parent, None))
     ranks = saved["ranks"]
     records = [Record(Path(), tuple(lineage) + (None,) * (len(ranks) - len(lineage)), "train", f"{path}")
                for lineage in saved["taxa"]]
@@ -133,7 +153,10 @@ def read_taxonomy(path: Path):
 
 class TextCache:
     """Frozen text-encoder embeddings per unique string (`cache=True`), or encoded every time (`cache=False`),
-    returned in `dtype` (training: float32, what the trainable condition modules compute in)."""
+    returned in `dtype` (training: float32, what the trainable condition modules compute in).
+
+    Cached, each string is encoded by itself, so its embedding does not depend on which other strings happened
+    to be missing at the same time (a resumed run starts with an empty cache; see `taxabench.train.LatentCache`)."""
 
     def __init__(self, backbone, cache: bool, dtype: torch.dtype = torch.float32):
         self.backbone, self.cache, self.dtype = backbone, cache, dtype
@@ -142,9 +165,8 @@ class TextCache:
     def __call__(self, strings: list[str]) -> torch.Tensor:
         if not self.cache:
             return self.backbone.encode_text(strings).to(self.dtype)
-        missing = sorted(set(strings) - set(self.stored))
-        if missing:
-            self.stored.update(zip(missing, self.backbone.encode_text(missing).to(self.dtype)))
+        for string in sorted(set(strings) - set(self.stored)):
+            self.stored[string] = self.backbone.encode_text([string])[0].to(self.dtype)
         return torch.stack([self.stored[s] for s in strings])
 
 

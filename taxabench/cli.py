@@ -169,8 +169,15 @@ def _print_stats(stats: dict) -> None:
         for reason, count in stats["skipped"].items():
             skipped.add_row(reason, str(count), "; ".join(stats["skipped_examples"].get(reason, [])))
         console.print(skipped)
+    for name, lineages in stats["lineage_conflicts"].items():
+        console.print(f"[yellow]species {name!r} filed under {len(lineages)} lineages:[/] "
+                      + "; ".join(f"{lineage} ({n} rows)" for lineage, n in lineages.items())
+                      + " (data.on_lineage_conflict decides)")
     for note, count in stats["notes"].items():
         console.print(f"note: {count} {note}")
+    rows = stats["rows"]
+    console.print(f"rows read: {rows['read']} = {rows['images']} images + {rows['skipped']} skipped + "
+                  f"{rows['noted']} left out under a note")
 
 
 def experiment_config(config: Path, overrides: list[str] | None) -> ExperimentConfig:

@@ -143,6 +143,11 @@ class DataConfig:
     use_bbox: bool = False  # crop to the annotated box first, where the dataset has one
     unknown_species: Literal["drop", "keep"] = "drop"  # a record whose species is unknown
     on_missing_image: Literal["error", "skip"] = "error"
+    on_bad_image: Literal["error", "skip"] = "error"  # an image file that does not decode
+    on_duplicate: Literal["drop", "error"] = "drop"  # a row repeating an earlier one (image, box, labels, split)
+    # a species name filed under several lineages: separate species (noted), re-filed under the lineage most of
+    # its rows have, or refused (taxabench/data/checks.py)
+    on_lineage_conflict: Literal["keep", "majority", "error"] = "keep"
     rare_threshold: int = 5  # species with at most this many training images are "rare"
     min_images_per_species: int = 1  # species with fewer training images are left out
     max_images_per_species: int | None = None  # species with more training images are left out
@@ -216,8 +221,9 @@ class TinyBackbone:
     def validate(self, where: str) -> None:
         _positive(self.batch_size, f"{where}.batch_size")
         _positive(self.max_images, f"{where}.max_images")
-        if self.vae_steps < 0 or self.unet_pretrain_steps < 0:
-            raise ConfigError(f"{where}: vae_steps and unet_pretrain_steps may not be negative")
+        if self.vae_steps < 1 or self.unet_pretrain_steps < 1:  # an untrained part would divide by zero later
+            raise ConfigError(f"{where}: vae_steps and unet_pretrain_steps must be at least 1, got "
+                              f"{self.vae_steps} and {self.unet_pretrain_steps}")
         if len(self.vae_channels) < 1 or len(self.unet_channels) < 1:
             raise ConfigError(f"{where}: vae_channels and unet_channels need at least one level each")
         _positive(self.pretraining_images_per_species, f"{where}.pretraining_images_per_species")
@@ -479,8 +485,11 @@ class ExperimentConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def validate(self, where: str) -> None:
-        if not self.name or os.sep in self.name or self.name.strip() != self.name:
-            raise ConfigError(f"{where}.name: must be a plain folder name, got {self.name!r}")
+        separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+        if (not self.name or self.name.strip() != self.name or any(c in self.name for c in separators)
+                or self.name in (".", "..") or "\0" in self.name):
+            raise ConfigError(f"{where}.name: must be a plain folder name (no path separators, not '.' or '..'), "
+                              f"got {self.name!r}")
         if self.jobs is not None and self.jobs < 1:
             raise ConfigError(f"{where}.jobs: at least 1 (or null for every core), got {self.jobs}")
         if len(set(self.seeds)) != len(self.seeds):

@@ -103,10 +103,10 @@ def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_
     from taxabench.checkpoint import TextCache, cpu_only, load_checkpoint
     from taxabench.data import load_dataset
     from taxabench.data.images import load_image, to_tensor
+    from taxabench.files import write_bytes
     from taxabench.layout import POINT_FINAL, RunLayout
     from taxabench.methods.base import move_inputs
     from taxabench.metrics.aggregate import Resampling, ScopeValue
-    from taxabench.metrics.cache import atomic_write_bytes
     from taxabench.metrics.evaluation import (
         KEY_POINT,
         KEY_SEED,
@@ -173,7 +173,7 @@ def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_
     key = {KEY_SEED: config.seed, KEY_POINT: POINT_FINAL, KEY_SPLIT: config.data.eval_split,
            **budget.axes(layout.checkpoints(method, seed))}
     path = layout.metrics_json(f"{method}-probe", seed)
-    atomic_write_bytes(path, json.dumps({"probe_of": method, "seed": config.seed, "protocol": protocol,
-                                         "losses": losses.round(6).tolist(), "truth": truth}).encode())
+    write_bytes(path, json.dumps({"probe_of": method, "seed": config.seed, "protocol": protocol,
+                                  "losses": losses.round(6).tolist(), "truth": truth}).encode(), "metrics")
     write_csv_rows(layout.all_csv, method, measurements, key, only_metrics=SEPARATE_METRICS)
     return measurements

@@ -32,6 +32,7 @@ from taxabench.curves import (
     sweep_rows,
 )
 from taxabench.errors import TaxabenchError
+from taxabench.files import read_json, write_bytes, write_text, writing
 from taxabench.layout import METADATA_FILE, SCALE_SEPARATOR, RunLayout
 from taxabench.metrics.evaluation import (
     CEILING_METHOD,
@@ -91,7 +92,7 @@ class RunFolder:
         confidence = config.get("eval", {}).get("confidence", 0.95)
         warnings, models, choices = {}, {}, []
         for path in layout.all_metrics_json():
-            content = json.loads(path.read_text())
+            content = read_json(path, "re-evaluate it (`taxabench run --force eval/<method>`)")
             if "guidance_of" in content:
                 choices.append({**content, "seed": path.parent.name if path.parent != layout.metrics_dir else None})
             if "method" in content:
@@ -547,7 +548,7 @@ def write_report(run_dir: str | Path, figures: bool = True) -> Path:
     out = run.layout.report_dir
     out.mkdir(parents=True, exist_ok=True)
     drawn = draw_figures(run, out) if figures else {}
-    (out / "README.md").write_text(render(run, drawn))
+    write_text(out / "README.md", render(run, drawn), "report")
     return out / "README.md"
 
 
@@ -669,12 +670,13 @@ def draw_figures(run: RunFolder, out: Path) -> dict[str, str]:
         drawn["sweep"] = sweep_figure(run.sweeps, out / "guidance_sweep.png")
     grid = sample_grid(run, methods)
     if grid is not None:
-        grid.save(out / "samples.png", optimize=True)
+        with writing(out / "samples.png", "figure") as temporary:
+            grid.save(temporary, format="PNG", optimize=True)
         drawn["samples"] = "samples.png"
     stages = next(iter(sorted(p for m in dict.fromkeys(table[KEY_METHOD]) if (p := run.layout.stage_figure(m)).is_file())),
                   None)
     if stages is not None:
-        (out / "stages.png").write_bytes(stages.read_bytes())
+        write_bytes(out / "stages.png", stages.read_bytes(), "figure")
         drawn["stages"] = "stages.png"
     return drawn
 
@@ -744,7 +746,8 @@ def _save_figure(fig, axes, path: Path) -> str:
 
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with writing(path, "figure") as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
     plt.close(fig)
     return path.name
 

@@ -24,8 +24,9 @@ from taxabench import budget
 from taxabench.checkpoint import MANIFEST, cpu_only
 from taxabench.config import ExperimentConfig, load_config
 from taxabench.errors import TaxabenchError
+from taxabench.files import write_json, write_text
 from taxabench.layout import POINT_FINAL, POINT_SWEEP, SCALE_SEPARATOR, RunLayout, point_label, point_steps
-from taxabench.steps import Ledger, Step, fingerprint, run_steps
+from taxabench.steps import Ledger, Step, check_steps, fingerprint, run_steps
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 GUIDANCE_SEPARATOR = "+"
@@ -118,7 +119,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                                                               show_progress=show_progress),
                 clean=lambda method=method, seed=seed: shutil.rmtree(layout.checkpoints(method, seed),
                                                                      ignore_errors=True),
-                after=("backbone",),
+                after=("backbone",), outputs=(layout.checkpoints(method, seed) / MANIFEST,),
             ))
             if config.probe.images_per_taxon:
                 probe_fp = fingerprint("probe", config.probe, config.eval.bootstrap, config.eval.confidence,
@@ -197,6 +198,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                 clean=lambda entry=entry, seed=seed: shutil.rmtree(layout.samples(entry.name, seed),
                                                                    ignore_errors=True),
                 after=(f"train/{entry.method}{suffix}", *[f"sweep/{n}{suffix}" for n in swept.values()]),
+                outputs=(layout.samples(entry.name, seed) / "metadata.jsonl",),
             ))
             eval_fp = fingerprint("eval", config.eval, config.data, sample_fp, data_fp)
             eval_fps.append(eval_fp)
@@ -211,11 +213,13 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                 clean=lambda entry=entry, seed=seed, value=seeded.seed: _remove_metrics(layout, entry.name, seed,
                                                                                          value),
                 after=(f"sample/{entry.name}{suffix}", "metric-models"),
+                # a deleted all.csv is written again by re-evaluating (from the feature caches): same rows, order
+                outputs=(layout.metrics_json(entry.name, seed), layout.all_csv),
             ))
     steps.append(Step("report", fingerprint("report", eval_fps),
                       lambda: write_report(run_dir) if state.is_main_process else None,
                       clean=lambda: shutil.rmtree(layout.report_dir, ignore_errors=True),
-                      after=tuple(eval_names)))
+                      after=tuple(eval_names), outputs=(layout.report_dir / "README.md",)))
     return steps
 
 
@@ -233,16 +237,16 @@ def run(config: ExperimentConfig, force: list[str] | None = None, show_progress:
     run_dir = config.run_dir
     layout = RunLayout(run_dir)
     layout.check_readable()
+    steps = plan(config, run_dir, show_progress=show_progress and main)
+    ledger = Ledger(layout.steps_file, writable=main)
+    check_steps(steps, ledger, force or [])  # a refused config leaves the run folder's config.yaml as it was
     if main:
         layout.mark()
-        layout.config_file.write_text(config.to_yaml())
-    steps = plan(config, run_dir, show_progress=show_progress and main)
-    if main:
+        write_text(layout.config_file, config.to_yaml(), "config")
         record = {**provenance(), "processes": state.num_processes, "config_fingerprint": config.fingerprint()}
-        layout.provenance_file.write_text(json.dumps(record, indent=2))
+        write_json(layout.provenance_file, record, "provenance")
     for step in steps:
         step.action, step.clean = _together(step.action, state), _together(step.clean, state, main_only=True)
-    ledger = Ledger(layout.steps_file, writable=main)
     with warnings.catch_warnings():
         # small-sample warnings are recorded in metrics/<method>.json and listed by the report
         warnings.simplefilter("ignore", SmallSampleWarning)

@@ -39,6 +39,7 @@ from diffusers.utils import BaseOutput
 from taxabench.checkpoint import TextCache, cpu_only, load_checkpoint
 from taxabench.config import ExperimentConfig, SampleConfig
 from taxabench.errors import TaxabenchError
+from taxabench.files import fault_point, read_json, write_json, writing
 from taxabench.guidance import GUIDANCE
 from taxabench.layout import METADATA_FILE, POINT_SWEEP, RunLayout, write_metadata_line
 from taxabench.levers import attention_backend, check_levers, compile_in_place, to_channels_last
@@ -403,6 +404,7 @@ def sample_method(
             result = pipeline([t.id for t, _ in batch], seeds=seeds, guidance=guidance,
                               guidance_scale=sample.guidance_scale, num_inference_steps=sample.steps,
                               height=config.data.image_size, width=config.data.image_size)
+            fault_point("sample-batch")
             for (taxon, j), image in zip(batch, result.images):
                 path = _image_path(out, taxon, j)
                 if not path.is_file():  # a batch is redone whole; finished images keep their (equal) bytes
@@ -429,16 +431,14 @@ def _image_path(out: Path, taxon: Taxon, index: int) -> Path:
 
 def _write_png(image: PIL.Image.Image, path: Path) -> None:
     """Atomic: a killed run leaves a `.partial` file (rewritten next time), never a truncated PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    image.save(partial, format="PNG")
-    os.replace(partial, path)
+    with writing(path, "sample") as temporary:
+        image.save(temporary, format="PNG")
 
 
 def _check_settings(out: Path, settings: dict, is_main: bool) -> None:
     path = out / SETTINGS
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = read_json(path, f"sample it again: `taxabench run --force sample/{out.name}`")
         changed = [k for k in settings if k != "batch_size" and old.get(k) != settings[k]]
         if changed:
             what = "; ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in changed[:3])
@@ -449,14 +449,12 @@ def _check_settings(out: Path, settings: dict, is_main: bool) -> None:
             )
         return
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=2) + "\n")
+        write_json(path, settings, "samples-settings")
 
 
 def _write_metadata(out: Path, work: list[tuple[Taxon, int]], seed: int, settings: dict) -> None:
     """One line per image in the evaluator's contract (`taxabench.metrics.samples`), plus how it was made."""
-    partial = out / f".{METADATA}.partial"
-    with open(partial, "w") as handle:
+    with writing(out / METADATA, "samples-metadata") as temporary, open(temporary, "w") as handle:
         for taxon, j in work:
             write_metadata_line(
                 handle, _image_path(out, taxon, j), out, taxon, seed=derive_seed(seed, "sample", taxon.id, j),
@@ -464,7 +462,6 @@ def _write_metadata(out: Path, work: list[tuple[Taxon, int]], seed: int, setting
                 index=j, **{k: settings[k] for k in ("guidance", "guidance_scale", "steps", "scheduler", "precision",
                                                       "stage", "checkpoint", "backbone")},
             )
-    os.replace(partial, out / METADATA)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -553,7 +550,7 @@ def _grid_figure(rows: list[list[PIL.Image.Image]], labels: list[str], out: Path
     for c, title in enumerate(column_labels or []):
         axes[0][c].set_title(title, fontsize=7, loc="left")
     figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
+    with writing(out, "figure") as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
     plt.close(figure)
     return out

@@ -11,14 +11,14 @@ through /proc/self/clear_refs; elsewhere it is the peak since the process starte
 peak allocated by torch.
 
 A finished step whose inputs changed is an error, not a silent overwrite: rerun with `--force STEP` (which
-also redoes the steps after it) or use another run name.
+also redoes the steps after it) or use another run name. A finished step whose outputs are gone or unreadable
+(`Step.outputs`: a deleted `metrics/all.csv`, a truncated JSON) runs again: its outputs are derived data.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from pathlib import Path
 from rich.console import Console
 
 from taxabench.errors import TaxabenchError
+from taxabench.files import read_json, write_json
 
 
 def fingerprint(*parts: object) -> str:
@@ -41,6 +42,19 @@ class Step:
     action: Callable[[], None]
     clean: Callable[[], None]  # removes the step's outputs before a forced rerun
     after: tuple[str, ...] = ()  # steps whose outputs this one reads
+    outputs: tuple[Path, ...] = ()  # files the step leaves; one missing or unreadable makes it run again
+
+    def missing_output(self) -> Path | None:
+        """The first of `outputs` that is absent, or a JSON file that does not parse."""
+        for path in self.outputs:
+            if not path.is_file():
+                return path
+            if path.suffix == ".json":
+                try:
+                    json.loads(path.read_text())
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    return path
+        return None
 
 
 def reset_peak_memory() -> bool:
@@ -86,7 +100,9 @@ class Ledger:
         """`writable`: False on every process but the main one of a multi-process run (they only read it)."""
         self.path = path
         self.writable = writable
-        self.entries: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
+        fix = ("delete it and rerun the same command: finished training and samples are reused, the rest is "
+               "redone")
+        self.entries: dict[str, dict] = read_json(path, fix) if path.is_file() else {}
 
     def record(self, step: Step, seconds: float, memory: dict[str, float] | None = None) -> None:
         self.entries[step.name] = {"fingerprint": step.fingerprint, "seconds": round(seconds, 2), **(memory or {}),
@@ -100,10 +116,7 @@ class Ledger:
     def _write(self) -> None:
         if not self.writable:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(f".partial-{os.getpid()}")
-        partial.write_text(json.dumps(self.entries, indent=2))
-        os.replace(partial, self.path)
+        write_json(self.path, self.entries, "ledger")
 
 
 def dependents(steps: Sequence[Step], names: set[str]) -> set[str]:
@@ -115,9 +128,9 @@ def dependents(steps: Sequence[Step], names: set[str]) -> set[str]:
     return found
 
 
-def run_steps(steps: Sequence[Step], ledger: Ledger, force: Sequence[str] = (), console: Console | None = None) -> None:
-    """Run each step unless the ledger shows it finished with the same fingerprint."""
-    console = console or Console()
+def check_steps(steps: Sequence[Step], ledger: Ledger, force: Sequence[str] = ()) -> set[str]:
+    """Refuse unknown `--force` names and finished steps whose inputs changed, before anything runs or is written;
+    returns the names of the steps `force` redoes."""
     names = [step.name for step in steps]
     unknown = [f for f in force if f not in names and not any(n.startswith(f + "/") for n in names)]
     if unknown:
@@ -125,17 +138,30 @@ def run_steps(steps: Sequence[Step], ledger: Ledger, force: Sequence[str] = (), 
     forced = dependents(steps, {n for n in names for f in force if n == f or n.startswith(f + "/")})
     for step in steps:
         entry = ledger.entries.get(step.name)
-        if step.name in forced:
-            step.clean()
-            ledger.forget(step.name)
-        elif entry is not None and entry["fingerprint"] == step.fingerprint:
-            console.print(f"[dim]✓ {step.name}: done earlier ({entry['seconds']} s), skipped[/]")
-            continue
-        elif entry is not None:
+        if step.name not in forced and entry is not None and entry.get("fingerprint") != step.fingerprint:
             raise TaxabenchError(
                 f"step {step.name!r} of {ledger.path.parent} finished earlier with other inputs (the config or "
                 f"an earlier step changed); rerun with --force {step.name} to redo it, or use another run name"
             )
+    return forced
+
+
+def run_steps(steps: Sequence[Step], ledger: Ledger, force: Sequence[str] = (), console: Console | None = None) -> None:
+    """Run each step unless the ledger shows it finished with the same fingerprint and its outputs are intact."""
+    console = console or Console()
+    forced = check_steps(steps, ledger, force)
+    for step in steps:
+        entry = ledger.entries.get(step.name)
+        if step.name in forced:
+            step.clean()
+            ledger.forget(step.name)
+        elif entry is not None:
+            missing = step.missing_output()
+            if missing is None:
+                console.print(f"[dim]✓ {step.name}: done earlier ({entry['seconds']} s), skipped[/]")
+                continue
+            console.print(f"[yellow]{step.name}: {missing} is missing or unreadable; redoing the step[/]")
+            ledger.forget(step.name)
         console.rule(f"[bold]{step.name}")
         reset = reset_peak_memory()
         start = time.perf_counter()

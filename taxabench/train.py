@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
+import io
 import math
 import os
 import shutil
@@ -52,10 +52,13 @@ from taxabench.checkpoint import (  # noqa: F401 - TrainedMethod, load_checkpoin
     TrainedMethod,
     cpu_only,
     load_checkpoint,
+    load_stage,
     read_taxonomy,
+    retrain_fix,
 )
 from taxabench.config import ExperimentConfig
-from taxabench.errors import TaxabenchError
+from taxabench.errors import DamagedFileError, TaxabenchError
+from taxabench.files import building_folder, fault_point, read_json, remove, write_json, write_text
 from taxabench.layout import RunLayout
 from taxabench.levers import attention_backend, check_levers, to_channels_last
 from taxabench.methods import Method, Stage, TrainingDraws, build_method, get_method
@@ -67,9 +70,14 @@ LOSS_LOG = budget.LOSS_LOG
 POINTS_DIR = "points"
 TRAINABLE_STATE = "trainable.safetensors"
 STEP_FILE = "training_state.json"
-# train fields that change how a run is executed, not what it learns: they may change between restarts
-OPERATIONAL_KEYS = ("checkpoint_every", "checkpoints_total_limit", "num_workers", "cache_latents", "cache_text",
-                    "compile", "compile_mode", "channels_last", "attention")
+# records the latent cache encodes together: batched enough for a GPU, small enough that a stage shorter than an
+# epoch encodes few images it never uses
+LATENT_BLOCK = 8
+# train fields that change how a run is executed, not what it learns: they may change between restarts. The caches
+# are not among them: cached and uncached encodings differ by float rounding (~1e-7), so switching them on a
+# restart would make the resumed weights differ from an uninterrupted run's.
+OPERATIONAL_KEYS = ("checkpoint_every", "checkpoints_total_limit", "num_workers", "compile", "compile_mode",
+                    "channels_last", "attention")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,10 +148,10 @@ def train_method(
         if not (final / STAGE_FILE).is_file():
             _train_stage(config, method, stage, data, backbone, root, show_progress and state.is_main_process,
                          stage_points)
-        method.load(final)  # every process continues from exactly what was saved
+        load_stage(method, final)  # every process continues from exactly what was saved
         if state.is_main_process and stage.name not in manifest["completed"]:
             manifest["completed"].append(stage.name)
-            _write_json(root / MANIFEST, manifest)
+            write_json(root / MANIFEST, manifest, "manifest")
         state.wait_for_everyone()
     return root
 
@@ -211,7 +219,7 @@ def _open_manifest(root, method, stages, fingerprint, backbone, config, data, is
     """Read the manifest of an earlier run (same config required) or write a fresh one."""
     path = root / MANIFEST
     if path.is_file():
-        manifest = json.loads(path.read_text())
+        manifest = read_json(path, retrain_fix(root, method.name))
         differences = _differences(manifest.get("fingerprint", {}), fingerprint)
         if manifest.get("method") != method.name or differences:
             what = "; ".join(differences[:4]) or f"method {manifest.get('method')!r}"
@@ -237,9 +245,9 @@ def _open_manifest(root, method, stages, fingerprint, backbone, config, data, is
     if is_main:
         root.mkdir(parents=True, exist_ok=True)
         taxa = [list(t.lineage) for t in data.taxonomy.taxa(data.ranks[-1])]
-        _write_json(root / TAXONOMY_FILE, {"ranks": list(data.ranks), "taxa": taxa})
-        (root / "config.yaml").write_text(config.to_yaml())
-        _write_json(path, manifest)
+        write_json(root / TAXONOMY_FILE, {"ranks": list(data.ranks), "taxa": taxa}, "manifest")
+        write_text(root / "config.yaml", config.to_yaml(), "config")
+        write_json(path, manifest, "manifest")
     return manifest
 
 
@@ -247,7 +255,7 @@ def _backbone_build(path) -> dict:
     """What a tiny backbone's `build.json` says of itself (pre-training world, text-encoder knowledge, attention),
     kept with the checkpoint so that reports can show it; empty for other backbones."""
     build = Path(path) / "build.json"
-    return json.loads(build.read_text()) if build.is_file() else {}
+    return read_json(build, f"delete {build.parent} so that the tiny backbone is rebuilt") if build.is_file() else {}
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -257,13 +265,6 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
             found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
         return found
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Atomic: a reader sees the old file or the new one, never half of one."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(partial, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -298,22 +299,29 @@ class SampleStream:
 
 class LatentCache:
     """VAE posterior mean and std per training image: computed on first use and kept (`cache=True`), or
-    recomputed for every batch (`cache=False`, for measuring). Both give the same latents: a posterior sample is
-    drawn afterwards from the sample's own generator, `mean + std · ε`."""
+    recomputed for every batch (`cache=False`, for measuring). A posterior sample is drawn afterwards from the
+    sample's own generator, `mean + std · ε`.
+
+    A convolution's result for one image depends on the batch it is computed in (~1e-6 on CPU). So the cache
+    encodes fixed blocks of `LATENT_BLOCK` consecutive records — the block of a missing image, whole — never "whatever
+    was missing in this batch": a record's cached latents are then the same whichever step first needs it, and a
+    run resumed from a checkpoint (with an empty cache) trains on exactly the numbers an uninterrupted run did.
+    Uncached, each batch is encoded as it comes, a function of the step too; the two modes differ by rounding,
+    so the flag is part of what a checkpoint resumes under (`training_fingerprint`)."""
 
     def __init__(self, records, data_config, backbone, cache: bool, workers: int):
         self.records, self.data_config, self.backbone = records, data_config, backbone
-        self.cache = cache
+        self.cache, self.block = cache, LATENT_BLOCK
         self.stored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.pool = ThreadPoolExecutor(workers) if workers > 0 else None
 
     def moments(self, indices: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = sorted({i for i in indices if i not in self.stored}) if self.cache else list(indices)
-        if missing:
-            mean, std = self._encode(missing, device)
-            if not self.cache:
-                return mean, std
-            for i, m, s in zip(missing, mean.cpu(), std.cpu()):
+        if not self.cache:
+            return self._encode(list(indices), device)
+        for first in sorted({i - i % self.block for i in indices if i not in self.stored}):
+            block = list(range(first, min(first + self.block, len(self.records))))
+            mean, std = self._encode(block, device)
+            for i, m, s in zip(block, mean.cpu(), std.cpu()):
                 self.stored[i] = (m, s)
         means = torch.stack([self.stored[i][0] for i in indices]).to(device)
         stds = torch.stack([self.stored[i][1] for i in indices]).to(device)
@@ -557,6 +565,7 @@ def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Pat
                 step_loss, flops = _counted_step(trainer, step)
             else:
                 step_loss = trainer.step(step)
+            fault_point("train-step")
             seconds = time.perf_counter() - started
             if count_flops and accelerator.is_main_process:
                 budget.record_flops(root, stage.index, flops * accelerator.num_processes)
@@ -575,16 +584,13 @@ def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Pat
         trainer.ema.copy_to_params()
     final = root / stage.name
     if accelerator.is_main_process:
-        staging = root / f".{stage.name}.partial"
-        if staging.exists():
-            shutil.rmtree(staging)
-        files = method.save(staging)
-        _write_json(staging / STAGE_FILE, {
-            "method": method.name, "stage": {"index": stage.index, "name": stage.name, "steps": stage.steps,
-                                             "description": stage.description},
-            "files": files, "taxabench_version": __version__,
-        })
-        os.replace(staging, final)
+        with building_folder(final, "stage") as staging:
+            files = method.save(staging)
+            write_json(staging / STAGE_FILE, {
+                "method": method.name, "stage": {"index": stage.index, "name": stage.name, "steps": stage.steps,
+                                                 "description": stage.description},
+                "files": files, "taxabench_version": __version__,
+            }, "stage-file")
         shutil.rmtree(state_dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # the state folder goes once no stage is in progress
             state_dir.parent.rmdir()
@@ -620,17 +626,15 @@ def _save_point(trainer: StageTrainer, root: Path, point: budget.BudgetPoint) ->
     if trainer.ema is not None:
         backup = [p.detach().clone() for p in trainer.ema.params]
         trainer.ema.copy_to_params()
-    staging = target.with_name(f".{point.label}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    files = method.save(staging)
-    _write_json(staging / STAGE_FILE, {
-        "method": method.name, "stage": {"index": stage.index, "name": stage.name, "steps": stage.steps,
-                                         "description": stage.description},
-        "point": {"label": point.label, "steps": point.steps, "stage_step": point.stage_step},
-        "files": files, "taxabench_version": __version__,
-    })
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, target)
+    with building_folder(target, "point") as staging:
+        files = method.save(staging)
+        write_json(staging / STAGE_FILE, {
+            "method": method.name, "stage": {"index": stage.index, "name": stage.name, "steps": stage.steps,
+                                             "description": stage.description},
+            "point": {"label": point.label, "steps": point.steps, "stage_step": point.stage_step},
+            "files": files, "taxabench_version": __version__,
+        }, "stage-file")
     if backup is not None:
         with torch.no_grad():
             for param, value in zip(trainer.ema.params, backup):
@@ -643,26 +647,46 @@ def _default_device() -> torch.device:
     return PartialState(cpu=cpu_only()).device
 
 
+def _checkpoints(state_dir: Path) -> list[tuple[int, Path]]:
+    """The complete accelerate states of a stage, oldest first: `checkpoint-<step>` folders (a state being written
+    lives under a `.partial` name until it is whole) holding their step file."""
+    if not state_dir.is_dir():
+        return []
+    found = [(p, p.name.removeprefix("checkpoint-")) for p in state_dir.glob("checkpoint-*")]
+    return sorted((int(step), p) for p, step in found if step.isdigit() and (p / STEP_FILE).is_file())
+
+
 def _resume(accelerator, state_dir: Path) -> int:
     """Load the latest complete accelerate state of this stage; return the optimizer step it was saved at."""
-    done = sorted(
-        (int(p.name.split("-")[1]), p) for p in state_dir.glob("checkpoint-*") if (p / STEP_FILE).is_file()
-    ) if state_dir.is_dir() else []
+    done = _checkpoints(state_dir)
     if not done:
         return 0
     step, path = done[-1]
-    accelerator.load_state(str(path))
+    try:
+        accelerator.load_state(str(path))
+    except Exception as error:  # torch, pickle and safetensors each raise their own type
+        raise DamagedFileError(path, f"the training state cannot be loaded ({type(error).__name__}: {error})",
+                               "remove that folder to resume from the previous state (or from the stage's start)") \
+            from error
     return step
 
 
 def _save_state(accelerator, state_dir: Path, step: int, keep: int) -> None:
-    """Save the accelerate state as `checkpoint-<step>` (complete once its step file exists); keep the last `keep`."""
+    """Save the accelerate state as `checkpoint-<step>`: written under a `.partial` name (every process writes its
+    random states into it), then renamed whole; keep the last `keep`."""
     target = state_dir / f"checkpoint-{step}"
-    accelerator.save_state(str(target))
+    staging = state_dir / f".checkpoint-{step}.partial"
+    if accelerator.is_main_process:
+        remove(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_json(target / STEP_FILE, {"step": step})
-        finished = sorted((int(p.name.split("-")[1]), p) for p in state_dir.glob("checkpoint-*"))
+        write_json(staging / STEP_FILE, {"step": step}, "state-step")
+        fault_point("state")
+        remove(target)
+        os.replace(staging, target)
+        finished = _checkpoints(state_dir)
         for _, old in finished[: max(0, len(finished) - keep)]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
@@ -685,12 +709,17 @@ def _log(path: Path, stage: int, step: int, loss: float, lr: float, rate: float,
 
 
 def _truncate_log(path: Path, stage: int, step: int) -> None:
-    """Drop log rows that a resumed run will write again (this stage's steps after `step`)."""
+    """Drop log rows that a resumed run will write again (this stage's steps after `step`), and a last row that a
+    kill cut short."""
     if not path.is_file():
         return
     with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) < stage or (int(r[0]) == stage and int(r[1]) <= step)]
-    with open(path, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
+        rows = [r for r in csv.reader(handle) if len(r) == len(LOG_COLUMNS)]
+    if not rows or tuple(rows[0]) != LOG_COLUMNS:
+        rows = [list(LOG_COLUMNS)]
+    kept = [rows[0]] + [r for r in rows[1:] if r[0].isdigit() and r[1].isdigit() and r[5][-1:].isdigit()
+                        and (int(r[0]) < stage or (int(r[0]) == stage and int(r[1]) <= step))]
+    lines = io.StringIO()
+    csv.writer(lines).writerows(kept)
+    write_text(path, lines.getvalue(), "loss-log")
 

@@ -140,3 +140,29 @@ def random_clip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("clip") / "random-synthclip"
     save_open_clip_folder(open_clip.create_model(ARCHITECTURE), folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def small_world(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three species of the tiny world with four training and two test images each, as a folder of its own: an
+    epoch is three steps of batch 4, so short runs cross epochs (copies, not links: the root check resolves links)."""
+    import csv
+    import shutil
+
+    root = tmp_path_factory.mktemp("small-world")
+    with open(tiny_world / "metadata.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    species = list(dict.fromkeys(r["species"] for r in rows))[:3]
+    kept, counts = [], {}
+    for row in rows:
+        key = (row["species"], row["split"])
+        if row["species"] in species and counts.get(key, 0) < (4 if row["split"] == "train" else 2):
+            counts[key] = counts.get(key, 0) + 1
+            kept.append(row)
+            (root / row["image"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tiny_world / row["image"], root / row["image"])
+    with open(root / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    return root

@@ -74,11 +74,13 @@ def test_missing_image_is_an_error_or_a_counted_skip(tmp_path):
 
 def test_unreadable_image_names_file_and_row(tmp_path):
     root = make_dataset(tmp_path, species_rows("Ga", "aa", 2))
-    (root / "Ga-aa-train-1.png").write_bytes(b"not a png")
     dataset = TaxaImageDataset(load_dataset(csv_config(root)).train, size=16)
     assert dataset[0]["pixel_values"].shape == (3, 16, 16)
+    (root / "Ga-aa-train-1.png").write_bytes(b"not a png")  # broken after the dataset was read
     with pytest.raises(DataError, match=r"metadata.csv:3: cannot read image .*Ga-aa-train-1.png"):
         dataset[1]
+    with pytest.raises(DataError, match=r"metadata.csv:3: image .*Ga-aa-train-1.png does not decode"):
+        load_dataset(csv_config(root))  # and when it is read again
 
 
 @pytest.mark.parametrize("path", ["../outside.png", "/etc/passwd"])

@@ -38,6 +38,7 @@ class SkipLog:
 class AdapterOutput:
     ranks: tuple[str, ...]
     records: list[Record]
+    rows: int  # rows (annotations) in the files read: every one becomes a record or a counted skip
 
 
 class DatasetAdapter:
@@ -78,7 +79,8 @@ class DatasetAdapter:
 
 
 def image_under_root(root: Path, relative: str, source: str) -> Path:
-    """Join an annotation's image path to the root, refusing paths that leave it (`../`, absolute elsewhere)."""
+    """Join an annotation's image path to the root, refusing paths that leave it (`../`, absolute elsewhere).
+    Symbolic links are resolved (and checked the same way) when the images are checked (`data.checks`)."""
     if not relative or not relative.strip():
         raise DataError(f"{source}: empty image path")
     root_abs = _absolute(str(root))

@@ -83,7 +83,7 @@ class Bioscan1mAdapter(DatasetAdapter):
                     source=source,
                 )
             )
-        return AdapterOutput(RANKS[2:], records)
+        return AdapterOutput(RANKS[2:], records, rows=len(table))
 
 
 def read_columns(path: Path, columns: list[str]) -> pd.DataFrame:

@@ -73,7 +73,7 @@ class CsvAdapter(DatasetAdapter):
                     extra={c: row[c] for c in extra_columns},
                 )
             )
-        return AdapterOutput(ranks, records)
+        return AdapterOutput(ranks, records, rows=len(table))
 
 
 def parse_bbox(values: list[str], source: str) -> tuple[float, float, float, float] | None:

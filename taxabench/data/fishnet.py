@@ -63,9 +63,10 @@ class FishNetAdapter(SplitFilesAdapter):
         bbox_dir = Path(config.fishnet.bbox_dir) if config.fishnet.bbox_dir is not None else None
         if bbox_dir is not None and not bbox_dir.is_dir():
             raise DataError(f"data.fishnet.bbox_dir: folder not found: {bbox_dir}")
-        records = []
+        records, rows = [], 0
         for split, path in self.split_files(config, annotations):
             table = read_table(path, ",")
+            rows += len(table)
             require_columns(table, [IMAGE_COLUMN, FOLDER_COLUMN, *by_rank.values()], path)
             used = {IMAGE_COLUMN, FOLDER_COLUMN, *by_rank.values()}
             # the release's leading index columns ("", "Unnamed: 0") carry nothing
@@ -94,7 +95,7 @@ class FishNetAdapter(SplitFilesAdapter):
                         extra={c: row[c] for c in extra_columns},
                     )
                 )
-        return AdapterOutput(RANKS[2:], _classes_from_orders(records, skipped))
+        return AdapterOutput(RANKS[2:], _classes_from_orders(records, skipped), rows)
 
 
 def _classes_from_orders(records: list[Record], skipped: SkipLog) -> list[Record]:

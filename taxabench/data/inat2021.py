@@ -41,9 +41,11 @@ class INat2021Adapter(SplitFilesAdapter):
 
     def read(self, config: DataConfig, root: Path, annotations: Path, skipped: SkipLog) -> AdapterOutput:
         records = []
+        before = skipped.total
         for split, path in self.split_files(config, annotations):
             records.extend(read_split(path, split, root, skipped))
-        return AdapterOutput(RANKS, records)
+        # rows: one per annotation, plus each image without one (a counted skip)
+        return AdapterOutput(RANKS, records, rows=len(records) + skipped.total - before)
 
 
 def read_split(path: Path, split: str, root: Path, skipped: SkipLog) -> list[Record]:

@@ -5,9 +5,16 @@ Every adapter goes through the same steps here, in this order:
 2. image files are checked to exist (`on_missing_image`: error, or skip and count);
 3. the ranks are narrowed to `data.ranks`; records whose species is unknown are dropped or kept
    (`unknown_species`), records with no known rank at all are skipped;
-4. only the train and eval splits are kept;
-5. species are filtered on their training-image counts (min / max), then subset (first / random / list);
-6. training images are capped per species (`few_shot`).
+4. only the train and eval splits are kept (split values matched case-insensitively);
+5. rows are checked (`taxabench.data.checks`): repeated rows dropped (`on_duplicate`), every image resolved inside
+   the root and decoded once (`on_bad_image`), species filed under several lineages resolved
+   (`on_lineage_conflict`);
+6. species are filtered on their training-image counts (min / max), then subset (first / random / list);
+   evaluation images of species that are not trained are left out, counted under their own reason;
+7. training images are capped per species (`few_shot`).
+
+Nothing disappears uncounted: rows read = images kept + counted skips + rows left out by a note
+(`TaxaData.accounted_rows`).
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from taxabench.config import DataConfig
 from taxabench.data.base import SkipLog
+from taxabench.data.checks import check_images, drop_duplicates, lineage_conflicts, resolve_lineage_conflicts
 from taxabench.errors import DataError
 from taxabench.taxonomy import Record, Taxon, Taxonomy, check_ranks
 
@@ -37,6 +45,13 @@ class TaxaData:
     skipped: SkipLog
     notes: dict[str, int] = field(default_factory=dict)  # counted facts that are not skips (kept unknowns...)
     rare_threshold: int = 5  # species with at most this many training images are rare
+    rows_read: int = 0  # rows in the annotation files the adapter read
+    noted_rows: int = 0  # rows left out by a filter, counted in `notes` (other splits, species filters, few-shot)
+    lineage_conflicts: dict[str, dict[str, int]] = field(default_factory=dict)  # as found, before resolution
+
+    def accounted_rows(self) -> int:
+        """Images kept + counted skips + noted rows: equals `rows_read` (every row is one of the three)."""
+        return len(self.train) + len(self.eval) + self.skipped.total + self.noted_rows
 
     @property
     def species(self) -> list[Taxon]:
@@ -73,9 +88,12 @@ class TaxaData:
                 rank: {name: len(ids) for name, ids in names.items()}
                 for rank, names in self.taxonomy.homonyms().items()
             },
+            "lineage_conflicts": self.lineage_conflicts,
             "skipped": self.skipped.to_dict(),
             "skipped_examples": {k: v for k, v in self.skipped.examples.items() if v},
             "notes": dict(self.notes),
+            "rows": {"read": self.rows_read, "images": len(self.train) + len(self.eval),
+                     "skipped": self.skipped.total, "noted": self.noted_rows},
         }
 
 
@@ -85,7 +103,7 @@ def _long_tail(counts: list[int], rare: int) -> dict:
     return {"min": counts[0], "median": counts[len(counts) // 2], "max": counts[-1], "rare_species": rare}
 
 
-def load_dataset(config: DataConfig) -> TaxaData:
+def load_dataset(config: DataConfig, show_progress: bool = True) -> TaxaData:
     """Read, check and filter the dataset a `data:` section describes (see the module docstring for the steps)."""
     from taxabench.data.registry import get_adapter
 
@@ -96,6 +114,13 @@ def load_dataset(config: DataConfig) -> TaxaData:
     output = adapter.read(config, root, annotations, skipped)
     records, ranks = output.records, output.ranks
     notes: Counter[str] = Counter()
+    noted = 0  # rows left out under a note
+
+    def leave_out(reason: str, count: int) -> None:
+        nonlocal noted
+        if count:
+            notes[reason] += count
+            noted += count
 
     # 2. image files exist
     present = []
@@ -138,13 +163,25 @@ def load_dataset(config: DataConfig) -> TaxaData:
         if any(label is not None for label in record.labels[len(lineage) :]) and lineage:
             notes["labels below an unknown rank (ignored)"] += 1
 
-    # 4. splits
-    train = [r for r in kept if r.split == config.train_split]
-    evaluation = [r for r in kept if config.eval_split is not None and r.split == config.eval_split]
-    other = len(kept) - len(train) - len(evaluation)
+    # 4. splits, matched case-insensitively (`Train` is the train split) and spelled as the config spells them
+    wanted_splits = {s.casefold(): s for s in (config.train_split, config.eval_split) if s is not None}
+    in_splits = []
+    for record in kept:
+        split = wanted_splits.get(record.split.strip().casefold())
+        if split is not None:
+            in_splits.append(record if split == record.split else replace(record, split=split))
+    other = len(kept) - len(in_splits)
     if other:
         used = " or ".join(s for s in (config.train_split, config.eval_split) if s)
-        notes[f"in other splits (not {used})"] = other
+        leave_out(f"in other splits (not {used})", other)
+
+    # 5. repeated rows, images that do not decode or leave the root, species under several lineages
+    in_splits = drop_duplicates(in_splits, config, skipped)
+    in_splits = check_images(in_splits, root, config, skipped, show_progress)
+    conflicts = lineage_conflicts(in_splits, len(ranks))
+    in_splits = resolve_lineage_conflicts(in_splits, len(ranks), config, notes)
+    train = [r for r in in_splits if r.split == config.train_split]
+    evaluation = [r for r in in_splits if config.eval_split is not None and r.split == config.eval_split]
     if not train:
         splits = ", ".join(sorted({r.split for r in kept})) or "none"
         raise DataError(
@@ -152,7 +189,7 @@ def load_dataset(config: DataConfig) -> TaxaData:
             f"{config.train_split!r} (splits present: {splits})"
         )
 
-    # 5. species filters and subset, on full-lineage training counts
+    # 6. species filters and subset, on full-lineage training counts
     counts = Counter(r.lineage() for r in train if len(r.lineage()) == len(ranks))
     selected = sorted(
         lineage
@@ -174,13 +211,16 @@ def load_dataset(config: DataConfig) -> TaxaData:
         lineage = record.lineage()
         return lineage in chosen if len(lineage) == len(ranks) else lineage in ancestors
 
-    dropped_by_filter = sum(not in_scope(r) for r in train)
-    if dropped_by_filter:
-        notes["training images of species left out by filters"] = dropped_by_filter
+    leave_out("training images of species left out by filters", sum(not in_scope(r) for r in train))
     train = [r for r in train if in_scope(r)]
+    trained = set(counts)
+    untrained = [r for r in evaluation if not in_scope(r)]
+    leave_out("evaluation images of species without training images",
+              sum(r.lineage() not in trained for r in untrained))
+    leave_out("evaluation images of species left out by filters", sum(r.lineage() in trained for r in untrained))
     evaluation = [r for r in evaluation if in_scope(r)]
 
-    # 6. few-shot cap
+    # 7. few-shot cap
     if config.few_shot is not None:
         per_species: Counter[tuple[str, ...]] = Counter()
         capped = []
@@ -188,7 +228,7 @@ def load_dataset(config: DataConfig) -> TaxaData:
             per_species[record.lineage()] += 1
             if per_species[record.lineage()] <= config.few_shot:
                 capped.append(record)
-        notes["training images above the few-shot cap"] = len(train) - len(capped)
+        leave_out("training images above the few-shot cap", len(train) - len(capped))
         train = capped
 
     return TaxaData(
@@ -201,6 +241,9 @@ def load_dataset(config: DataConfig) -> TaxaData:
         skipped=skipped,
         notes=dict(notes),
         rare_threshold=config.rare_threshold,
+        rows_read=output.rows,
+        noted_rows=noted,
+        lineage_conflicts=conflicts,
     )
 
 

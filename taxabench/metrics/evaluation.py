@@ -8,7 +8,8 @@ Reads `runs/<name>/samples/<method>/` (contract: `taxabench.metrics.samples`), c
 - `runs/<name>/metrics/all.csv`: the method's rows, replacing any earlier rows of the same method, and the rows of
   method `real-images` (`CEILING_METHOD`): the per-image metrics scored on the held-out real images of the same
   taxa, the ceiling row of the report's tables (the same for every method of a run). This file is the single
-  source of the report tables. Columns (`CSV_COLUMNS`, in this order):
+  source of the report tables; `taxabench run` writes a deleted one again by re-evaluating (from the feature
+  caches). Columns (`CSV_COLUMNS`, in this order):
 
   ===================  =====================================================================================
   method               the method name (sample folder name)
@@ -50,9 +51,10 @@ from taxabench import __version__, budget
 from taxabench.config import ExperimentConfig
 from taxabench.data import TaxaData, load_dataset
 from taxabench.errors import ConfigError, TaxabenchError
+from taxabench.files import write_bytes
 from taxabench.layout import POINT_FINAL, RunLayout
 from taxabench.metrics.aggregate import Resampling
-from taxabench.metrics.cache import atomic_write_bytes, load_features, save_features
+from taxabench.metrics.cache import files_key, load_features, save_features
 from taxabench.metrics.extractor_base import FeatureExtractor
 from taxabench.metrics.features import (
     ImageSet,
@@ -172,7 +174,8 @@ class EvalContext:
                     "image_size": self.config.data.image_size, "resize": self.config.data.resize,
                     "use_bbox": self.config.data.use_bbox}
         if side == "real":
-            fields = {**settings, "data": self.data.fingerprint(), "split": self.config.data.eval_split}
+            fields = {**settings, "data": self.data.fingerprint(), "split": self.config.data.eval_split,
+                      "files": files_key(r.image for r in self.data.eval)}
             split = real_images(self.data.eval, self.config.data)
             features = self._cached("real", fields, split, f"{name}: real images")
             features = {k: v[self.sets.real_rows] for k, v in features.items()}
@@ -314,7 +317,7 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
 
     if PartialState().is_main_process:
         report = _json_report(method, config, data, context, measurements, notes, key)
-        atomic_write_bytes(json_path, json.dumps(report, indent=2, allow_nan=False).encode())
+        write_bytes(json_path, json.dumps(report, indent=2, allow_nan=False).encode(), "metrics")
         write_csv_rows(csv_path, method, [m for m in measurements if m.subject == SUBJECT_GENERATED], key)
         ceiling = [m for m in measurements if m.subject == SUBJECT_REAL]
         if ceiling:  # the ceiling is shared by every method: only the quantities computed now are replaced
@@ -358,7 +361,7 @@ def write_csv_rows(path: Path, method: str, measurements: list[Measurement], key
         same = (old[KEY_METHOD] == method) & (old[KEY_SEED] == key[KEY_SEED]) & (old[KEY_POINT] == key[KEY_POINT])
         same &= old[KEY_METRIC].isin(only_metrics) if only_metrics is not None else ~old[KEY_METRIC].isin(SEPARATE_METRICS)
         new = pd.concat([old[~same], new], ignore_index=True)
-    atomic_write_bytes(path, new.to_csv(index=False).encode())
+    write_bytes(path, new.to_csv(index=False).encode(), "table")
 
 
 def _small_sample_warnings(measurements: list[Measurement]) -> list[str]:
