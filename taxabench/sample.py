@@ -430,7 +430,10 @@ def _image_path(out: Path, taxon: Taxon, index: int) -> Path:
 
 
 def _write_png(image: PIL.Image.Image, path: Path) -> None:
-    """Atomic: a killed run leaves a `.partial` file (rewritten next time), never a truncated PNG."""
+    """Atomic: a killed run leaves at most a hidden `.partial` file, never a truncated PNG. Each image belongs to one
+    process's shard, so the write that finishes it also removes what a killed process (another pid) left."""
+    for stale in path.parent.glob(f".{path.name}.*.partial"):
+        stale.unlink(missing_ok=True)
     with writing(path, "sample") as temporary:
         image.save(temporary, format="PNG")
 

@@ -64,7 +64,7 @@ def test_resume_after_a_kill_gives_the_same_files(trained_run, tmp_path, monkeyp
 
     def killed_after_five(image, path):
         if len(written) == 5:
-            path.with_name(path.name + ".partial").write_bytes(b"half a png")  # a write cut short
+            path.with_name(f".{path.name}.999999.partial").write_bytes(b"half a png")  # a killed process's write
             raise KeyboardInterrupt
         real_write(image, path)
         written.append(path)
