@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from taxabench.errors import TaxabenchError
+from taxabench.files import write_text
 
 LAYOUT_VERSION = 2
 LAYOUT_FILE = "layout.json"
@@ -141,9 +142,7 @@ class RunLayout:
         self.check_readable()
         self.root.mkdir(parents=True, exist_ok=True)
         if self.version() != LAYOUT_VERSION or not self.layout_file.is_file():
-            partial = self.layout_file.with_name(f".{LAYOUT_FILE}.partial-{os.getpid()}")
-            partial.write_text(json.dumps({"layout": LAYOUT_VERSION}) + "\n")
-            os.replace(partial, self.layout_file)
+            write_text(self.layout_file, json.dumps({"layout": LAYOUT_VERSION}) + "\n", "layout")
 
 
 def _seed_part(seed: int | None) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from taxabench.budget import AXES, WALL_SECONDS
 from taxabench.curves import (
     AXIS_LABELS,
     KEY_N_SEEDS,
@@ -90,7 +91,7 @@ class RunFolder:
         config = _yaml(layout.config_file)
         table = upgrade_table(pd.read_csv(csv), csv, config.get("seed", 0), config.get("data", {}).get("eval_split"))
         confidence = config.get("eval", {}).get("confidence", 0.95)
-        warnings, models, choices = {}, {}, []
+        warnings, models, choices, seconds = {}, {}, [], {}
         for path in layout.all_metrics_json():
             content = read_json(path, "re-evaluate it (`taxabench run --force eval/<method>`)")
             if "guidance_of" in content:
@@ -98,6 +99,9 @@ class RunFolder:
             if "method" in content:
                 warnings[content["method"]] = content.get("warnings", [])
                 models.update(content.get("extractors", {}))
+                seconds[(content["method"], content.get("seed"), content.get("point"))] = \
+                    content.get("budget", {}).get(WALL_SECONDS)
+        table = with_wall_seconds(table, seconds)
         return cls(
             root=root,
             layout=layout,
@@ -112,6 +116,14 @@ class RunFolder:
             metric_models=models,
             warnings=warnings,
         )
+
+
+def with_wall_seconds(table: pd.DataFrame, seconds: dict[tuple, float | None]) -> pd.DataFrame:
+    """`table` with a `wall_seconds` column: the training seconds of each row's checkpoint, from the JSON of the
+    evaluation (method, seed, point) it belongs to (not in all.csv: they differ between two runs); NaN if unknown."""
+    found = [seconds.get((method, int(seed), point)) if _finite(seed) else None
+             for method, seed, point in zip(table[KEY_METHOD], table[KEY_SEED], table[KEY_POINT])]
+    return table.assign(**{WALL_SECONDS: [math.nan if s is None else float(s) for s in found]})
 
 
 def _json(path: Path) -> dict:
@@ -331,11 +343,15 @@ def budget_notes(table: pd.DataFrame, methods: Sequence[str]) -> str:
         flops = f"{row['train_flops']:.3g}" if _finite(row["train_flops"]) else "—"
         lines.append(f"- `{method}`: {steps:,} optimizer steps, {int(row['images_seen']):,} images seen, "
                      f"{params:,.0f} trainable parameters per step on average ({row['param_steps']:.3g} "
-                     f"parameter-steps), {flops} training FLOPs, {row['wall_seconds']:,.0f} s of training")
+                     f"parameter-steps), {flops} training FLOPs, {_seconds(row)} of training")
     if not lines:
         return ""
     return "\n".join(["Budget of each final checkpoint (training FLOPs counted by `FlopCounterMode` on one real step "
                       "per stage, times the stage's steps; `taxabench/budget.py`):", "", *lines])
+
+
+def _seconds(row: pd.Series, unit: str = " s") -> str:
+    return f"{row[WALL_SECONDS]:,.0f}{unit}" if _finite(row[WALL_SECONDS]) else "—"
 
 
 def guidance_note(choices: list[dict]) -> str:
@@ -399,8 +415,7 @@ def budget_section(curves: pd.DataFrame, confidence: float) -> str:
     """Metrics along training (validation split), per method and budget point, and the crossings between methods."""
     methods = list(dict.fromkeys(curves[KEY_METHOD]))
     metrics = [m for m in HEADLINE_METRICS if _column_name(curves, m)]
-    header = ["method", "point", *[AXIS_LABELS[a] for a in ("steps", "images_seen", "param_steps", "train_flops",
-                                                            "wall_seconds")], *[_column_name(curves, m) for m in metrics]]
+    header = ["method", "point", *[AXIS_LABELS[a] for a in AXES], *[_column_name(curves, m) for m in metrics]]
     rows = []
     for method in methods:
         overall = curves[(curves[KEY_METHOD] == method) & (curves[KEY_SCOPE] == "overall")].sort_values("steps")
@@ -413,7 +428,7 @@ def budget_section(curves: pd.DataFrame, confidence: float) -> str:
             rows.append([f"`{method}`", point, f"{int(first['steps']):,}", f"{int(first['images_seen']):,}",
                          f"{first['param_steps']:.3g}",
                          f"{first['train_flops']:.3g}" if _finite(first["train_flops"]) else "—",
-                         f"{first['wall_seconds']:,.0f}", *cells])
+                         _seconds(first, unit=""), *cells])
     sentences = [s for metric in metrics for s in crossings(curves, methods, metric)]
     parts = [f"Each method evaluated along training on the validation split, {confidence:.0%} intervals "
              "(test numbers above are not chosen on these).", "", markdown_table(header, rows), ""]

@@ -430,10 +430,8 @@ def _image_path(out: Path, taxon: Taxon, index: int) -> Path:
 
 
 def _write_png(image: PIL.Image.Image, path: Path) -> None:
-    """Atomic: a killed run leaves at most a hidden `.partial` file, never a truncated PNG. Each image belongs to one
-    process's shard, so the write that finishes it also removes what a killed process (another pid) left."""
-    for stale in path.parent.glob(f".{path.name}.*.partial"):
-        stale.unlink(missing_ok=True)
+    """Atomic: a killed run leaves at most a hidden `.partial` file, never a truncated PNG, and the write that
+    finishes the image removes it (`taxabench.files.writing`)."""
     with writing(path, "sample") as temporary:
         image.save(temporary, format="PNG")
 

@@ -31,6 +31,10 @@ Reads `runs/<name>/samples/<method>/` (contract: `taxabench.metrics.samples`), c
   higher_is_better     True / False
   protocol             the named choices that change the number, `key=value;...`: images (resize mode and size),
                        input (the extractor's resize and normalisation), feature, and metric settings
+  seed, point, split   the training seed; `final` or the budget point `step-<T>`; the real images' split
+  steps, images_seen,  the counted budget axes of the evaluated checkpoint (`taxabench.budget`); its wall-clock
+  param_steps,         training seconds are in the JSON only (`"budget"`), so the table of a resumed run is
+  train_flops          byte-identical to an uninterrupted run's
   ===================  =====================================================================================
 """
 
@@ -85,7 +89,7 @@ KEY_PROTOCOL = "protocol"
 KEY_SEED = "seed"  # the training (and sampling) seed
 KEY_POINT = "point"  # "final", or the budget point `step-<T>` (taxabench/budget.py)
 KEY_SPLIT = "split"  # the real images compared against: the test split for "final", validation along training
-BUDGET_COLUMNS = budget.AXES  # steps, images_seen, param_steps, train_flops, wall_seconds
+BUDGET_COLUMNS = budget.COUNTED_AXES  # steps, images_seen, param_steps, train_flops (wall seconds: the JSON only)
 # layout 1 wrote the first 14 columns only; `upgrade_table` fills the others for such a run
 CSV_COLUMNS = (KEY_METHOD, KEY_METRIC, KEY_NAME, KEY_SCOPE, KEY_VALUE, KEY_CI_LOW, KEY_CI_HIGH, KEY_N_REAL,
                KEY_N_GENERATED, KEY_N_TAXA, KEY_EXTRACTOR, KEY_WEIGHTS, KEY_HIGHER_IS_BETTER, KEY_PROTOCOL,
@@ -312,7 +316,7 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
     json_path, csv_path = layout.metrics_json(method, seed, point), layout.all_csv
     key = {KEY_SEED: config.seed if seed is None else seed, KEY_POINT: point or POINT_FINAL,
            KEY_SPLIT: config.data.eval_split}
-    key.update({axis: (budget_axes or {}).get(axis, math.nan) for axis in BUDGET_COLUMNS})
+    key.update({axis: (budget_axes or {}).get(axis, math.nan) for axis in budget.AXES})
     from accelerate import PartialState
 
     if PartialState().is_main_process:
@@ -332,17 +336,20 @@ def csv_rows(method: str, measurements: list[Measurement], key: dict[str, Any] |
          KEY_VALUE: m.scope.value, KEY_CI_LOW: m.scope.ci_low, KEY_CI_HIGH: m.scope.ci_high,
          KEY_N_REAL: m.scope.n_real, KEY_N_GENERATED: m.scope.n_generated, KEY_N_TAXA: m.scope.n_taxa,
          KEY_EXTRACTOR: m.extractor, KEY_WEIGHTS: m.weights, KEY_HIGHER_IS_BETTER: m.higher_is_better,
-         KEY_PROTOCOL: m.protocol_string(), **(key or {})}
+         KEY_PROTOCOL: m.protocol_string(), **{k: v for k, v in (key or {}).items() if k in CSV_COLUMNS}}
         for m in measurements
     ]
 
 
 def upgrade_table(table, path: Path, seed: int, eval_split: str | None):
     """An `all.csv` in taxabench's columns: a layout-1 table (final evaluations of one seed) gains the seed, point,
-    split and budget columns; any other set of columns is refused, naming the file."""
+    split and budget columns; a table that still carries wall-clock seconds (kept in the JSONs since) loses them;
+    any other set of columns is refused, naming the file."""
     if list(table.columns) == list(LAYOUT_1_COLUMNS):
         table = table.assign(**{KEY_SEED: seed, KEY_POINT: POINT_FINAL, KEY_SPLIT: eval_split},
                              **{axis: math.nan for axis in BUDGET_COLUMNS})
+    if list(table.columns) == [*CSV_COLUMNS, budget.WALL_SECONDS]:
+        table = table.drop(columns=[budget.WALL_SECONDS])
     if list(table.columns) != list(CSV_COLUMNS):
         raise TaxabenchError(f"{path} has columns {list(table.columns)}, expected {list(CSV_COLUMNS)}; "
                              "move it away and re-evaluate every method")
@@ -385,7 +392,7 @@ def _json_report(method: str, config: ExperimentConfig, data: TaxaData, context:
         "method": method,
         "seed": key[KEY_SEED],
         "point": key[KEY_POINT],
-        "budget": {axis: _finite(key[axis]) for axis in BUDGET_COLUMNS},
+        "budget": {axis: _finite(key[axis]) for axis in budget.AXES},
         "taxabench_version": __version__,
         "config_fingerprint": config.fingerprint("data", "eval"),
         "data": {"dataset": data.dataset, "fingerprint": data.fingerprint(), "eval_split": config.data.eval_split,
