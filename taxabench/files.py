@@ -108,20 +108,36 @@ def write_json(path: str | os.PathLike[str], data: Any, kind: str, **dumps: Any)
 
 
 @contextmanager
-def building_folder(path: str | os.PathLike[str], kind: str) -> Iterator[Path]:
+def building_folder(path: str | os.PathLike[str], kind: str, finished_by: str | None = None) -> Iterator[Path]:
     """`with building_folder(target, kind) as staging: <fill staging>` — the folder appears whole, by one rename,
-    once the block finished (an existing target is replaced). A staging folder left by a killed run is
-    discarded first."""
+    once the block finished; an existing target is replaced. The staging folder is hidden and per process, like a
+    file's temporary, and those of dead processes are removed first.
+
+    `finished_by`: for a cache that several processes may build at once, each build giving the same result — a
+    target holding this file is finished and kept, and this build is discarded; an empty target is replaced, any
+    other is an error (it is not this cache's to delete)."""
     path = Path(path)
-    staging = path.with_name(f".{path.name}.partial")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_temporaries(path):
+        remove(stale)
+    staging = partial_path(path)
     remove(staging)
-    staging.mkdir(parents=True)
+    staging.mkdir()
     try:
         yield staging
         fault_point(kind)
-        if path.exists():
+        if finished_by is None:
             remove(path)
-        os.replace(staging, path)
+            os.replace(staging, path)
+        elif not (path / finished_by).is_file():
+            try:
+                os.replace(staging, path)  # onto nothing or an empty folder
+            except OSError as error:  # a folder with content: another process's finished build, or not ours
+                if not (path / finished_by).is_file():
+                    from taxabench.errors import DamagedFileError
+
+                    raise DamagedFileError(path, f"it holds files but no {finished_by}",
+                                           "move it away and rerun (it is rebuilt)") from error
     finally:
         remove(staging)
 

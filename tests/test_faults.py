@@ -50,6 +50,41 @@ def test_a_temporary_left_by_a_killed_writer_is_removed_when_the_file_is_written
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([busy.name, "table.csv"])
 
 
+def test_a_folder_build_killed_midway_leaves_nothing_once_built_again(tmp_path):
+    """Cache folders (tiny backbones, SynthTaxa worlds, synthclip) are built in a per-process hidden staging folder:
+    a killed build's is removed by the next build of the same folder; a finished folder is kept (a concurrent build
+    of the same cache is discarded); a folder that is not a finished build is never deleted."""
+    from taxabench.errors import DamagedFileError
+    from taxabench.files import building_folder
+
+    target = tmp_path / "world"
+    build = ("import sys; from taxabench.files import building_folder\n"
+             "with building_folder(sys.argv[1], 'world', finished_by='spec.json') as staging:\n"
+             "    (staging / 'spec.json').write_text('first')")
+    killed = subprocess.run([sys.executable, "-c", build, str(target)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), FAULT_ENV: "world:1"})
+    assert killed.returncode == FAULT_EXIT_CODE, killed.stderr
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".world.") and left.name.endswith(".partial") and not target.exists()
+    for text in ("second", "third"):
+        with building_folder(target, "world", finished_by="spec.json") as staging:
+            (staging / "spec.json").write_text(text)
+    assert (target / "spec.json").read_text() == "second" and [p.name for p in tmp_path.iterdir()] == ["world"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(DamagedFileError, match=r"mine is damaged: it holds files but no spec.json; move it away"), \
+            building_folder(mine, "world", finished_by="spec.json") as staging:
+        (staging / "spec.json").write_text("built")
+    assert (mine / "notes.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "world"]
+
+
+# writes into $TAXABENCH_HOME, which the test session shares: the reference run makes them, the killed runs reuse
+# them (kills while they are written: the two tests above)
+SHARED_CACHE_EVENTS = {"features", "image-checks", "metric-model", "world", "backbone"}
+
+
 @pytest.fixture(scope="module")
 def reference(small_world, tiny_backbone, tmp_path_factory):
     """An uninterrupted run of flat-ldm (the method whose resume differed) and the events it passed, in order."""
@@ -99,4 +134,5 @@ def test_every_kill_point_resumes_to_identical_bytes(reference, small_world, tmp
     print(f"chain {chain}: killed at {' '.join(killed)}; not reached after a resume: {' '.join(missed) or 'none'}")
     found = differences(expected, final_bytes(tmp_path / "killed"))
     assert not found, f"chain {chain} ({' '.join(killed)}): {found[:5]}"
-    assert len(killed) >= len(points) * 3 // 4, f"most kill points were not reached: {missed}"
+    if chain == "first":  # only writes of the session's shared caches, made by the reference run, are not passed again
+        assert {point.rpartition(":")[0] for point in missed} <= SHARED_CACHE_EVENTS, missed
