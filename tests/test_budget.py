@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import experiment
 
 from taxabench.budget import BudgetPoint, resolve_points, to_steps
 from taxabench.config import ConfigError
 from taxabench.curves import best_in_every_seed, combine_seeds, crossings, rubin
 from taxabench.methods import Stage
-from tests.conftest import experiment
 
 # everything but wall-clock seconds is a function of the config: a resumed run must reproduce it exactly
 STABLE_COLUMNS = ["method", "metric", "scope", "seed", "point", "split", "value", "ci_low", "ci_high", "n_real",
