@@ -13,9 +13,7 @@ import sys
 from collections import Counter
 
 import pytest
-
-from taxabench.files import FAULT_ENV, FAULT_EXIT_CODE, write_bytes
-from tests.faults import (
+from faults import (
     ROOT,
     differences,
     fault_config,
@@ -26,6 +24,8 @@ from tests.faults import (
     recorded_events,
     taxabench_run,
 )
+
+from taxabench.files import FAULT_ENV, FAULT_EXIT_CODE, write_bytes
 
 
 def test_a_temporary_left_by_a_killed_writer_is_removed_when_the_file_is_written_again(tmp_path):

@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+from test_data_csv import csv_config, make_dataset, species_rows
 
 from taxabench.data import load_dataset
 from taxabench.errors import DataError
-from tests.test_data_csv import csv_config, make_dataset, species_rows
 
 
 def truncate(path: Path) -> None:
@@ -114,19 +114,19 @@ def _csv(tmp_path):
 
 
 def _fishnet(tmp_path):
-    from tests.test_data_fishnet import fishnet, make_release
+    from test_data_fishnet import fishnet, make_release
 
     return fishnet(make_release(tmp_path))
 
 
 def _bioscan(tmp_path):
-    from tests.test_data_bioscan1m import bioscan, make_release
+    from test_data_bioscan1m import bioscan, make_release
 
     return bioscan(make_release(tmp_path) / "images" / "cropped_256")
 
 
 def _inat(tmp_path):
-    from tests.test_data_inat2021 import inat, make_release
+    from test_data_inat2021 import inat, make_release
 
     return inat(make_release(tmp_path))
 
@@ -160,7 +160,7 @@ def test_data_stats_prints_the_lineage_conflict_and_the_row_count(tmp_path, caps
 
 def test_bioscan_evaluation_rows_of_untrained_species_are_counted(tmp_path):
     """Issue 17: BIOSCAN-1M dropped such rows without counting them (images + skips + notes != rows)."""
-    from tests.test_data_bioscan1m import ROWS, bioscan, make_release, row
+    from test_data_bioscan1m import ROWS, bioscan, make_release, row
 
     untrained = row("BIOUG001-A11.jpg", 1, "Diptera", "Psychodidae", "Lutzomyia", "Lutzomyia novus",
                     large="validation")
