@@ -27,7 +27,7 @@ from rich.console import Console
 
 from taxabench import budget
 from taxabench.checkpoint import MANIFEST, cpu_only
-from taxabench.config import ExperimentConfig, load_config
+from taxabench.config import ExperimentConfig, UnseenSpecies, load_config
 from taxabench.errors import TaxabenchError
 from taxabench.files import read_json, write_json, write_text
 from taxabench.layout import (
@@ -111,7 +111,10 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
         Step("metric-models", fingerprint("metric-models", config.eval, data_fp),
              main_first(lambda: prepare_extractors(config)), clean=nothing),
     ]
-    along_config = replace(config, data=replace(config.data, eval_split=config.budget.split),
+    # the species withheld from training stay those of the test split's choice (a seeded `count` chooses among the
+    # species with evaluation images, which another split could change)
+    pinned = {"unseen_species": UnseenSpecies(names=data.unseen_species)} if data.unseen else {}
+    along_config = replace(config, data=replace(config.data, eval_split=config.budget.split, **pinned),
                            sample=replace(config.sample, images_per_taxon=config.budget.images_per_taxon))
     labels = point_labels(config, len(data.train), state.num_processes)
     eval_fps, eval_names = [], []
