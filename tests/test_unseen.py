@@ -125,7 +125,8 @@ def test_a_capable_method_is_evaluated_on_the_unseen_species_and_an_incapable_on
         capable["scope"])
     top1 = capable[(capable["metric"] == "top1") & (capable["scope"] == "unseen")].iloc[0]
     assert top1["n_taxa"] == 2 and top1["n_generated"] == 2 * config.sample.images_per_taxon
-    assert top1["n_real"] == len(data.unseen)
+    fd = capable[(capable["metric"] == "fd") & (capable["scope"] == "unseen")].iloc[0]
+    assert fd["n_real"] == len(data.unseen) and fd["n_generated"] == top1["n_generated"]
     assert not rows[(rows["method"] == "real-images") & (rows["scope"] == "unseen")].empty  # the ceiling
     incapable = rows[rows["method"] == "flat-ldm"]
     assert len(incapable) == 1
