@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import standins
 import torch
+from test_data_fishnet import make_release
 
 from taxabench.cli import main
-from tests import standins
-from tests.test_data_fishnet import make_release
 
 REPO = Path(__file__).parents[1]
 

@@ -15,7 +15,7 @@ from taxabench.errors import ConfigError, TaxabenchError
 from taxabench.layout import POINT_UNSEEN, RunLayout
 from taxabench.methods import METHODS, get_method
 from taxabench.taxonomy import taxon_id
-from tests.conftest import experiment
+from conftest import experiment
 
 
 def withheld(world: Path, **unseen) -> DataConfig:

@@ -75,15 +75,16 @@ class TaxaData:
     def species(self) -> list[Taxon]:
         return self.taxonomy.taxa("species")
 
-    def fingerprint(self) -> str:
-        """Content hash of what was loaded (paths relative to root, labels, splits): keys caches and checkpoints."""
+    def fingerprint(self, include_eval: bool = True) -> str:
+        """Content hash of what was loaded (paths relative to root, labels, splits): keys caches and checkpoints.
+        Without the eval rows for what is trained on the training split alone and only measured on the eval split."""
         digest = hashlib.sha256(f"{self.dataset}|{','.join(self.ranks)}".encode())
-        for record in [*self.train, *self.eval, *self.unseen]:
+        for record in [*self.train, *([*self.eval, *self.unseen] if include_eval else [])]:
             relative = Path(record.image).relative_to(self.root).as_posix()
             digest.update(f"\n{relative}|{record.split}|{'|'.join(label or '' for label in record.labels)}".encode())
             if record.bbox:
                 digest.update(repr(record.bbox).encode())
-        if self.unseen:  # which evaluation images are the withheld species'
+        if include_eval and self.unseen:  # which evaluation images are the withheld species'
             digest.update(f"\nunseen:{','.join(self.unseen_species)}".encode())
         return digest.hexdigest()
 
