@@ -89,7 +89,11 @@ def list_registries() -> None:
         registry = getattr(importlib.import_module(module), attribute)
         table = Table(title=title, title_justify="left", show_header=False, box=None)
         for name, entry in registry:
-            table.add_row(f"[bold]{name}[/]", getattr(entry, "description", ""))
+            line = getattr(entry, "description", "")
+            if hasattr(entry, "generates_unseen_species"):  # methods: data.unseen_species
+                line += (" [dim](unseen species: " + ("yes" if entry.generates_unseen_species else "not applicable")
+                         + f", {entry.unseen_species_reason})[/]")
+            table.add_row(f"[bold]{name}[/]", line)
         console.print(table)
         console.print()
 

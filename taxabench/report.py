@@ -5,8 +5,10 @@
 the report changes nothing, and nothing here computes a metric.
 
 Sections: the main table in the paper's shape (method × FD, KID, LPIPS, CLIP/BioCLIP score, species accuracy),
-per-rank tables (every metric with rank scopes), rare vs common species (every metric with those scopes), ablations (method variants and guidance kinds, grouped by the
-`ablation_of` attribute each method declares), the metric models' own quality, provenance.
+per-rank tables (every metric with rank scopes), rare vs common species (every metric with those scopes), unseen
+species (rows of point `unseen`: the species `data.unseen_species` withheld from training, or why a method cannot
+generate them), ablations (method variants and guidance kinds, grouped by the `ablation_of` attribute each method
+declares), the metric models' own quality, provenance.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from taxabench.curves import (
 )
 from taxabench.errors import TaxabenchError
 from taxabench.files import read_json, write_bytes, write_text, writing
-from taxabench.layout import METADATA_FILE, SCALE_SEPARATOR, RunLayout
+from taxabench.layout import METADATA_FILE, POINT_FINAL, POINT_UNSEEN, SCALE_SEPARATOR, RunLayout
 from taxabench.metrics.evaluation import (
     CEILING_METHOD,
+    FD_MIN_IMAGES,
     KEY_CI_HIGH,
     KEY_CI_LOW,
     KEY_EXTRACTOR,
@@ -53,8 +56,10 @@ from taxabench.metrics.evaluation import (
     KEY_SEED,
     KEY_VALUE,
     KEY_WEIGHTS,
+    NOT_APPLICABLE,
     upgrade_table,
 )
+from taxabench.metrics.scopes import SCOPE_UNSEEN
 
 HEADLINE_METRICS = ("fd", "kid", "lpips", "clip_score", "top1")  # the paper's columns, plus species accuracy
 RANK_METRICS = ("top1", "fd", "clip_score")
@@ -74,6 +79,7 @@ class RunFolder:
     per_seed: pd.DataFrame  # final evaluations, one row per seed
     curves: pd.DataFrame  # evaluations at budget points (validation split), seeds combined
     sweeps: pd.DataFrame  # guidance sweeps of the final checkpoints (validation split), seeds combined
+    unseen: pd.DataFrame  # the final checkpoints on the species withheld from training, seeds combined
     guidance_choices: list[dict]  # per sample folder (and seed): the swept scale chosen for the test sampling
     config: dict
     provenance: dict
@@ -96,8 +102,9 @@ class RunFolder:
             content = read_json(path, "re-evaluate it (`taxabench run --force eval/<method>`)")
             if "guidance_of" in content:
                 choices.append({**content, "seed": path.parent.name if path.parent != layout.metrics_dir else None})
-            if "method" in content:
+            if "method" in content and content.get("point", POINT_FINAL) == POINT_FINAL:  # the test-split evaluation
                 warnings[content["method"]] = content.get("warnings", [])
+            if "method" in content:
                 models.update(content.get("extractors", {}))
                 seconds[(content["method"], content.get("seed"), content.get("point"))] = \
                     content.get("budget", {}).get(WALL_SECONDS)
@@ -109,6 +116,7 @@ class RunFolder:
             per_seed=final_rows(table),
             curves=combine_seeds(along_rows(table), confidence),
             sweeps=combine_seeds(sweep_rows(table), confidence),
+            unseen=combine_seeds(table[table[KEY_POINT] == POINT_UNSEEN], confidence),
             guidance_choices=choices,
             config=config,
             provenance=_json(layout.provenance_file),
@@ -315,6 +323,50 @@ def tail_details_table(table: pd.DataFrame, methods: Sequence[str]) -> str:
                 label = f"_{CEILING_LABEL}_" if method == CEILING_METHOD else f"`{method}`"
                 rows.append([str(_column_name(table, metric)), label, *cells])
     return markdown_table(["metric", "method", "rare", "common", "all"], rows) if rows else ""
+
+
+def unseen_section(unseen: pd.DataFrame) -> str:
+    """The species withheld from training: each method's headline metrics on them and its top-1 at every coarser
+    rank, the real-image ceiling, the methods that cannot generate them with the reason, then every other metric."""
+    if unseen.empty:
+        return ""
+    methods = evaluated_methods(unseen)
+    reasons = {m: _row(unseen, m, NOT_APPLICABLE, SCOPE_UNSEEN) for m in methods}
+    applicable = [m for m in methods if reasons[m] is None]
+    present = set(zip(unseen[KEY_METRIC], unseen[KEY_SCOPE]))
+    columns = [(metric, SCOPE_UNSEEN) for metric in HEADLINE_METRICS if (metric, SCOPE_UNSEEN) in present]
+    ranks = [r for r in ("kingdom", "phylum", "class", "order", "family", "genus") if ("top1", r) in present]
+    columns += [("top1", rank) for rank in ranks]
+    header = ["method", *[f"{_column_name(unseen, metric)}" + ("" if scope == SCOPE_UNSEEN else f", {scope}")
+                          for metric, scope in columns]]
+    parts = []
+    first = next((_row(unseen, CEILING_METHOD, metric, SCOPE_UNSEEN) for metric in ("top1", "fd")
+                  if (metric, SCOPE_UNSEEN) in present), None)
+    if first is not None:
+        parts.append(f"{int(first[KEY_N_TAXA])} species withheld from training (`data.unseen_species`), each with a "
+                     "sibling species in training; each method generates them from its final checkpoint, with the "
+                     f"guidance and scale of its test samples, against their {int(first[KEY_N_REAL])} held-out real "
+                     "images. Top-1 ranks each image among every species, trained and withheld; at a coarser rank it "
+                     "asks whether the image shows the right genus (family...) at all.")
+    if applicable and columns:
+        rows = [[f"`{m}`", *[cell(_row(unseen, m, metric, scope)) for metric, scope in columns]] for m in applicable]
+        rows += _ceiling_row(unseen, [], [], columns)
+        parts.append(markdown_table(header, rows))
+    fd = next((_row(unseen, m, "fd", SCOPE_UNSEEN) for m in applicable if _row(unseen, m, "fd", SCOPE_UNSEEN)
+               is not None), None)
+    if fd is not None and min(fd[KEY_N_REAL], fd[KEY_N_GENERATED]) < FD_MIN_IMAGES:
+        parts.append(f"{fd[KEY_NAME]} on {int(fd[KEY_N_REAL])} real and {int(fd[KEY_N_GENERATED])} generated images is "
+                     "a small-sample number: biased upwards, comparable only between methods at these counts.")
+    parts += [f"- `{m}`: {row[KEY_NAME]}." for m, row in reasons.items() if row is not None]
+    others = [q for q in _quantities_with(unseen, [SCOPE_UNSEEN], [*HEADLINE_METRICS, NOT_APPLICABLE])]
+    details = [[str(_column_name(unseen, metric)), f"_{CEILING_LABEL}_" if m == CEILING_METHOD else f"`{m}`",
+                cell(_row(unseen, m, metric, SCOPE_UNSEEN))]
+               for metric in others for m in [*applicable, CEILING_METHOD] if _row(unseen, m, metric, SCOPE_UNSEEN)
+               is not None]
+    if details:
+        parts.append("<details><summary>Every other metric on the unseen species</summary>\n\n"
+                     + markdown_table(["metric", "method", "unseen species"], details) + "\n\n</details>")
+    return "\n\n".join(parts)
 
 
 def ablation_table(table: pd.DataFrame) -> str:
@@ -616,6 +668,9 @@ def render(run: RunFolder, figures: dict[str, str]) -> str:
             parts += ["", "Diversity, coverage, copying and every other metric per bin:", "", details]
         if figures.get("tail"):
             parts += ["", f"![rare vs common]({figures['tail']})"]
+    unseen = unseen_section(run.unseen)
+    if unseen:
+        parts += ["", "## Unseen species", "", unseen]
     ablations = ablation_table(table)
     if ablations:
         parts += ["", "## Ablations", "", ablations]

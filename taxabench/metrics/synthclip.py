@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import Progress
 
-from taxabench.config import DataConfig, ExperimentConfig, SpeciesSubset, taxabench_home
+from taxabench.config import DataConfig, ExperimentConfig, SpeciesSubset, UnseenSpecies, taxabench_home
 from taxabench.data import TaxaData, load_dataset
 from taxabench.errors import DataError, TaxabenchError, WeightsNotFoundError
 from taxabench.files import building_folder
@@ -76,9 +76,11 @@ def register_architecture() -> None:
 
 def synthclip_data_config(config: ExperimentConfig) -> DataConfig:
     """The experiment's dataset, read with synthclip's training split and without the species filters (synthclip
-    learns every species of the world; zero-shot candidates at evaluation come from the experiment's taxonomy)."""
+    learns every species of the world, the unseen ones too, as BioCLIP knows species a generator never saw;
+    zero-shot candidates at evaluation come from the experiment's taxonomy)."""
     return replace(config.data, train_split=config.eval.synthclip.split, min_images_per_species=1,
-                   max_images_per_species=None, few_shot=None, species_subset=SpeciesSubset())
+                   max_images_per_species=None, few_shot=None, species_subset=SpeciesSubset(),
+                   unseen_species=UnseenSpecies())
 
 
 def build_folder(config: ExperimentConfig, data: TaxaData | None = None) -> Path:
