@@ -104,14 +104,23 @@ def kill_chains(events: list[str]) -> dict[str, list[str]]:
 
 
 def kill_in_a_row(config_file: Path, faults: list[str]) -> tuple[list[str], list[str]]:
-    """Kill the run at each fault in turn (each counted from the start of a new process), then let it finish.
-    A fault the resumed process does not reach before it finishes is skipped (the chain goes on from the finished
-    run). Returns (faults killed at, faults not reached)."""
-    killed, missed = [], []
-    for fault in faults:
-        (killed if taxabench_run(config_file, fault) == FAULT_EXIT_CODE else missed).append(fault)
+    """Kill the run again and again, then let it finish: each new process is given every fault not yet hit
+    (`$TAXABENCH_FAULT` takes a list) and dies at the first it reaches, named by the last event of its log (a
+    chain's faults are of distinct kinds). A resumed process does not pass every event a fresh one does (a written
+    `layout.json` is not written again), so a fixed order would let the run finish at the first such fault.
+    Returns (faults killed at, in order; faults no process reached before the run finished)."""
+    remaining, killed = list(faults), []
+    log = config_file.with_name(f"{config_file.stem}.events")
+    while remaining:
+        log.unlink(missing_ok=True)
+        if taxabench_run(config_file, ",".join(remaining), log=log) != FAULT_EXIT_CODE:
+            break  # it finished: none of the remaining faults comes after this point of the run
+        kind = log.read_text().split()[-1]
+        point = next(p for p in remaining if p.rpartition(":")[0] == kind)
+        remaining.remove(point)
+        killed.append(point)
     assert taxabench_run(config_file) == 0
-    return killed, missed
+    return killed, remaining
 
 
 class Killed(Exception):
