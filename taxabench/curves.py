@@ -25,6 +25,7 @@ import pandas as pd
 from taxabench.budget import AXES
 from taxabench.layout import POINT_FINAL, POINT_SWEEP
 from taxabench.metrics.evaluation import (
+    CEILING_METHOD,
     KEY_CI_HIGH,
     KEY_CI_LOW,
     KEY_HIGHER_IS_BETTER,
@@ -89,8 +90,9 @@ def final_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def along_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """Evaluations at budget points (`step-<T>`), not the final one nor guidance sweeps."""
-    return table[table[KEY_POINT].astype(str).str.startswith("step-")]
+    """Evaluations of methods at budget points (`step-<T>`), not the final one nor guidance sweeps, nor the real
+    images' ceiling (it has no training budget)."""
+    return table[table[KEY_POINT].astype(str).str.startswith("step-") & (table[KEY_METHOD] != CEILING_METHOD)]
 
 
 def sweep_rows(table: pd.DataFrame) -> pd.DataFrame:

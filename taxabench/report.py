@@ -499,7 +499,12 @@ def backbone_section(layout: RunLayout) -> str:
                          "with:\n\n" + markdown_table(["rank", "top-1", "chance", "taxa", "images"], rows))
         attention = build.get("unet", {}).get("cross_attention_resolutions")
         if attention:
-            parts.append(f"Cross-attention at latent resolutions {', '.join(f'{r}x{r}' for r in attention)}.")
+            text = f"Cross-attention at latent resolutions {', '.join(f'{r}x{r}' for r in attention)}."
+            retained = build["unet"].get("sibling_difference_retained")
+            if retained:  # SynthTaxa: sibling species drawn with the same pose and lighting, block-averaged
+                text += (" Share of the pixel difference between sibling species that survives averaging to each "
+                         "latent grid: " + ", ".join(f"{grid} {share:.0%}" for grid, share in retained.items()) + ".")
+            parts.append(text)
     return "\n\n".join(parts)
 
 

@@ -26,7 +26,7 @@ from taxabench.config import ExperimentConfig, load_config
 from taxabench.errors import TaxabenchError
 from taxabench.files import write_json, write_text
 from taxabench.layout import POINT_FINAL, POINT_SWEEP, SCALE_SEPARATOR, RunLayout, point_label, point_steps
-from taxabench.steps import Ledger, Step, check_steps, fingerprint, run_steps
+from taxabench.steps import Ledger, Step, check_steps, fingerprint, peak_memory, reset_peak_memory, run_steps
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 GUIDANCE_SEPARATOR = "+"
@@ -251,9 +251,9 @@ def run(config: ExperimentConfig, force: list[str] | None = None, show_progress:
         # small-sample warnings are recorded in metrics/<method>.json and listed by the report
         warnings.simplefilter("ignore", SmallSampleWarning)
         jobs = job_count(config, state.num_processes)
-        if jobs > 1 and not force:  # independent trainings, then samplings, in parallel processes
+        if jobs > 1 and not force:  # backbone and metric models, then trainings, then samplings: in parallel processes
             first = next((i for i, step in enumerate(steps) if step.name.startswith("train/")), len(steps))
-            run_steps(steps[:first], ledger, [], console)
+            _run_in_parallel(config, steps[:first], ledger, jobs, console)
             for prefix in ("train/", "sample/"):
                 _run_in_parallel(config, [s for s in steps if s.name.startswith(prefix)], ledger, jobs, console)
         run_steps(steps, ledger, force or [], console)
@@ -292,21 +292,23 @@ def _run_in_parallel(config: ExperimentConfig, steps: list[Step], ledger: Ledger
         futures = {pool.submit(_step_in_process, config, step.name, threads): step for step in pending}
         for future in as_completed(futures):
             step = futures[future]
-            ledger.record(step, future.result())
+            ledger.record(step, *future.result())
             console.print(f"[dim]✓ {step.name}: {ledger.entries[step.name]['seconds']} s[/]")
 
 
-def _step_in_process(config: ExperimentConfig, name: str, threads: int) -> float:
-    """One step of the run's plan, in a fresh process (see `_run_in_parallel`); returns its wall seconds."""
+def _step_in_process(config: ExperimentConfig, name: str, threads: int) -> tuple[float, dict]:
+    """One step of the run's plan, in a fresh process (see `_run_in_parallel`); returns its wall seconds and the
+    process's peak memory."""
     import time
 
     import torch
 
     torch.set_num_threads(threads)
     step = next(s for s in plan(config, config.run_dir, show_progress=False) if s.name == name)
+    reset = reset_peak_memory()
     start = time.perf_counter()
     step.action()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, peak_memory(reset)
 
 
 def _together(action, state, main_only: bool = False):

@@ -11,8 +11,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from conftest import experiment
+
 from taxabench.files import FAULT_ENV, FAULT_EXIT_CODE, FAULT_LOG_ENV
-from tests.conftest import experiment
 
 ROOT = Path(__file__).parents[1]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import experiment
 
 from taxabench.backbone import SD15_SCHEDULER, build_tiny_backbone, load_backbone, load_sd_folder
 from taxabench.errors import ConfigError, TaxabenchError, WeightsNotFoundError
-from tests.conftest import experiment
 
 
 def test_tiny_backbone_is_a_stable_diffusion_folder(tiny_backbone):

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import experiment
 
 from taxabench.budget import BudgetPoint, resolve_points, to_steps
 from taxabench.config import ConfigError
 from taxabench.curves import best_in_every_seed, combine_seeds, crossings, rubin
 from taxabench.methods import Stage
-from tests.conftest import experiment
 
 # everything but wall-clock seconds is a function of the config: a resumed run must reproduce it exactly
 STABLE_COLUMNS = ["method", "metric", "scope", "seed", "point", "split", "value", "ci_low", "ci_high", "n_real",
@@ -133,6 +133,9 @@ def test_budget_points_are_evaluated_on_validation_with_every_axis(straight_budg
     config, report = straight_budget_run
     table = pd.read_csv(config.run_dir / "metrics" / "all.csv")
     table = table[table["point"] != "sweep"]  # the guidance sweep's rows are checked in their own test
+    ceiling = table[table["method"] == "real-images"]
+    assert len(ceiling) and ceiling[["steps", "images_seen", "param_steps", "train_flops"]].isna().all().all()
+    table = table[table["method"] != "real-images"]  # real images have no training budget
     assert set(table["point"]) == {"step-000002", "step-000004", "final"}
     along = table[table["point"].str.startswith("step-")]
     final = table[table["point"] == "final"]
@@ -150,6 +153,8 @@ def test_budget_points_are_evaluated_on_validation_with_every_axis(straight_budg
     assert n_generated["step-000002"] * 2 == n_generated["final"]
     text = report.read_text()
     assert "## Along training (budget points)" in text and "training FLOPs" in text
+    along_section = text.split("## Along training (budget points)")[1].split("\n## ")[0]
+    assert "real-images" not in along_section and "ceiling" not in along_section
     assert (config.run_dir / "report" / "budget_curves.png").is_file()
 
 

@@ -1,10 +1,10 @@
 """Equal-capacity controls: what they train, and that they start where their method starts."""
 
 import torch
+from conftest import experiment
 
 from taxabench.methods import Stage, build_method
 from taxabench.methods.base import LORA_FILE, UNET_FOLDER
-from tests.conftest import experiment
 
 
 def built(name, tiny_world, tiny_data, tiny_backbone, tmp_path):

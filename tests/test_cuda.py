@@ -10,12 +10,12 @@ import csv
 import numpy as np
 import pytest
 import torch
+from conftest import experiment
 from PIL import Image
 
 from taxabench.config import config_from_dict
 from taxabench.sample import sample_method
 from taxabench.train import train_method
-from tests.conftest import experiment
 
 pytestmark = [
     pytest.mark.cuda,

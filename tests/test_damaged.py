@@ -61,8 +61,9 @@ def test_a_truncated_feature_cache_counts_as_absent(tmp_path, monkeypatch):
 
 
 def test_real_feature_caches_are_keyed_by_file_contents_not_only_paths(tmp_path):
+    from conftest import write_png
+
     from taxabench.metrics.cache import files_key
-    from tests.conftest import write_png
 
     images = [write_png(tmp_path / f"{i}.png") for i in range(3)]
     before = files_key(images)
@@ -72,8 +73,9 @@ def test_real_feature_caches_are_keyed_by_file_contents_not_only_paths(tmp_path)
 
 
 def test_a_truncated_stage_file_is_one_line_naming_it_and_the_fix(small_world, tiny_backbone, tmp_path):
+    from conftest import experiment
+
     from taxabench.train import load_trained, method_dir, train_method
-    from tests.conftest import experiment
 
     config = experiment(small_world, tmp_path, data={"dataset": "csv"}, train={"steps_per_stage": 1},
                         method_options={"flat-ldm": {"steps": 1}})
@@ -86,9 +88,10 @@ def test_a_truncated_stage_file_is_one_line_naming_it_and_the_fix(small_world, t
 
 
 def test_a_refused_config_leaves_config_yaml_alone(tiny_world, tmp_path):
+    from conftest import experiment
+
     from taxabench.errors import TaxabenchError
     from taxabench.run import plan, run
-    from tests.conftest import experiment
 
     config = experiment(tiny_world, tmp_path, methods=["sd-lora"])
     run_dir = config.run_dir

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_png
 
 from taxabench.cli import main
 from taxabench.config import Bioscan1mOptions, DataConfig, config_from_dict
 from taxabench.data import load_dataset
 from taxabench.errors import ConfigError, DataError
-from tests.conftest import write_png
 
 # the release's columns (BIOSCAN_Insect_Dataset_metadata.tsv)
 COLUMNS = ["sampleid", "processid", "uri", "name", "phylum", "class", "order", "family", "subfamily", "tribe",

@@ -3,12 +3,12 @@
 from pathlib import Path
 
 import pytest
+from conftest import write_png
 
 from taxabench.config import CsvColumns, DataConfig, SpeciesSubset
 from taxabench.data import load_dataset
 from taxabench.data.images import TaxaImageDataset, load_image
 from taxabench.errors import DataError
-from tests.conftest import write_png
 
 HEADER = "image,split,family,genus,species\n"
 

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_png
 
 from taxabench.cli import main
 from taxabench.config import CsvColumns, DataConfig, FishNetOptions
 from taxabench.data import load_dataset
 from taxabench.data.images import load_image
 from taxabench.errors import DataError
-from tests.conftest import write_png
 
 # the release's header (anns/test.csv), leading unnamed index column included
 HEADER = (",Unnamed: 0,species,image,SpecCode,Genus,Subfamily,Family,Order,Class,SuperClass,source,Folder,Troph,"

@@ -5,12 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_png
 
 from taxabench.cli import main
 from taxabench.config import DataConfig
 from taxabench.data import load_dataset
 from taxabench.errors import DataError
-from tests.conftest import write_png
 
 RANK_KEYS = ("kingdom", "phylum", "class", "order", "family", "genus", "specific_epithet")
 

@@ -7,8 +7,7 @@ kind of event a clean run passes."""
 from __future__ import annotations
 
 import pytest
-
-from tests.faults import (
+from faults import (
     differences,
     fault_config,
     final_bytes,

@@ -88,9 +88,10 @@ def test_a_batch_is_one_unet_call_per_step_and_one_vae_decode(tiny_world, tiny_d
     """The sampling levers the issue asks for that already hold: the guidance pair (negative, positive) goes through
     the UNet as one batch of 2B rows per step, and the whole batch is decoded by one VAE call, in the pipeline's
     dtype (float16 on CUDA)."""
+    from conftest import experiment
+
     from taxabench.sample import TaxonomyPipeline
     from taxabench.train import load_trained, train_method
-    from tests.conftest import experiment
 
     config = experiment(tiny_world, tmp_path, train={"steps_per_stage": 1},
                         method_options={"taxadiffusion": {"ranks": ["class"]}})

@@ -59,6 +59,17 @@ def test_build_is_cached_reported_and_listed(sanity):
     assert evaluated["extractors"]["synthclip"]["build"]["zero_shot_top1"] == report["zero_shot_top1"]
 
 
+def test_one_build_serves_every_eval_split(sanity):
+    """Budget points evaluate on the validation split with the metric model the final test evaluation uses: the
+    build depends on the training split only (a second synthclip per split cost the demo two minutes and made the
+    curves' metric differ from the main table's)."""
+    from dataclasses import replace
+
+    config = sanity[0]
+    validation = replace(config, data=replace(config.data, eval_split="validation"))
+    assert build_folder(validation) == build_folder(config) == sanity[1].folder
+
+
 def test_right_species_score_better_than_shuffled_labels(sanity):
     _, _, _, table = sanity
 

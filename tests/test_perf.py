@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import experiment
 from PIL import Image
 
 from benchmarks.harness import (
@@ -25,7 +26,6 @@ from benchmarks.harness import (
 )
 from taxabench.sample import sample_method
 from taxabench.train import train_method
-from tests.conftest import experiment
 
 AUTHORS = {"mixed_precision": "no", "cache_latents": False, "cache_text": False}
 LEVERS = {"channels_last": True, "attention": "math"}  # the levers a CPU has besides compile (math: not auto's flash)
@@ -120,8 +120,8 @@ def test_torch_compile_on_a_cpu_changes_nothing_but_speed(authors_and_defaults, 
 
 
 def test_measure_interleaves_workers_and_reports_ratios_and_peaks():
-    paths = {"slow": Worker("tests.perf_workers:setup_sleeper", {"seconds": 0.2, "megabytes": 1, "threads": 1}),
-             "fast": Worker("tests.perf_workers:setup_sleeper", {"seconds": 0.05, "megabytes": 200, "threads": 1})}
+    paths = {"slow": Worker("perf_workers:setup_sleeper", {"seconds": 0.2, "megabytes": 1, "threads": 1}),
+             "fast": Worker("perf_workers:setup_sleeper", {"seconds": 0.05, "megabytes": 200, "threads": 1})}
     slow, fast = measure(paths, repeats=3, warmup=1)
     assert len(slow.seconds) == len(fast.seconds) == 3
     assert slow.items == fast.items == 4 and slow.items_per_second == pytest.approx(4 / np.median(slow.seconds))
@@ -134,15 +134,15 @@ def test_measure_interleaves_workers_and_reports_ratios_and_peaks():
 
 def test_a_failing_worker_names_its_error():
     with pytest.raises(RuntimeError, match="setup failed on purpose"):
-        measure({"broken": Worker("tests.perf_workers:setup_sleeper", {"fail": True})}, repeats=1, warmup=0)
+        measure({"broken": Worker("perf_workers:setup_sleeper", {"fail": True})}, repeats=1, warmup=0)
 
 
 def test_measure_alone_keeps_a_row_for_a_path_that_cannot_run():
     refused = measure_alone("cudnn", "refused on cpu: a CUDA kernel", repeats=1, warmup=0, device="cpu")
-    broken = measure_alone("broken", Worker("tests.perf_workers:setup_sleeper", {"fail": True}), 1, 0, "cpu")
-    late = measure_alone("late", Worker("tests.perf_workers:setup_sleeper", {"seconds": 30, "megabytes": 1}), 1, 0,
+    broken = measure_alone("broken", Worker("perf_workers:setup_sleeper", {"fail": True}), 1, 0, "cpu")
+    late = measure_alone("late", Worker("perf_workers:setup_sleeper", {"seconds": 30, "megabytes": 1}), 1, 0,
                          "cpu", deadline=time.monotonic() + 8)
-    fine = measure_alone("fine", Worker("tests.perf_workers:setup_sleeper", {"seconds": 0.1, "megabytes": 1}), 2,
+    fine = measure_alone("fine", Worker("perf_workers:setup_sleeper", {"seconds": 0.1, "megabytes": 1}), 2,
                          1, "cpu")
     assert [r.measured for r in (refused, broken, late, fine)] == [False, False, False, True]
     assert refused.note == "refused on cpu: a CUDA kernel"

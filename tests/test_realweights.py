@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import PIL.Image
 import pytest
+import standins
 import torch
+from test_data_fishnet import make_release
 
 from taxabench.cli import main
-from tests import standins
-from tests.test_data_fishnet import make_release
 
 REPO = Path(__file__).parents[1]
 

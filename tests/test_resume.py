@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import experiment
+from test_train import trained_state
 
 from taxabench.train import method_dir, train_method
-from tests.conftest import experiment
-from tests.test_train import trained_state
 
 
 def test_flat_ldm_with_caches_resumes_bit_identically_across_an_epoch(small_world, tmp_path, monkeypatch):

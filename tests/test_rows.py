@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+from test_data_csv import csv_config, make_dataset, species_rows
 
 from taxabench.data import load_dataset
 from taxabench.errors import DataError
-from tests.test_data_csv import csv_config, make_dataset, species_rows
 
 
 def truncate(path: Path) -> None:
@@ -114,19 +114,19 @@ def _csv(tmp_path):
 
 
 def _fishnet(tmp_path):
-    from tests.test_data_fishnet import fishnet, make_release
+    from test_data_fishnet import fishnet, make_release
 
     return fishnet(make_release(tmp_path))
 
 
 def _bioscan(tmp_path):
-    from tests.test_data_bioscan1m import bioscan, make_release
+    from test_data_bioscan1m import bioscan, make_release
 
     return bioscan(make_release(tmp_path) / "images" / "cropped_256")
 
 
 def _inat(tmp_path):
-    from tests.test_data_inat2021 import inat, make_release
+    from test_data_inat2021 import inat, make_release
 
     return inat(make_release(tmp_path))
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import experiment, taxabench_on_two_processes
 
 from taxabench.errors import TaxabenchError
 from taxabench.run import plan, run, sample_entries
-from tests.conftest import experiment, taxabench_on_two_processes
 
 VALUE_COLUMNS = ["method", "metric", "scope", "value", "ci_low", "ci_high", "n_real", "n_generated", "n_taxa"]
 

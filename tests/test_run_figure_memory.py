@@ -4,10 +4,10 @@ recorded in steps.json."""
 import json
 
 import numpy as np
+from conftest import experiment
 
 from taxabench.run import _stage_figure, plan
 from taxabench.steps import Ledger, Step, run_steps
-from tests.conftest import experiment
 
 
 class MainProcess:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import experiment, taxabench_on_two_processes
 
 from taxabench.errors import ConfigError, TaxabenchError
 from taxabench.sample import TaxaDiffusionPipeline, TaxonomyPipeline, sample_method, shard, stage_grid
 from taxabench.train import TextCache, load_trained, method_dir, train_method
-from tests.conftest import experiment, taxabench_on_two_processes
 
 FOUR_SPECIES = {"taxa": ["bubuii", "nomoatus", "kaorveii", "dristaii"], "images_per_taxon": 2, "steps": 3}
 

@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
+from conftest import experiment, taxabench_on_two_processes
 from safetensors.torch import load_file
 
 from taxabench.errors import ConfigError, TaxabenchError
 from taxabench.methods import build_method, list_methods
 from taxabench.train import SampleStream, load_trained, method_dir, train_method
-from tests.conftest import experiment, taxabench_on_two_processes
 
 TWO_RANKS = {"ranks": ["class", "order"]}  # TaxaDiffusion on two ranks: two stages, enough to test progression
 

@@ -57,10 +57,11 @@ class TaxaData:
     def species(self) -> list[Taxon]:
         return self.taxonomy.taxa("species")
 
-    def fingerprint(self) -> str:
-        """Content hash of what was loaded (paths relative to root, labels, splits): keys caches and checkpoints."""
+    def fingerprint(self, include_eval: bool = True) -> str:
+        """Content hash of what was loaded (paths relative to root, labels, splits): keys caches and checkpoints.
+        Without the eval rows for what is trained on the training split alone and only measured on the eval split."""
         digest = hashlib.sha256(f"{self.dataset}|{','.join(self.ranks)}".encode())
-        for record in [*self.train, *self.eval]:
+        for record in [*self.train, *(self.eval if include_eval else [])]:
             relative = Path(record.image).relative_to(self.root).as_posix()
             digest.update(f"\n{relative}|{record.split}|{'|'.join(label or '' for label in record.labels)}".encode())
             if record.bbox:

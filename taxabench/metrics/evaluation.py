@@ -321,7 +321,9 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
         write_csv_rows(csv_path, method, [m for m in measurements if m.subject == SUBJECT_GENERATED], key)
         ceiling = [m for m in measurements if m.subject == SUBJECT_REAL]
         if ceiling:  # the ceiling is shared by every method: only the quantities computed now are replaced
-            write_csv_rows(csv_path, CEILING_METHOD, ceiling, key, only_metrics=frozenset(m.metric for m in ceiling))
+            untrained = {**key, **{axis: math.nan for axis in BUDGET_COLUMNS}}  # no method's budget is the ceiling's
+            write_csv_rows(csv_path, CEILING_METHOD, ceiling, untrained,
+                           only_metrics=frozenset(m.metric for m in ceiling))
     return EvalResult(method, measurements, json_path, csv_path, notes, sample_set)
 
 

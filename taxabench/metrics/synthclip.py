@@ -85,7 +85,8 @@ def build_folder(config: ExperimentConfig, data: TaxaData | None = None) -> Path
     data = data or _load_training_data(config)
     key = cache_key({
         "build_version": BUILD_VERSION,
-        "data": data.fingerprint(),
+        # its weights depend on the training split only: a budget point's validation split reuses the same build
+        "data": data.fingerprint(include_eval=False),
         "image_size": config.data.image_size,
         "resize": config.data.resize,
         "architecture": json.loads(ARCHITECTURE_FILE.read_text()),
