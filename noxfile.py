@@ -86,6 +86,7 @@ def bench(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def faults(session: nox.Session) -> None:
     """The fault-injection sweep: a small run killed at every kind of point a clean run passes (optimizer steps, each
-    kind of run-file write), rerun, and compared byte for byte with an uninterrupted run (tests/test_faults.py)."""
+    kind of run-file write) at its first, second and middle occurrence, in chains of kills, rerun, and compared byte
+    for byte with an uninterrupted run (tests/test_faults.py; prints each chain's kill points)."""
     bin_ = shared_env(session)
-    session.run(str(bin_ / "pytest"), "-m", "slow", "tests/test_faults.py", *session.posargs, external=True)
+    session.run(str(bin_ / "pytest"), "-s", "-m", "slow", "tests/test_faults.py", *session.posargs, external=True)

@@ -29,6 +29,8 @@ class FlatLDM(Method):
     trains_full_unet = True
     required_ranks = ("species",)
     guidance_kinds = ("cfg", "none")
+    generates_unseen_species = False
+    unseen_species_reason = "one learned code per training species: a species it never saw has no code"
 
     def __init__(self, options: FlatLDMOptions, ranks, species, backbone):
         super().__init__(options, ranks, species, backbone)

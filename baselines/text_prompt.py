@@ -19,6 +19,8 @@ class TextPromptMethod(Method):
     default_guidance = "cfg"
     required_ranks = ("species",)
     stage_description = ""  # what trains, for progress bars
+    generates_unseen_species = True
+    unseen_species_reason = "its prompt names any species as text (\"a photo of <Genus> <epithet>\")"
 
     def stages(self, steps_per_stage: int) -> list[Stage]:
         # one stage with the budget TaxaDiffusion spends over all its ranks, so every method trains as long

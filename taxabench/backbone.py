@@ -28,9 +28,6 @@ import gzip
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +37,7 @@ import torch.nn.functional as F
 
 from taxabench.config import DataConfig, ExperimentConfig, TinyBackbone, taxabench_home
 from taxabench.errors import ConfigError, TaxabenchError
-from taxabench.metrics.cache import shared_mode
+from taxabench.files import building_folder
 from taxabench.taxonomy import bioclip_caption, rank_prompts
 
 TINY_FORMAT_VERSION = 3  # bump when the tiny build changes: cached tiny backbones of another version are rebuilt
@@ -289,21 +286,9 @@ def ensure_tiny_backbone(
     """The cached tiny backbone for this data and config, built first if missing: (folder, identity)."""
     key = tiny_backbone_key(data, data_config, tiny)
     folder = taxabench_home() / "backbones" / f"tiny-{key[:16]}"
-    if not (folder / "build.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
-        shared_mode(staging, directory=True)
-        try:
+    if not (folder / "build.json").is_file():  # another process may finish first: its copy is kept
+        with building_folder(folder, "backbone", finished_by="build.json") as staging:
             build_tiny_backbone(data, data_config, tiny, staging, show_progress=show_progress)
-            if (folder / "build.json").is_file():  # another process finished first: keep its copy
-                shutil.rmtree(staging)
-            else:
-                if folder.exists():
-                    shutil.rmtree(folder)
-                os.replace(staging, folder)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
     return folder, f"tiny@{key[:16]}"
 
 

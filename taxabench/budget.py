@@ -18,6 +18,10 @@ method folder (`budget.json`, written by the training loop, and `loss.csv`):
   each image is encoded once per run, not once per step), times the number of processes;
 - `wall_seconds`: the training seconds logged for steps 1..T in `loss.csv` (sampling and evaluation excluded;
   a resumed run keeps the seconds of the steps it did not redo).
+
+The first four are counted (`COUNTED_AXES`): the same whenever the run is redone, so `metrics/all.csv` carries them
+and a resumed run's table is byte-identical to an uninterrupted one's. Wall-clock time measures the machine, not
+the run; it is kept in each evaluation's JSON (`"budget"`), where the report reads it.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from taxabench.errors import ConfigError
+from taxabench.files import write_json
 from taxabench.layout import point_label
 
 BUDGET_FILE = "budget.json"
 LOSS_LOG = "loss.csv"
-AXES = ("steps", "images_seen", "param_steps", "train_flops", "wall_seconds")
+COUNTED_AXES = ("steps", "images_seen", "param_steps", "train_flops")
+WALL_SECONDS = "wall_seconds"
+AXES = (*COUNTED_AXES, WALL_SECONDS)
 FLOPS_METHOD = ("torch.utils.flop_counter.FlopCounterMode around the first optimizer step of each stage "
                 "(x processes), times the stage's steps")
 
@@ -140,9 +147,4 @@ def _flops(record: dict, stage_index: int):
 
 
 def _write(path: Path, record: dict) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(partial, path)
+    write_json(path, record, "budget")

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taxabench.config import DataConfig, ExperimentConfig, load_config
+from taxabench.config import DataConfig, ExperimentConfig, UnseenSpecies, load_config
 from taxabench.errors import TaxabenchError
 
 console = Console()
@@ -89,7 +89,11 @@ def list_registries() -> None:
         registry = getattr(importlib.import_module(module), attribute)
         table = Table(title=title, title_justify="left", show_header=False, box=None)
         for name, entry in registry:
-            table.add_row(f"[bold]{name}[/]", getattr(entry, "description", ""))
+            line = getattr(entry, "description", "")
+            if hasattr(entry, "generates_unseen_species"):  # methods: data.unseen_species
+                line += (" [dim](unseen species: " + ("yes" if entry.generates_unseen_species else "not applicable")
+                         + f", {entry.unseen_species_reason})[/]")
+            table.add_row(f"[bold]{name}[/]", line)
         console.print(table)
         console.print()
 
@@ -137,8 +141,9 @@ def data_stats(
                                  annotations=str(annotations) if annotations else None)
     else:
         raise TaxabenchError("give --config FILE, or --dataset NAME with --root DIR")
-    if split is not None:
+    if split is not None:  # one split's counts: nothing is evaluated, so nothing is withheld for evaluation either
         data_config.train_split, data_config.eval_split = split, None
+        data_config.unseen_species = UnseenSpecies()
     stats = load_dataset(data_config).stats()
     if as_json:
         sys.stdout.write(json.dumps(stats, indent=2) + "\n")
@@ -173,6 +178,9 @@ def _print_stats(stats: dict) -> None:
         console.print(f"[yellow]species {name!r} filed under {len(lineages)} lineages:[/] "
                       + "; ".join(f"{lineage} ({n} rows)" for lineage, n in lineages.items())
                       + " (data.on_lineage_conflict decides)")
+    if stats.get("unseen_species"):
+        console.print(f"withheld from training (data.unseen_species), {stats['images_per_split']['unseen']} "
+                      f"evaluation images: " + ", ".join(stats["unseen_species"]))
     for note, count in stats["notes"].items():
         console.print(f"note: {count} {note}")
     rows = stats["rows"]

@@ -49,6 +49,33 @@ class SpeciesSubset:
 
 
 @dataclass
+class UnseenSpecies:
+    """Species withheld from training to test generation of a species never seen (`data.unseen_species`).
+
+    Each withheld species keeps its test-split images (the real set of the `unseen` evaluation) and loses its
+    training images; its genus must keep at least one training species, so that its lineage down to the genus is
+    known. `count` withholds that many species chosen at random (`seed`) among those that qualify; `names` withholds
+    these (species ids, slugs or unique names). Neither: off.
+    """
+
+    count: int = 0
+    seed: int = 0
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.count or self.names)
+
+    def validate(self, where: str) -> None:
+        if self.count < 0:
+            raise ConfigError(f"{where}.count: may not be negative, got {self.count}")
+        if self.count and self.names:
+            raise ConfigError(f"{where}: give count (a seeded random choice) or names (an explicit list), not both")
+        if len(set(self.names)) != len(self.names):
+            raise ConfigError(f"{where}.names: each species once, got {self.names}")
+
+
+@dataclass
 class CsvColumns:
     """Column names of a generic CSV/TSV dataset (the `csv` adapter); SynthTaxa writes exactly these defaults."""
 
@@ -153,6 +180,7 @@ class DataConfig:
     max_images_per_species: int | None = None  # species with more training images are left out
     few_shot: int | None = None  # cap on training images per species (the first N by path)
     species_subset: SpeciesSubset = field(default_factory=SpeciesSubset)
+    unseen_species: UnseenSpecies = field(default_factory=UnseenSpecies)  # withheld from training, evaluated apart
     columns: CsvColumns = field(default_factory=CsvColumns)
     rank_strings: RankStrings = field(default_factory=RankStrings)
     synthtaxa: SynthTaxaOptions = field(default_factory=SynthTaxaOptions)
@@ -172,6 +200,9 @@ class DataConfig:
         if self.few_shot is not None:
             _positive(self.few_shot, f"{where}.few_shot")
         self.species_subset.validate(f"{where}.species_subset")
+        if self.unseen_species.enabled and self.eval_split is None:
+            raise ConfigError(f"{where}.unseen_species: the withheld species are evaluated on data.eval_split, "
+                              "which is null")
         if self.ranks is not None:
             from taxabench.taxonomy import check_ranks
 

@@ -79,7 +79,7 @@ def combine_seeds(table: pd.DataFrame, confidence: float) -> pd.DataFrame:
         if len(group) > 1 and len(finite):
             mean, low, high, spread = rubin(finite[KEY_VALUE], finite[KEY_CI_LOW], finite[KEY_CI_HIGH], confidence)
             first[KEY_VALUE], first[KEY_CI_LOW], first[KEY_CI_HIGH], first[KEY_SEED_SD] = mean, low, high, spread
-            for axis in AXES:  # equal across seeds except wall-clock time: its mean
+            for axis in (a for a in AXES if a in group):  # equal across seeds except wall-clock time: its mean
                 first[axis] = group[axis].astype(float).mean()
         rows.append(first)
     return pd.DataFrame(rows).reset_index(drop=True)

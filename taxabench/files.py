@@ -2,8 +2,10 @@
 
 Every file and folder a run keeps (state, stage folders, samples, metrics, reports, caches) is written under a
 temporary name beside its target and renamed into place, so a reader — a rerun after a kill included — sees the
-old version or the new one, never half of one. Temporary names start with `.` and end in `.partial`; a rerun
-overwrites them.
+old version or the new one, never half of one. Temporary names start with `.` and end in `.partial`, so no reader
+takes one for a finished file; a file's temporary carries the writer's process id (two processes writing the same
+file never share one), and the next write of that file removes the temporaries of writers that are gone (a run
+killed mid-write leaves nothing behind once the file is written again).
 
 Fault injection: `TAXABENCH_FAULT=<event>:<n>[,<event>:<n>...]` makes the process exit at once (`os._exit`, no
 cleanup, as `kill -9`) at the n-th occurrence of `<event>` in this process. A write of kind K is event `K`, fired
@@ -52,12 +54,35 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
+def stale_temporaries(path: Path) -> list[Path]:
+    """The temporaries of `path` whose writing process no longer exists (killed before its rename)."""
+    found = []
+    for temporary in path.parent.glob(f".{path.name}.*.partial"):
+        pid = temporary.name[len(path.name) + 2:-len(".partial")]
+        if pid.isdigit() and not _alive(int(pid)):
+            found.append(temporary)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 @contextmanager
 def writing(path: str | os.PathLike[str], kind: str) -> Iterator[Path]:
     """`with writing(target, kind) as temporary: <write temporary>` — the target appears only once the block
-    finished; on an exception the temporary is removed and the target left as it was."""
+    finished; on an exception the temporary is removed and the target left as it was. Temporaries of the same
+    target left by dead processes are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_temporaries(path):
+        stale.unlink(missing_ok=True)
     temporary = partial_path(path)
     try:
         yield temporary
@@ -83,20 +108,36 @@ def write_json(path: str | os.PathLike[str], data: Any, kind: str, **dumps: Any)
 
 
 @contextmanager
-def building_folder(path: str | os.PathLike[str], kind: str) -> Iterator[Path]:
+def building_folder(path: str | os.PathLike[str], kind: str, finished_by: str | None = None) -> Iterator[Path]:
     """`with building_folder(target, kind) as staging: <fill staging>` — the folder appears whole, by one rename,
-    once the block finished (an existing target is replaced). A staging folder left by a killed run is
-    discarded first."""
+    once the block finished; an existing target is replaced. The staging folder is hidden and per process, like a
+    file's temporary, and those of dead processes are removed first.
+
+    `finished_by`: for a cache that several processes may build at once, each build giving the same result — a
+    target holding this file is finished and kept, and this build is discarded; an empty target is replaced, any
+    other is an error (it is not this cache's to delete)."""
     path = Path(path)
-    staging = path.with_name(f".{path.name}.partial")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_temporaries(path):
+        remove(stale)
+    staging = partial_path(path)
     remove(staging)
-    staging.mkdir(parents=True)
+    staging.mkdir()
     try:
         yield staging
         fault_point(kind)
-        if path.exists():
+        if finished_by is None:
             remove(path)
-        os.replace(staging, path)
+            os.replace(staging, path)
+        elif not (path / finished_by).is_file():
+            try:
+                os.replace(staging, path)  # onto nothing or an empty folder
+            except OSError as error:  # a folder with content: another process's finished build, or not ours
+                if not (path / finished_by).is_file():
+                    from taxabench.errors import DamagedFileError
+
+                    raise DamagedFileError(path, f"it holds files but no {finished_by}",
+                                           "move it away and rerun (it is rebuilt)") from error
     finally:
         remove(staging)
 

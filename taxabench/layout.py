@@ -13,6 +13,8 @@ them, so that the layout can grow axes (training seeds, budget points) in one pl
         along/[seed-<s>/]<point>/samples/<entry>/   validation-split samples at a budget point
         along/[seed-<s>/]<point>/metrics/<entry>.json
         along/[seed-<s>/]sweep/samples/<entry>@<scale>/      a guidance sweep of the final checkpoint (validation)
+        unseen/[seed-<s>/]samples/<method>/ the final checkpoint on the species withheld from training (test split;
+        unseen/[seed-<s>/]metrics/<method>.json                            data.unseen_species)
         report/
 
 `<entry>` is a sample folder name: a method, or `<method>+<guidance kind>` for a guidance variant. The seed level
@@ -31,11 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from taxabench.errors import TaxabenchError
+from taxabench.files import write_text
 
 LAYOUT_VERSION = 2
 LAYOUT_FILE = "layout.json"
 POINT_FINAL = "final"  # the `point` of an evaluation of the final checkpoint (on the test split)
 POINT_SWEEP = "sweep"  # the `point` of a guidance-sweep evaluation of the final checkpoint (validation split)
+POINT_UNSEEN = "unseen"  # the `point` of the final checkpoint's evaluation on the species withheld from training
 SCALE_SEPARATOR = "@"  # a sweep's sample folder: `<entry>@<scale>`, e.g. `taxadiffusion@4`
 METADATA_FILE = "metadata.jsonl"
 SAMPLE_KEYS: dict[str, type] = {
@@ -102,15 +106,17 @@ class RunLayout:
         return self._point(seed, point) / "metrics" / f"{entry}.json"
 
     def _point(self, seed: int | None, point: str) -> Path:
+        if point == POINT_UNSEEN:
+            return self.root / POINT_UNSEEN / _seed_part(seed)
         return self.root / "along" / _seed_part(seed) / point
 
     # -- reading back --------------------------------------------------------------------------------------------
     def all_metrics_json(self) -> list[Path]:
         """Every evaluation's JSON in the run (final and along training, every seed), in a stable order."""
         found = [p for p in self.metrics_dir.rglob("*.json")] if self.metrics_dir.is_dir() else []
-        along = self.root / "along"
-        if along.is_dir():
-            found += [p for p in along.rglob("metrics/*.json")]
+        for folder in (self.root / "along", self.root / POINT_UNSEEN):
+            if folder.is_dir():
+                found += [p for p in folder.rglob("metrics/*.json")]
         return sorted(found)
 
     def trained_manifests(self) -> list[Path]:
@@ -141,9 +147,7 @@ class RunLayout:
         self.check_readable()
         self.root.mkdir(parents=True, exist_ok=True)
         if self.version() != LAYOUT_VERSION or not self.layout_file.is_file():
-            partial = self.layout_file.with_name(f".{LAYOUT_FILE}.partial-{os.getpid()}")
-            partial.write_text(json.dumps({"layout": LAYOUT_VERSION}) + "\n")
-            os.replace(partial, self.layout_file)
+            write_text(self.layout_file, json.dumps({"layout": LAYOUT_VERSION}) + "\n", "layout")
 
 
 def _seed_part(seed: int | None) -> str:

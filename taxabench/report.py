@@ -5,8 +5,10 @@
 the report changes nothing, and nothing here computes a metric.
 
 Sections: the main table in the paper's shape (method × FD, KID, LPIPS, CLIP/BioCLIP score, species accuracy),
-per-rank tables (every metric with rank scopes), rare vs common species (every metric with those scopes), ablations (method variants and guidance kinds, grouped by the
-`ablation_of` attribute each method declares), the metric models' own quality, provenance.
+per-rank tables (every metric with rank scopes), rare vs common species (every metric with those scopes), unseen
+species (rows of point `unseen`: the species `data.unseen_species` withheld from training, or why a method cannot
+generate them), ablations (method variants and guidance kinds, grouped by the `ablation_of` attribute each method
+declares), the metric models' own quality, provenance.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from taxabench.budget import AXES, WALL_SECONDS
 from taxabench.curves import (
     AXIS_LABELS,
     KEY_N_SEEDS,
@@ -33,9 +36,10 @@ from taxabench.curves import (
 )
 from taxabench.errors import TaxabenchError
 from taxabench.files import read_json, write_bytes, write_text, writing
-from taxabench.layout import METADATA_FILE, SCALE_SEPARATOR, RunLayout
+from taxabench.layout import METADATA_FILE, POINT_FINAL, POINT_UNSEEN, SCALE_SEPARATOR, RunLayout
 from taxabench.metrics.evaluation import (
     CEILING_METHOD,
+    FD_MIN_IMAGES,
     KEY_CI_HIGH,
     KEY_CI_LOW,
     KEY_EXTRACTOR,
@@ -52,8 +56,10 @@ from taxabench.metrics.evaluation import (
     KEY_SEED,
     KEY_VALUE,
     KEY_WEIGHTS,
+    NOT_APPLICABLE,
     upgrade_table,
 )
+from taxabench.metrics.scopes import SCOPE_UNSEEN
 
 HEADLINE_METRICS = ("fd", "kid", "lpips", "clip_score", "top1")  # the paper's columns, plus species accuracy
 RANK_METRICS = ("top1", "fd", "clip_score")
@@ -73,6 +79,7 @@ class RunFolder:
     per_seed: pd.DataFrame  # final evaluations, one row per seed
     curves: pd.DataFrame  # evaluations at budget points (validation split), seeds combined
     sweeps: pd.DataFrame  # guidance sweeps of the final checkpoints (validation split), seeds combined
+    unseen: pd.DataFrame  # the final checkpoints on the species withheld from training, seeds combined
     guidance_choices: list[dict]  # per sample folder (and seed): the swept scale chosen for the test sampling
     config: dict
     provenance: dict
@@ -90,14 +97,18 @@ class RunFolder:
         config = _yaml(layout.config_file)
         table = upgrade_table(pd.read_csv(csv), csv, config.get("seed", 0), config.get("data", {}).get("eval_split"))
         confidence = config.get("eval", {}).get("confidence", 0.95)
-        warnings, models, choices = {}, {}, []
+        warnings, models, choices, seconds = {}, {}, [], {}
         for path in layout.all_metrics_json():
             content = read_json(path, "re-evaluate it (`taxabench run --force eval/<method>`)")
             if "guidance_of" in content:
                 choices.append({**content, "seed": path.parent.name if path.parent != layout.metrics_dir else None})
-            if "method" in content:
+            if "method" in content and content.get("point", POINT_FINAL) == POINT_FINAL:  # the test-split evaluation
                 warnings[content["method"]] = content.get("warnings", [])
+            if "method" in content:
                 models.update(content.get("extractors", {}))
+                seconds[(content["method"], content.get("seed"), content.get("point"))] = \
+                    content.get("budget", {}).get(WALL_SECONDS)
+        table = with_wall_seconds(table, seconds)
         return cls(
             root=root,
             layout=layout,
@@ -105,6 +116,7 @@ class RunFolder:
             per_seed=final_rows(table),
             curves=combine_seeds(along_rows(table), confidence),
             sweeps=combine_seeds(sweep_rows(table), confidence),
+            unseen=combine_seeds(table[table[KEY_POINT] == POINT_UNSEEN], confidence),
             guidance_choices=choices,
             config=config,
             provenance=_json(layout.provenance_file),
@@ -112,6 +124,14 @@ class RunFolder:
             metric_models=models,
             warnings=warnings,
         )
+
+
+def with_wall_seconds(table: pd.DataFrame, seconds: dict[tuple, float | None]) -> pd.DataFrame:
+    """`table` with a `wall_seconds` column: the training seconds of each row's checkpoint, from the JSON of the
+    evaluation (method, seed, point) it belongs to (not in all.csv: they differ between two runs); NaN if unknown."""
+    found = [seconds.get((method, int(seed), point)) if _finite(seed) else None
+             for method, seed, point in zip(table[KEY_METHOD], table[KEY_SEED], table[KEY_POINT])]
+    return table.assign(**{WALL_SECONDS: [math.nan if s is None else float(s) for s in found]})
 
 
 def _json(path: Path) -> dict:
@@ -305,6 +325,50 @@ def tail_details_table(table: pd.DataFrame, methods: Sequence[str]) -> str:
     return markdown_table(["metric", "method", "rare", "common", "all"], rows) if rows else ""
 
 
+def unseen_section(unseen: pd.DataFrame) -> str:
+    """The species withheld from training: each method's headline metrics on them and its top-1 at every coarser
+    rank, the real-image ceiling, the methods that cannot generate them with the reason, then every other metric."""
+    if unseen.empty:
+        return ""
+    methods = evaluated_methods(unseen)
+    reasons = {m: _row(unseen, m, NOT_APPLICABLE, SCOPE_UNSEEN) for m in methods}
+    applicable = [m for m in methods if reasons[m] is None]
+    present = set(zip(unseen[KEY_METRIC], unseen[KEY_SCOPE]))
+    columns = [(metric, SCOPE_UNSEEN) for metric in HEADLINE_METRICS if (metric, SCOPE_UNSEEN) in present]
+    ranks = [r for r in ("kingdom", "phylum", "class", "order", "family", "genus") if ("top1", r) in present]
+    columns += [("top1", rank) for rank in ranks]
+    header = ["method", *[f"{_column_name(unseen, metric)}" + ("" if scope == SCOPE_UNSEEN else f", {scope}")
+                          for metric, scope in columns]]
+    parts = []
+    first = next((_row(unseen, CEILING_METHOD, metric, SCOPE_UNSEEN) for metric in ("top1", "fd")
+                  if (metric, SCOPE_UNSEEN) in present), None)
+    if first is not None:
+        parts.append(f"{int(first[KEY_N_TAXA])} species withheld from training (`data.unseen_species`), each with a "
+                     "sibling species in training; each method generates them from its final checkpoint, with the "
+                     f"guidance and scale of its test samples, against their {int(first[KEY_N_REAL])} held-out real "
+                     "images. Top-1 ranks each image among every species, trained and withheld; at a coarser rank it "
+                     "asks whether the image shows the right genus (family...) at all.")
+    if applicable and columns:
+        rows = [[f"`{m}`", *[cell(_row(unseen, m, metric, scope)) for metric, scope in columns]] for m in applicable]
+        rows += _ceiling_row(unseen, [], [], columns)
+        parts.append(markdown_table(header, rows))
+    fd = next((_row(unseen, m, "fd", SCOPE_UNSEEN) for m in applicable if _row(unseen, m, "fd", SCOPE_UNSEEN)
+               is not None), None)
+    if fd is not None and min(fd[KEY_N_REAL], fd[KEY_N_GENERATED]) < FD_MIN_IMAGES:
+        parts.append(f"{fd[KEY_NAME]} on {int(fd[KEY_N_REAL])} real and {int(fd[KEY_N_GENERATED])} generated images is "
+                     "a small-sample number: biased upwards, comparable only between methods at these counts.")
+    parts += [f"- `{m}`: {row[KEY_NAME]}." for m, row in reasons.items() if row is not None]
+    others = [q for q in _quantities_with(unseen, [SCOPE_UNSEEN], [*HEADLINE_METRICS, NOT_APPLICABLE])]
+    details = [[str(_column_name(unseen, metric)), f"_{CEILING_LABEL}_" if m == CEILING_METHOD else f"`{m}`",
+                cell(_row(unseen, m, metric, SCOPE_UNSEEN))]
+               for metric in others for m in [*applicable, CEILING_METHOD] if _row(unseen, m, metric, SCOPE_UNSEEN)
+               is not None]
+    if details:
+        parts.append("<details><summary>Every other metric on the unseen species</summary>\n\n"
+                     + markdown_table(["metric", "method", "unseen species"], details) + "\n\n</details>")
+    return "\n\n".join(parts)
+
+
 def ablation_table(table: pd.DataFrame) -> str:
     families: dict[str, list[str]] = {}
     for method in evaluated_methods(table):
@@ -331,11 +395,15 @@ def budget_notes(table: pd.DataFrame, methods: Sequence[str]) -> str:
         flops = f"{row['train_flops']:.3g}" if _finite(row["train_flops"]) else "—"
         lines.append(f"- `{method}`: {steps:,} optimizer steps, {int(row['images_seen']):,} images seen, "
                      f"{params:,.0f} trainable parameters per step on average ({row['param_steps']:.3g} "
-                     f"parameter-steps), {flops} training FLOPs, {row['wall_seconds']:,.0f} s of training")
+                     f"parameter-steps), {flops} training FLOPs, {_seconds(row)} of training")
     if not lines:
         return ""
     return "\n".join(["Budget of each final checkpoint (training FLOPs counted by `FlopCounterMode` on one real step "
                       "per stage, times the stage's steps; `taxabench/budget.py`):", "", *lines])
+
+
+def _seconds(row: pd.Series, unit: str = " s") -> str:
+    return f"{row[WALL_SECONDS]:,.0f}{unit}" if _finite(row[WALL_SECONDS]) else "—"
 
 
 def guidance_note(choices: list[dict]) -> str:
@@ -399,8 +467,7 @@ def budget_section(curves: pd.DataFrame, confidence: float) -> str:
     """Metrics along training (validation split), per method and budget point, and the crossings between methods."""
     methods = list(dict.fromkeys(curves[KEY_METHOD]))
     metrics = [m for m in HEADLINE_METRICS if _column_name(curves, m)]
-    header = ["method", "point", *[AXIS_LABELS[a] for a in ("steps", "images_seen", "param_steps", "train_flops",
-                                                            "wall_seconds")], *[_column_name(curves, m) for m in metrics]]
+    header = ["method", "point", *[AXIS_LABELS[a] for a in AXES], *[_column_name(curves, m) for m in metrics]]
     rows = []
     for method in methods:
         overall = curves[(curves[KEY_METHOD] == method) & (curves[KEY_SCOPE] == "overall")].sort_values("steps")
@@ -413,7 +480,7 @@ def budget_section(curves: pd.DataFrame, confidence: float) -> str:
             rows.append([f"`{method}`", point, f"{int(first['steps']):,}", f"{int(first['images_seen']):,}",
                          f"{first['param_steps']:.3g}",
                          f"{first['train_flops']:.3g}" if _finite(first["train_flops"]) else "—",
-                         f"{first['wall_seconds']:,.0f}", *cells])
+                         _seconds(first, unit=""), *cells])
     sentences = [s for metric in metrics for s in crossings(curves, methods, metric)]
     parts = [f"Each method evaluated along training on the validation split, {confidence:.0%} intervals "
              "(test numbers above are not chosen on these).", "", markdown_table(header, rows), ""]
@@ -601,6 +668,9 @@ def render(run: RunFolder, figures: dict[str, str]) -> str:
             parts += ["", "Diversity, coverage, copying and every other metric per bin:", "", details]
         if figures.get("tail"):
             parts += ["", f"![rare vs common]({figures['tail']})"]
+    unseen = unseen_section(run.unseen)
+    if unseen:
+        parts += ["", "## Unseen species", "", unseen]
     ablations = ablation_table(table)
     if ablations:
         parts += ["", "## Ablations", "", ablations]

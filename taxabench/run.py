@@ -8,6 +8,11 @@ to reproduce it: `config.yaml` (the resolved config), `provenance.json`, `steps.
 
 Guidance ablation: `sample.guidance_ablation: [cfg]` also samples (and evaluates) every method that has that
 guidance kind besides its default, into `samples/<method>+cfg/`; the report puts it next to the method.
+
+Unseen species (`data.unseen_species`): after its test sampling, each method that can condition on a species it
+was not trained on (`Method.generates_unseen_species`) samples the withheld species with the same checkpoint,
+guidance and scale, into `unseen/samples/<method>/`, and is evaluated there (point `unseen`); any other method gets
+a not-applicable row with its reason.
 """
 
 from __future__ import annotations
@@ -22,10 +27,18 @@ from rich.console import Console
 
 from taxabench import budget
 from taxabench.checkpoint import MANIFEST, cpu_only
-from taxabench.config import ExperimentConfig, load_config
+from taxabench.config import ExperimentConfig, UnseenSpecies, load_config
 from taxabench.errors import TaxabenchError
-from taxabench.files import write_json, write_text
-from taxabench.layout import POINT_FINAL, POINT_SWEEP, SCALE_SEPARATOR, RunLayout, point_label, point_steps
+from taxabench.files import read_json, write_json, write_text
+from taxabench.layout import (
+    POINT_FINAL,
+    POINT_SWEEP,
+    POINT_UNSEEN,
+    SCALE_SEPARATOR,
+    RunLayout,
+    point_label,
+    point_steps,
+)
 from taxabench.steps import Ledger, Step, check_steps, fingerprint, peak_memory, reset_peak_memory, run_steps
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
@@ -66,10 +79,10 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
     from taxabench.methods import get_method
     from taxabench.metrics import evaluate, prepare_extractors
     from taxabench.metrics.evaluation import SEPARATE_METRICS as PROBE_METRICS
-    from taxabench.metrics.evaluation import check_eval_names
+    from taxabench.metrics.evaluation import check_eval_names, write_not_applicable
     from taxabench.probe import run_probe
     from taxabench.report import write_report
-    from taxabench.sample import sample_method, stage_grid
+    from taxabench.sample import SETTINGS, sample_method, stage_grid
     from taxabench.train import train_method
 
     layout = RunLayout(run_dir)
@@ -98,7 +111,10 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
         Step("metric-models", fingerprint("metric-models", config.eval, data_fp),
              main_first(lambda: prepare_extractors(config)), clean=nothing),
     ]
-    along_config = replace(config, data=replace(config.data, eval_split=config.budget.split),
+    # the species withheld from training stay those of the test split's choice (a seeded `count` chooses among the
+    # species with evaluation images, which another split could change)
+    pinned = {"unseen_species": UnseenSpecies(names=data.unseen_species)} if data.unseen else {}
+    along_config = replace(config, data=replace(config.data, eval_split=config.budget.split, **pinned),
                            sample=replace(config.sample, images_per_taxon=config.budget.images_per_taxon))
     labels = point_labels(config, len(data.train), state.num_processes)
     eval_fps, eval_names = [], []
@@ -215,6 +231,34 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                 after=(f"sample/{entry.name}{suffix}", "metric-models"),
                 # a deleted all.csv is written again by re-evaluating (from the feature caches): same rows, order
                 outputs=(layout.metrics_json(entry.name, seed), layout.all_csv),
+            ))
+            if not data.unseen or entry.guidance is not None:
+                continue
+            unseen_fp = fingerprint("unseen", config.eval, config.data, sample_fp, data_fp)
+            eval_fps.append(unseen_fp)
+            eval_names.append(f"unseen/{entry.name}{suffix}")
+
+            def unseen(entry=entry, seed=seed, seeded=seeded) -> None:
+                cls = get_method(entry.method)
+                if not cls.generates_unseen_species:
+                    if state.is_main_process:
+                        write_not_applicable(seeded, entry.name, cls.unseen_species_reason, run_dir, seed)
+                    return
+                # the scale the test samples were made with (chosen by a guidance sweep, or sample.guidance_scale)
+                settings = read_json(layout.samples(entry.name, seed) / SETTINGS,
+                                     f"sample it again: `taxabench run --force sample/{entry.name}`")
+                chosen = replace(seeded, sample=replace(seeded.sample, guidance_scale=settings["guidance_scale"]))
+                sample_method(chosen, entry.method, run_dir, output=entry.name, seed=seed, point=POINT_UNSEEN,
+                              show_progress=show_progress)
+                evaluate(chosen, entry.name, run_dir, show_progress=show_progress, seed=seed, point=POINT_UNSEEN,
+                         budget_axes=budget.axes(layout.checkpoints(entry.method, seed)))
+
+            steps.append(Step(
+                eval_names[-1], unseen_fp, unseen,
+                clean=lambda entry=entry, seed=seed, value=seeded.seed: (
+                    shutil.rmtree(layout.samples(entry.name, seed, POINT_UNSEEN), ignore_errors=True),
+                    _remove_metrics(layout, entry.name, seed, value, POINT_UNSEEN)),
+                after=(f"sample/{entry.name}{suffix}", "metric-models"),
             ))
     steps.append(Step("report", fingerprint("report", eval_fps),
                       lambda: write_report(run_dir) if state.is_main_process else None,

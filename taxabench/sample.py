@@ -41,7 +41,7 @@ from taxabench.config import ExperimentConfig, SampleConfig
 from taxabench.errors import TaxabenchError
 from taxabench.files import fault_point, read_json, write_json, writing
 from taxabench.guidance import GUIDANCE
-from taxabench.layout import METADATA_FILE, POINT_SWEEP, RunLayout, write_metadata_line
+from taxabench.layout import METADATA_FILE, POINT_SWEEP, POINT_UNSEEN, RunLayout, write_metadata_line
 from taxabench.levers import attention_backend, check_levers, compile_in_place, to_channels_last
 from taxabench.methods import GUIDANCE_KINDS, Method, Stage
 from taxabench.methods.base import move_inputs
@@ -335,6 +335,25 @@ def select_taxa(taxonomy: Taxonomy, sample: SampleConfig) -> list[Taxon]:
     return [taxonomy[i] for i in sorted(chosen)]
 
 
+def unseen_taxa(config: ExperimentConfig, trained) -> tuple[Taxonomy, list[Taxon]]:
+    """The species `data.unseen_species` withholds from training, in the dataset's training taxonomy extended by
+    them (what the sampler resolves them in). Refuses a method that cannot condition on a species it was not trained
+    on, and a checkpoint that was trained on one of them (trained before the option was set)."""
+    from taxabench.data import load_dataset
+
+    method = trained.method
+    if not method.generates_unseen_species:
+        raise TaxabenchError(f"method '{method.name}' cannot generate species it was not trained on: "
+                             f"{method.unseen_species_reason}")
+    data = load_dataset(config.data, show_progress=False)
+    taxonomy = data.unseen_view().taxonomy
+    seen = [i for i in data.unseen_species if i in trained.taxonomy]
+    if seen:
+        raise TaxabenchError(f"the checkpoint of '{method.name}' was trained on {seen[0]}, which data.unseen_species "
+                             "withholds; train it again with this config")
+    return taxonomy, [taxonomy[i] for i in data.unseen_species]
+
+
 def sample_method(
     config: ExperimentConfig,
     method_name: str,
@@ -350,9 +369,10 @@ def sample_method(
     Returns `<run>/samples/<output>` (default: the method's name; `taxabench run` writes guidance ablations to
     `<method>+<guidance>`). `seed`: the training seed of a multi-seed run (its checkpoint, its sampling seed, its
     folders); `point`: the checkpoint kept at that budget point instead of the final one (`sweep`: the final
-    checkpoint, into the guidance sweep's folder). Resumable (finished images are skipped) and sharded across accelerate processes.
-    Raises `TaxabenchError` for an untrained method, an unknown taxon, guidance the method lacks, and a samples
-    folder made with other settings.
+    checkpoint, into the guidance sweep's folder; `unseen`: the final checkpoint, every species `data.unseen_species`
+    withholds from training, `sample.taxa` ignored). Resumable (finished images are skipped) and sharded across
+    accelerate processes. Raises `TaxabenchError` for an untrained method, an unknown taxon, guidance the method
+    lacks, a samples folder made with other settings, and unseen species for a method that cannot generate them.
     """
     from accelerate import PartialState
 
@@ -364,14 +384,17 @@ def sample_method(
     state = PartialState(cpu=cpu_only())
     # a guidance sweep samples the final checkpoint into its own folder; a budget point, the checkpoint kept there
     trained = load_checkpoint(layout.checkpoints(method_name, seed), sample.stage, expect_method=method_name,
-                              point=None if point == POINT_SWEEP else point)
+                              point=None if point in (POINT_SWEEP, POINT_UNSEEN) else point)
     pipeline = TaxonomyPipeline.from_trained(trained, sample.scheduler)
+    if point == POINT_UNSEEN:
+        pipeline.taxonomy, taxa = unseen_taxa(config, trained)
+    else:
+        taxa = select_taxa(trained.taxonomy, sample)
     dtype = sampling_dtype(sample.precision, state.device)
     pipeline.to(state.device, dtype)
     pipeline.enable_levers(sample.channels_last, sample.attention, sample.compile_mode if sample.compile else None)
     pipeline.set_progress_bar_config(disable=True)
     guidance = trained.method.check_guidance(sample.guidance)
-    taxa = select_taxa(trained.taxonomy, sample)
 
     out = layout.samples(output or method_name, seed, point)
     settings = {
@@ -430,10 +453,8 @@ def _image_path(out: Path, taxon: Taxon, index: int) -> Path:
 
 
 def _write_png(image: PIL.Image.Image, path: Path) -> None:
-    """Atomic: a killed run leaves at most a hidden `.partial` file, never a truncated PNG. Each image belongs to one
-    process's shard, so the write that finishes it also removes what a killed process (another pid) left."""
-    for stale in path.parent.glob(f".{path.name}.*.partial"):
-        stale.unlink(missing_ok=True)
+    """Atomic: a killed run leaves at most a hidden `.partial` file, never a truncated PNG, and the write that
+    finishes the image removes it (`taxabench.files.writing`)."""
     with writing(path, "sample") as temporary:
         image.save(temporary, format="PNG")
 

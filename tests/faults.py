@@ -1,7 +1,11 @@
 """Fault injection for `taxabench run`: kill a run at a named event (`taxabench.files.fault_point`: the process
 exits at once, as under `kill -9`), run the same command again, and compare the bytes it ends with against an
 uninterrupted run's. Kill points are counted events — the n-th optimizer step, the n-th write of a file kind —
-never wall time, so every case is reproducible."""
+never wall time, so every case is reproducible.
+
+In-process kills (`Killed`, `kill_after_step`, `kill_after_call`) are cheaper — no new interpreter — for tests that
+resume through `taxabench.run.run` itself: the step's work finishes, then an exception stands for the kill before
+the run records it. Unlike `kill -9` they let `finally` blocks run, so they do not test atomic writes."""
 
 from __future__ import annotations
 
@@ -62,29 +66,15 @@ def kill_then_finish(config_file: Path, faults: list[str]) -> None:
     assert taxabench_run(config_file) == 0
 
 
-# all.csv columns that measure the machine, not the run: they differ between two uninterrupted runs too
-WALL_CLOCK_COLUMNS = ("wall_seconds",)
-
-
 def final_bytes(run_dir: Path) -> dict[str, bytes]:
-    """What must not depend on kills: the metrics table (every cell but wall-clock times, as written), every sample
-    image and every trained weight file."""
+    """What must not depend on kills: the metrics table, every sample image and every trained weight file, as
+    written; and no temporary (`.partial`) anywhere in the run folder."""
     files = [run_dir / "metrics" / "all.csv", *run_dir.glob("samples/**/*.png"),
              *run_dir.glob("checkpoints/**/*.safetensors")]
     found = {path.relative_to(run_dir).as_posix(): path.read_bytes() for path in sorted(files)}
-    found["metrics/all.csv"] = _without_wall_clock(found["metrics/all.csv"])
+    for leftover in sorted(run_dir.rglob("*.partial")):
+        found[leftover.relative_to(run_dir).as_posix()] = b"left behind"
     return found
-
-
-def _without_wall_clock(table: bytes) -> bytes:
-    import csv
-    import io
-
-    rows = list(csv.reader(io.StringIO(table.decode())))
-    keep = [i for i, name in enumerate(rows[0]) if name not in WALL_CLOCK_COLUMNS]
-    out = io.StringIO()
-    csv.writer(out).writerows([[row[i] for i in keep] for row in rows])
-    return out.getvalue().encode()
 
 
 def differences(expected: dict[str, bytes], found: dict[str, bytes]) -> list[str]:
@@ -94,16 +84,78 @@ def differences(expected: dict[str, bytes], found: dict[str, bytes]) -> list[str
     return [f"missing {k}" for k in missing] + [f"extra {k}" for k in extra] + [f"differs {k}" for k in changed]
 
 
-def recorded_events(log: Path) -> Counter[str]:
-    """How often each event happened in a run started with `$TAXABENCH_FAULT_LOG` = `log`."""
-    return Counter(log.read_text().split())
+def recorded_events(log: Path) -> list[str]:
+    """The events a run started with `$TAXABENCH_FAULT_LOG` = `log` passed, in order."""
+    return log.read_text().split()
 
 
-def kill_points(events: Counter[str]) -> list[str]:
-    """Every `event:n` of a recorded run: the first, second, middle and last occurrence of each event kind
-    (writes of one kind in between are alike)."""
-    points = []
-    for event, count in sorted(events.items()):
-        for n in sorted({1, min(2, count), (count + 1) // 2, count}):
-            points.append(f"{event}:{n}")
-    return points
+def kill_chains(events: list[str]) -> dict[str, list[str]]:
+    """The sweep: chains of kills that together hit every event kind of a recorded run at its first, second and
+    middle occurrence. Kill `k` of a chain is counted in the process that resumed from kill `k - 1`, so a chain is
+    the issue's "killed at several points in a row" and costs about one run plus the work each kill makes redo,
+    where independent kills would cost a run each. A chain follows the kinds in the order they first occur."""
+    counts = Counter(events)
+    kinds = list(dict.fromkeys(events))
+    return {
+        "first": [f"{kind}:1" for kind in kinds],
+        "second": [f"{kind}:2" for kind in kinds if counts[kind] >= 2],
+        "middle": [f"{kind}:{(counts[kind] + 1) // 2}" for kind in kinds if counts[kind] >= 5],
+    }
+
+
+def kill_in_a_row(config_file: Path, faults: list[str]) -> tuple[list[str], list[str]]:
+    """Kill the run at each fault in turn (each counted from the start of a new process), then let it finish.
+    A fault the resumed process does not reach before it finishes is skipped (the chain goes on from the finished
+    run). Returns (faults killed at, faults not reached)."""
+    killed, missed = [], []
+    for fault in faults:
+        (killed if taxabench_run(config_file, fault) == FAULT_EXIT_CODE else missed).append(fault)
+    assert taxabench_run(config_file) == 0
+    return killed, missed
+
+
+class Killed(Exception):
+    """Stands for the process dying (in-process kills)."""
+
+
+def kill_after_step(patch, step_name: str) -> None:
+    """Make `taxabench.run.run` die right after the step `step_name` did its work, before the ledger records it
+    (`patch`: a pytest monkeypatch)."""
+    import taxabench.run as run_module
+
+    real_plan = run_module.plan
+
+    def plan_with_a_kill(*args, **kwargs):
+        steps = real_plan(*args, **kwargs)
+        for step in steps:
+            if step.name == step_name:
+                def killed(action=step.action):
+                    action()
+                    raise Killed(step_name)
+                step.action = killed
+        return steps
+    patch.setattr(run_module, "plan", plan_with_a_kill)
+
+
+def kill_after_call(patch, module, function: str, nth: int = 1) -> None:
+    """Make the `nth` call of `module.function` die once it returned (say, after the 5th sample image)."""
+    real = getattr(module, function)
+    calls = []
+
+    def call_then_die(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(None)
+        if len(calls) == nth:
+            raise Killed(f"{function} call {nth}")
+        return result
+    patch.setattr(module, function, call_then_die)
+
+
+def assert_same_table(expected_run: Path, found_run: Path) -> None:
+    """`metrics/all.csv` of two run folders byte for byte (the first differing line on failure)."""
+    expected = (expected_run / "metrics" / "all.csv").read_text().splitlines()
+    found = (found_run / "metrics" / "all.csv").read_text().splitlines()
+    for number, (a, b) in enumerate(zip(expected, found), 1):
+        assert a == b, f"all.csv line {number} differs:\n  expected {a}\n  found    {b}"
+    assert len(expected) == len(found), f"all.csv has {len(found)} lines, expected {len(expected)}"
+    assert (expected_run / "metrics" / "all.csv").read_bytes() == (found_run / "metrics" / "all.csv").read_bytes()

@@ -156,3 +156,14 @@ def test_data_stats_prints_the_lineage_conflict_and_the_row_count(tmp_path, caps
     out = " ".join(capsys.readouterr().out.split())
     assert "species 'aa' filed under 2 lineages: Fam/Ga/aa (5 rows); Fam/Gb/aa (1 rows)" in out
     assert "rows read: 6 = 6 images + 0 skipped + 0 left out under a note" in out
+
+
+def test_bioscan_evaluation_rows_of_untrained_species_are_counted(tmp_path):
+    """Issue 17: BIOSCAN-1M dropped such rows without counting them (images + skips + notes != rows)."""
+    from test_data_bioscan1m import ROWS, bioscan, make_release, row
+
+    untrained = row("BIOUG001-A11.jpg", 1, "Diptera", "Psychodidae", "Lutzomyia", "Lutzomyia novus",
+                    large="validation")
+    data = load_dataset(bioscan(make_release(tmp_path, [*ROWS, untrained]) / "images" / "cropped_256"))
+    assert data.notes["evaluation images of species without training images"] == 1
+    assert data.accounted_rows() == data.rows_read == len(ROWS) + 1

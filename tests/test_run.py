@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import experiment, taxabench_on_two_processes
+from faults import Killed, assert_same_table, kill_after_call, kill_after_step
 
 from taxabench.errors import TaxabenchError
 from taxabench.run import plan, run, sample_entries
@@ -25,10 +26,6 @@ def run_config(world: Path, runs_dir: Path, name: str):
     from dataclasses import replace
 
     return replace(config, name=name)
-
-
-class Killed(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -62,44 +59,19 @@ def test_run_writes_every_output_and_a_report(finished_run):
 
 @pytest.mark.parametrize("kill_at", ["train/sd-lora", "inside sampling", "eval/sd-lora"])
 def test_a_killed_run_resumes_to_the_same_metrics(finished_run, tiny_world, tmp_path, monkeypatch, kill_at):
-    reference, _ = finished_run
-    config = run_config(tiny_world, tmp_path, "killed")
-
-    import taxabench.run as run_module
     import taxabench.sample as sample_module
 
+    reference, _ = finished_run
+    config = run_config(tiny_world, tmp_path, "killed")
     with monkeypatch.context() as patch:
         if kill_at == "inside sampling":  # the process dies after the 5th image of the run
-            written = []
-            real_write = sample_module._write_png
-
-            def write_then_die(image, path):
-                real_write(image, path)
-                written.append(path)
-                if len(written) == 5:
-                    raise Killed(kill_at)
-            patch.setattr(sample_module, "_write_png", write_then_die)
+            kill_after_call(patch, sample_module, "_write_png", 5)
         else:  # the step's work is done, then the process dies before the ledger records it
-            real_plan = run_module.plan
-
-            def plan_with_a_kill(*args, **kwargs):
-                steps = real_plan(*args, **kwargs)
-                for step in steps:
-                    if step.name == kill_at:
-                        def killed(action=step.action):
-                            action()
-                            raise Killed(kill_at)
-                        step.action = killed
-                return steps
-            patch.setattr(run_module, "plan", plan_with_a_kill)
+            kill_after_step(patch, kill_at)
         with pytest.raises(Killed):
             run(config, show_progress=False)
     run(config, show_progress=False)
-    resumed = pd.read_csv(config.run_dir / "metrics" / "all.csv")[VALUE_COLUMNS]
-    straight = pd.read_csv(reference.run_dir / "metrics" / "all.csv")[VALUE_COLUMNS]
-    key = ["method", "metric", "scope"]
-    pd.testing.assert_frame_equal(resumed.sort_values(key).reset_index(drop=True),
-                                  straight.sort_values(key).reset_index(drop=True))
+    assert_same_table(reference.run_dir, config.run_dir)
 
 
 def test_a_changed_config_is_refused_and_force_redoes_the_step(finished_run, tiny_world, tmp_path):

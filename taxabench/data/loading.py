@@ -10,10 +10,12 @@ Every adapter goes through the same steps here, in this order:
    the root and decoded once (`on_bad_image`), species filed under several lineages resolved
    (`on_lineage_conflict`);
 6. species are filtered on their training-image counts (min / max), then subset (first / random / list);
-   evaluation images of species that are not trained are left out, counted under their own reason;
+   the unseen species (`data.unseen_species`) are withheld: their training images left out (noted), their
+   evaluation images kept apart (`TaxaData.unseen`); evaluation images of species that are not trained are left
+   out, counted under their own reason;
 7. training images are capped per species (`few_shot`).
 
-Nothing disappears uncounted: rows read = images kept + counted skips + rows left out by a note
+Nothing disappears uncounted: rows read = images kept (train, eval, unseen) + counted skips + rows left out by a note
 (`TaxaData.accounted_rows`).
 """
 
@@ -28,8 +30,8 @@ from pathlib import Path
 from taxabench.config import DataConfig
 from taxabench.data.base import SkipLog
 from taxabench.data.checks import check_images, drop_duplicates, lineage_conflicts, resolve_lineage_conflicts
-from taxabench.errors import DataError
-from taxabench.taxonomy import Record, Taxon, Taxonomy, check_ranks
+from taxabench.errors import ConfigError, DataError, TaxabenchError
+from taxabench.taxonomy import Record, Taxon, Taxonomy, check_ranks, taxon_id
 
 
 @dataclass
@@ -48,10 +50,26 @@ class TaxaData:
     rows_read: int = 0  # rows in the annotation files the adapter read
     noted_rows: int = 0  # rows left out by a filter, counted in `notes` (other splits, species filters, few-shot)
     lineage_conflicts: dict[str, dict[str, int]] = field(default_factory=dict)  # as found, before resolution
+    # evaluation images of the species withheld from training (data.unseen_species); not in `eval` nor `taxonomy`
+    unseen: list[Record] = field(default_factory=list)
 
     def accounted_rows(self) -> int:
         """Images kept + counted skips + noted rows: equals `rows_read` (every row is one of the three)."""
-        return len(self.train) + len(self.eval) + self.skipped.total + self.noted_rows
+        return len(self.train) + len(self.eval) + len(self.unseen) + self.skipped.total + self.noted_rows
+
+    @property
+    def unseen_species(self) -> list[str]:
+        """Ids of the species withheld from training, sorted."""
+        return sorted({taxon_id(r.lineage()) for r in self.unseen})
+
+    def unseen_view(self) -> TaxaData:
+        """The withheld species as a dataset to evaluate: their evaluation images as `eval`, and a taxonomy of the
+        training taxa plus them (the lineages the sampler conditions on, the candidates of zero-shot
+        classification). Training records are unchanged: the methods never saw these species."""
+        if not self.unseen:
+            raise TaxabenchError("this dataset withholds no species from training; set data.unseen_species")
+        return replace(self, eval=list(self.unseen), unseen=[],
+                       taxonomy=Taxonomy(self.ranks, [*self.train, *self.unseen]))
 
     @property
     def species(self) -> list[Taxon]:
@@ -61,11 +79,13 @@ class TaxaData:
         """Content hash of what was loaded (paths relative to root, labels, splits): keys caches and checkpoints.
         Without the eval rows for what is trained on the training split alone and only measured on the eval split."""
         digest = hashlib.sha256(f"{self.dataset}|{','.join(self.ranks)}".encode())
-        for record in [*self.train, *(self.eval if include_eval else [])]:
+        for record in [*self.train, *([*self.eval, *self.unseen] if include_eval else [])]:
             relative = Path(record.image).relative_to(self.root).as_posix()
             digest.update(f"\n{relative}|{record.split}|{'|'.join(label or '' for label in record.labels)}".encode())
             if record.bbox:
                 digest.update(repr(record.bbox).encode())
+        if include_eval and self.unseen:  # which evaluation images are the withheld species'
+            digest.update(f"\nunseen:{','.join(self.unseen_species)}".encode())
         return digest.hexdigest()
 
     def records_of(self, taxon: Taxon, split: str = "train") -> list[Record]:
@@ -80,7 +100,9 @@ class TaxaData:
             "dataset": self.dataset,
             "ranks": list(self.ranks),
             "images": len(self.train) + len(self.eval),
-            "images_per_split": {"train": len(self.train), "eval": len(self.eval)},
+            "images_per_split": {"train": len(self.train), "eval": len(self.eval),
+                                 **({"unseen": len(self.unseen)} if self.unseen else {})},
+            **({"unseen_species": self.unseen_species} if self.unseen else {}),
             "species": len(species_counts),
             "per_rank": {rank: len(self.taxonomy.taxa(rank)) for rank in self.ranks},
             "long_tail": _long_tail(species_counts, len(self.taxonomy.rare_species(self.rare_threshold))),
@@ -93,7 +115,7 @@ class TaxaData:
             "skipped": self.skipped.to_dict(),
             "skipped_examples": {k: v for k, v in self.skipped.examples.items() if v},
             "notes": dict(self.notes),
-            "rows": {"read": self.rows_read, "images": len(self.train) + len(self.eval),
+            "rows": {"read": self.rows_read, "images": len(self.train) + len(self.eval) + len(self.unseen),
                      "skipped": self.skipped.total, "noted": self.noted_rows},
         }
 
@@ -205,6 +227,12 @@ def load_dataset(config: DataConfig, show_progress: bool = True) -> TaxaData:
             f"(min_images_per_species={config.min_images_per_species}, "
             f"max_images_per_species={config.max_images_per_species}, species_subset={config.species_subset.mode})"
         )
+    withheld = _withheld(selected, evaluation, config, ranks) if config.unseen_species.enabled else set()
+    leave_out("training images of unseen species (data.unseen_species)", sum(r.lineage() in withheld for r in train))
+    unseen = [r for r in evaluation if r.lineage() in withheld]
+    train = [r for r in train if r.lineage() not in withheld]
+    evaluation = [r for r in evaluation if r.lineage() not in withheld]
+    selected = [lineage for lineage in selected if lineage not in withheld]
     chosen = set(selected)
     ancestors = {lineage[:depth] for lineage in selected for depth in range(1, len(lineage))}
 
@@ -245,6 +273,7 @@ def load_dataset(config: DataConfig, show_progress: bool = True) -> TaxaData:
         rows_read=output.rows,
         noted_rows=noted,
         lineage_conflicts=conflicts,
+        unseen=unseen,
     )
 
 
@@ -269,3 +298,47 @@ def _subset(lineages: list[tuple[str, ...]], config: DataConfig, ranks: tuple[st
         return sorted(random.Random(subset.seed).sample(lineages, min(subset.n, len(lineages))))
     taxonomy = Taxonomy(ranks, [Record(Path(), lineage, "", "") for lineage in lineages])
     return sorted({taxonomy.resolve(name, rank="species").lineage for name in subset.names})
+
+
+def _withheld(selected: list[tuple[str, ...]], evaluation: list[Record], config: DataConfig,
+              ranks: tuple[str, ...]) -> set[tuple[str, ...]]:
+    """The lineages of the species `data.unseen_species` withholds from training, among the species `selected` by
+    the filters: each must have evaluation images, and its genus must keep at least one training species."""
+    where, unseen = "data.unseen_species", config.unseen_species
+    if ranks[-1] != "species" or "genus" not in ranks:
+        raise ConfigError(f"{where}: withholding species needs the ranks genus and species; the dataset's ranks are "
+                          f"{', '.join(ranks)}")
+    evaluated = Counter(r.lineage() for r in evaluation)
+    per_genus = Counter(lineage[:-1] for lineage in selected)
+    if unseen.names:
+        taxonomy = Taxonomy(ranks, [Record(Path(), lineage, "", "") for lineage in selected])
+        chosen: dict[tuple[str, ...], str] = {}
+        for index, name in enumerate(unseen.names):
+            key = f"{where}.names[{index}]"
+            try:
+                taxon = taxonomy.resolve(name, rank="species")
+            except TaxabenchError as error:
+                raise ConfigError(f"{key}: {error} (among the {len(selected)} species left by the filters)") from error
+            if not evaluated[taxon.lineage]:
+                raise ConfigError(f"{key}: {taxon.scientific_name} has no images in the evaluation split "
+                                  f"{config.eval_split!r} to be evaluated on")
+            chosen[taxon.lineage] = key
+        left = per_genus - Counter(lineage[:-1] for lineage in chosen)
+        for lineage, key in reversed(chosen.items()):  # the name that took the genus's last training species
+            if left[lineage[:-1]] < 1:
+                raise ConfigError(f"{key}: withholding it leaves genus {lineage[-2]!r} with no training species; a "
+                                  "withheld species needs a sibling in training (its lineage down to the genus)")
+        return set(chosen)
+    order = sorted(lineage for lineage in selected if evaluated[lineage] and per_genus[lineage[:-1]] > 1)
+    random.Random(unseen.seed).shuffle(order)
+    left, chosen_lineages = Counter(per_genus), []
+    for lineage in order:  # each genus can give all but one of its species
+        if len(chosen_lineages) < unseen.count and left[lineage[:-1]] > 1:
+            chosen_lineages.append(lineage)
+            left[lineage[:-1]] -= 1
+    if len(chosen_lineages) < unseen.count:
+        raise ConfigError(
+            f"{where}.count: {unseen.count} species asked for, but at most {len(chosen_lineages)} of the "
+            f"{len(selected)} species left by the filters can be withheld (a withheld species needs evaluation "
+            "images and a genus that keeps another species in training)")
+    return set(chosen_lineages)

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import colorsys
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from taxabench.config import DataConfig, taxabench_home
 from taxabench.data.base import AdapterOutput, SkipLog
 from taxabench.data.csv import CsvAdapter
 from taxabench.errors import DataError
+from taxabench.files import building_folder
 from taxabench.taxonomy import check_ranks
 
 FORMAT_VERSION = 3  # bump when the rendering changes: cached worlds of another version are rebuilt elsewhere
@@ -456,13 +455,13 @@ def generate_pretraining(spec: SynthTaxaSpec, shared_depth: int, images_per_spec
 def _write_world(world: list[Species], spec: SynthTaxaSpec, counts: dict[str, int | None], out: Path,
                  summary: dict, seed: list[int], show_progress: bool) -> Path:
     """Render every image of `world` (a count of None: each species' own training count) atomically into `out`."""
-    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
     rows = []
     jobs = [(i, split, j) for i, sp in enumerate(world)
             for split, count in counts.items()
             for j in range(sp.train_images if count is None else count)]
-    with Progress(disable=not show_progress, transient=True) as progress:
+    # another process may finish the same world first: its images are identical, and kept
+    with Progress(disable=not show_progress, transient=True) as progress, \
+            building_folder(out, "world", finished_by=SPEC_FILE) as partial:
         task = progress.add_task(f"SynthTaxa: rendering {len(jobs)} images", total=len(jobs))
         for i, split, j in jobs:
             species = world[i]
@@ -475,18 +474,9 @@ def _write_world(world: list[Species], spec: SynthTaxaSpec, counts: dict[str, in
                          **{f"trait_{k}": v for k, v in species.traits.items()},
                          **{k: round(v, 4) for k, v in nuisance.items()}})
             progress.advance(task)
-    pd.DataFrame(rows).to_csv(partial / METADATA_FILE, index=False)
-    summary = {**summary, "images": len(rows), "species": len(world)}
-    (partial / SPEC_FILE).write_text(json.dumps(summary, indent=2))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if out.exists() and not any(out.iterdir()):
-            out.rmdir()
-        partial.rename(out)
-    except OSError:
-        if not (out / SPEC_FILE).is_file():
-            raise
-        shutil.rmtree(partial, ignore_errors=True)  # another process finished the same world first
+        pd.DataFrame(rows).to_csv(partial / METADATA_FILE, index=False)
+        summary = {**summary, "images": len(rows), "species": len(world)}
+        (partial / SPEC_FILE).write_text(json.dumps(summary, indent=2))
     return out
 
 

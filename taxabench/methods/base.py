@@ -97,6 +97,10 @@ class Method:
     trains_full_unet: ClassVar[bool] = False  # saved as a diffusers `unet/` folder
     required_ranks: ClassVar[tuple[str, ...]] = ()
     ablation_of: ClassVar[str | None] = None  # the method this one ablates (reports group them together)
+    # whether the method can generate a species it was not trained on from its label tuple (data.unseen_species: a
+    # withheld species of a known genus), and why or why not, in a sentence the report prints
+    generates_unseen_species: ClassVar[bool] = False
+    unseen_species_reason: ClassVar[str] = "it does not declare that it can condition on a species outside its training set"
 
     def __init__(self, options: Any, ranks: Sequence[str], species: Sequence[Labels], backbone) -> None:
         """`ranks`: the dataset's ranks; `species`: every training species' labels, sorted (the label space)."""

@@ -101,6 +101,9 @@ class TaxaDiffusion(Method):
     Options = TaxaDiffusionOptions
     default_guidance = "taxonomy"
     guidance_kinds = ("taxonomy", "cfg", "vanilla-cfg", "none")
+    generates_unseen_species = True
+    unseen_species_reason = ("its rank modules read each rank's string through the frozen text encoder: a new species "
+                             "is a new species string under a known lineage")
 
     def __init__(self, options: TaxaDiffusionOptions, ranks: Sequence[str], species: Sequence[Labels], backbone):
         super().__init__(options, ranks, species, backbone)

@@ -18,7 +18,8 @@ Reads `runs/<name>/samples/<method>/` (contract: `taxabench.metrics.samples`), c
                        LPIPS (VGG, untrained backbone), BioCLIP score / CLIP score (synthclip),
                        top-1 accuracy (synthclip) ...
   scope                overall | rare | common | a rank (class, order, ..., species); see
-                       `taxabench.metrics.aggregate` for what each scope computes
+                       `taxabench.metrics.aggregate` for what each scope computes. Rows of point `unseen` have
+                       `unseen` (all withheld species pooled) in overall's place and no rare / common
   value                the number: accuracies in percent, CLIP scores as cosine x 100, LPIPS in [0, 1], FD / KID
                        raw; NaN when no taxon had enough images (see the JSON's skipped_taxa)
   ci_low, ci_high      bootstrap interval over taxa at `eval.confidence` (percentile, re-centred on the value;
@@ -31,7 +32,22 @@ Reads `runs/<name>/samples/<method>/` (contract: `taxabench.metrics.samples`), c
   higher_is_better     True / False
   protocol             the named choices that change the number, `key=value;...`: images (resize mode and size),
                        input (the extractor's resize and normalisation), feature, and metric settings
+  seed                 the training (and sampling) seed
+  point                final (the final checkpoint on the test split), step-<T> (a budget point, validation),
+                       sweep (a guidance sweep, validation), unseen (the final checkpoint on the species
+                       `data.unseen_species` withheld from training, their test-split images)
+  split                the real images compared against
+  steps, images_seen,  the counted budget axes of the evaluated checkpoint (`taxabench.budget`); its wall-clock
+  param_steps,         training seconds are in the JSON only (`"budget"`), so the table of a resumed run is
+  train_flops          byte-identical to an uninterrupted run's
   ===================  =====================================================================================
+
+The unseen-species evaluation (point `unseen`) scores every metric on the withheld species: their test-split
+images are the real set, and zero-shot classification ranks them among all species (trained and withheld), so the
+metric model must know them (BioCLIP reads any species' name; synthclip trains on SynthTaxa's reference split, every
+species included). A method that cannot condition on a species it was not trained on
+(`Method.generates_unseen_species`) gets one row instead: metric `not_applicable`, scope `unseen`, the reason in
+`name` (`write_not_applicable`).
 """
 
 from __future__ import annotations
@@ -52,8 +68,8 @@ from taxabench.config import ExperimentConfig
 from taxabench.data import TaxaData, load_dataset
 from taxabench.errors import ConfigError, TaxabenchError
 from taxabench.files import write_bytes
-from taxabench.layout import POINT_FINAL, RunLayout
-from taxabench.metrics.aggregate import Resampling
+from taxabench.layout import POINT_FINAL, POINT_UNSEEN, RunLayout
+from taxabench.metrics.aggregate import Resampling, ScopeValue
 from taxabench.metrics.cache import files_key, load_features, save_features
 from taxabench.metrics.extractor_base import FeatureExtractor
 from taxabench.metrics.features import (
@@ -65,7 +81,7 @@ from taxabench.metrics.features import (
 )
 from taxabench.metrics.metric_base import SUBJECT_GENERATED, SUBJECT_REAL, Measurement
 from taxabench.metrics.samples import SampleSet, read_samples
-from taxabench.metrics.scopes import SCOPE_OVERALL, EvalSets
+from taxabench.metrics.scopes import SCOPE_OVERALL, SCOPE_UNSEEN, EvalSets
 from taxabench.taxonomy import Taxonomy
 
 KEY_METHOD = "method"
@@ -85,7 +101,7 @@ KEY_PROTOCOL = "protocol"
 KEY_SEED = "seed"  # the training (and sampling) seed
 KEY_POINT = "point"  # "final", or the budget point `step-<T>` (taxabench/budget.py)
 KEY_SPLIT = "split"  # the real images compared against: the test split for "final", validation along training
-BUDGET_COLUMNS = budget.AXES  # steps, images_seen, param_steps, train_flops, wall_seconds
+BUDGET_COLUMNS = budget.COUNTED_AXES  # steps, images_seen, param_steps, train_flops (wall seconds: the JSON only)
 # layout 1 wrote the first 14 columns only; `upgrade_table` fills the others for such a run
 CSV_COLUMNS = (KEY_METHOD, KEY_METRIC, KEY_NAME, KEY_SCOPE, KEY_VALUE, KEY_CI_LOW, KEY_CI_HIGH, KEY_N_REAL,
                KEY_N_GENERATED, KEY_N_TAXA, KEY_EXTRACTOR, KEY_WEIGHTS, KEY_HIGHER_IS_BETTER, KEY_PROTOCOL,
@@ -95,6 +111,8 @@ LAYOUT_1_COLUMNS = CSV_COLUMNS[:14]
 SEPARATE_METRICS = frozenset({"probe_top1", "probe_sibling"})
 
 CEILING_METHOD = "real-images"  # the rows of held-out real images scored like generated ones
+NOT_APPLICABLE = "not_applicable"  # the metric of the unseen-species row of a method that cannot generate them
+POOLED_SCOPES = (SCOPE_OVERALL, SCOPE_UNSEEN)
 FD_MIN_IMAGES = 2000  # below this many images on a side, FD is strongly biased upwards (warned, not refused)
 
 
@@ -112,7 +130,7 @@ class EvalResult:
     samples: SampleSet
 
     def headline(self) -> list[Measurement]:
-        return [m for m in self.measurements if m.scope.scope == SCOPE_OVERALL and m.subject == SUBJECT_GENERATED]
+        return [m for m in self.measurements if m.scope.scope in POOLED_SCOPES and m.subject == SUBJECT_GENERATED]
 
 
 @dataclass
@@ -277,7 +295,8 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
     `samples`: reads images from elsewhere given the dataset's taxonomy (another generator's folder,
     `taxabench.metrics.external_samples`); they are evaluated and written under the name `method` instead of
     `run_dir/samples/<method>/`. `seed` and `point` pick the sample folder of a training seed (multi-seed runs)
-    and of a budget point (None: the final checkpoint); the rows carry the seed (`config.seed` when None), the
+    and of a budget point (None: the final checkpoint; `unseen`: its samples of the species withheld from training,
+    against their real images, `TaxaData.unseen_view`); the rows carry the seed (`config.seed` when None), the
     point, the split compared against (`data.eval_split`) and `budget_axes` (NaN where not given).
 
     Raises `SamplesError` for a sample folder that breaks the contract, `WeightsNotFoundError` when an
@@ -292,11 +311,14 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
                              "give the samples another name")
     metrics = [METRICS.get(name)() for name in config.eval.metrics]
     data = load_dataset(config.data)
+    unseen = point == POINT_UNSEEN
+    if unseen:
+        data = data.unseen_view()
     if samples is None:
         sample_set = read_samples(layout.samples(method, seed, point), method, data.taxonomy)
     else:
         sample_set = samples(data.taxonomy)
-    context = EvalContext(config, data, EvalSets.build(data, sample_set), show_progress)
+    context = EvalContext(config, data, EvalSets.build(data, sample_set, unseen=unseen), show_progress)
 
     measurements: list[Measurement] = []
     for metric in metrics:
@@ -312,7 +334,7 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
     json_path, csv_path = layout.metrics_json(method, seed, point), layout.all_csv
     key = {KEY_SEED: config.seed if seed is None else seed, KEY_POINT: point or POINT_FINAL,
            KEY_SPLIT: config.data.eval_split}
-    key.update({axis: (budget_axes or {}).get(axis, math.nan) for axis in BUDGET_COLUMNS})
+    key.update({axis: (budget_axes or {}).get(axis, math.nan) for axis in budget.AXES})
     from accelerate import PartialState
 
     if PartialState().is_main_process:
@@ -327,6 +349,22 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
     return EvalResult(method, measurements, json_path, csv_path, notes, sample_set)
 
 
+def write_not_applicable(config: ExperimentConfig, method: str, reason: str, run_dir: str | Path | None = None,
+                         seed: int | None = None) -> None:
+    """The unseen-species row of a method that cannot generate a species it was not trained on: metric
+    `not_applicable`, scope `unseen`, value NaN, the reason in `name`; and its JSON, which says the same."""
+    layout = RunLayout(Path(run_dir) if run_dir is not None else config.run_dir)
+    key = {KEY_SEED: config.seed if seed is None else seed, KEY_POINT: POINT_UNSEEN, KEY_SPLIT: config.data.eval_split,
+           **{axis: math.nan for axis in BUDGET_COLUMNS}}
+    nan = math.nan
+    row = Measurement(NOT_APPLICABLE, f"not applicable: {reason}", ScopeValue(SCOPE_UNSEEN, nan, nan, nan, 0, 0, 0, 0),
+                      extractor="", weights="", higher_is_better=True)
+    report = {"method": method, "seed": key[KEY_SEED], "point": POINT_UNSEEN, "applicable": False, "reason": reason,
+              "warnings": [], "measurements": []}
+    write_bytes(layout.metrics_json(method, seed, POINT_UNSEEN), json.dumps(report, indent=2).encode(), "metrics")
+    write_csv_rows(layout.all_csv, method, [row], key)
+
+
 def csv_rows(method: str, measurements: list[Measurement], key: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """`all.csv` rows of one evaluation; `key`: its seed, point, split and budget axes (absent: left empty)."""
     return [
@@ -334,17 +372,20 @@ def csv_rows(method: str, measurements: list[Measurement], key: dict[str, Any] |
          KEY_VALUE: m.scope.value, KEY_CI_LOW: m.scope.ci_low, KEY_CI_HIGH: m.scope.ci_high,
          KEY_N_REAL: m.scope.n_real, KEY_N_GENERATED: m.scope.n_generated, KEY_N_TAXA: m.scope.n_taxa,
          KEY_EXTRACTOR: m.extractor, KEY_WEIGHTS: m.weights, KEY_HIGHER_IS_BETTER: m.higher_is_better,
-         KEY_PROTOCOL: m.protocol_string(), **(key or {})}
+         KEY_PROTOCOL: m.protocol_string(), **{k: v for k, v in (key or {}).items() if k in CSV_COLUMNS}}
         for m in measurements
     ]
 
 
 def upgrade_table(table, path: Path, seed: int, eval_split: str | None):
     """An `all.csv` in taxabench's columns: a layout-1 table (final evaluations of one seed) gains the seed, point,
-    split and budget columns; any other set of columns is refused, naming the file."""
+    split and budget columns; a table that still carries wall-clock seconds (kept in the JSONs since) loses them;
+    any other set of columns is refused, naming the file."""
     if list(table.columns) == list(LAYOUT_1_COLUMNS):
         table = table.assign(**{KEY_SEED: seed, KEY_POINT: POINT_FINAL, KEY_SPLIT: eval_split},
                              **{axis: math.nan for axis in BUDGET_COLUMNS})
+    if list(table.columns) == [*CSV_COLUMNS, budget.WALL_SECONDS]:
+        table = table.drop(columns=[budget.WALL_SECONDS])
     if list(table.columns) != list(CSV_COLUMNS):
         raise TaxabenchError(f"{path} has columns {list(table.columns)}, expected {list(CSV_COLUMNS)}; "
                              "move it away and re-evaluate every method")
@@ -369,7 +410,7 @@ def write_csv_rows(path: Path, method: str, measurements: list[Measurement], key
 def _small_sample_warnings(measurements: list[Measurement]) -> list[str]:
     notes = []
     for m in measurements:
-        if m.metric == "fd" and m.scope.scope == SCOPE_OVERALL:
+        if m.metric == "fd" and m.scope.scope in POOLED_SCOPES:
             smallest = min(m.scope.n_real, m.scope.n_generated)
             if smallest < FD_MIN_IMAGES:
                 notes.append(
@@ -387,12 +428,13 @@ def _json_report(method: str, config: ExperimentConfig, data: TaxaData, context:
         "method": method,
         "seed": key[KEY_SEED],
         "point": key[KEY_POINT],
-        "budget": {axis: _finite(key[axis]) for axis in BUDGET_COLUMNS},
+        "budget": {axis: _finite(key[axis]) for axis in budget.AXES},
         "taxabench_version": __version__,
         "config_fingerprint": config.fingerprint("data", "eval"),
         "data": {"dataset": data.dataset, "fingerprint": data.fingerprint(), "eval_split": config.data.eval_split,
                  "image_size": config.data.image_size, "resize": config.data.resize, "rank": sets.rank,
-                 "taxa": len(sets.units), "real_images": len(sets.real),
+                 "taxa": len(sets.units), "real_images": len(sets.real), "scope": sets.pooled_name,
+                 **({"unseen_species": [t.id for t in sets.units]} if sets.pooled_name == SCOPE_UNSEEN else {}),
                  "rare_threshold": data.rare_threshold},
         "samples": {"folder": str(sets.generated.folder), "manifest": sets.generated.manifest,
                     "images": len(sets.generated.images), "skipped": sets.generated.skipped},

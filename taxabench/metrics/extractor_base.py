@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from taxabench.errors import TaxabenchError
-from taxabench.weights import WeightsSpec
+from taxabench.weights import ResolvedWeights, WeightsSpec, resolve_weights
 
 if TYPE_CHECKING:
     from taxabench.config import ExperimentConfig
@@ -34,8 +34,14 @@ class FeatureExtractor(torch.nn.Module):
 
     @classmethod
     def load(cls, config: ExperimentConfig) -> FeatureExtractor:
-        """Resolve the weights named by `config` (explicit → env → cache → download/build → fail) and construct."""
-        raise NotImplementedError
+        """Resolve the weights named by `config` (explicit → env → cache → download/build → fail) and construct;
+        by default `cls(cls.resolve(config))`."""
+        return cls(cls.resolve(config))
+
+    @classmethod
+    def resolve(cls, config: ExperimentConfig) -> ResolvedWeights:
+        """The weights of `weights_specs[0]` as `config.eval` asks for them (`configured_weights`)."""
+        return configured_weights(cls.weights_specs[0], cls.name, config)
 
     def freeze(self) -> None:
         self.requires_grad_(False)
@@ -66,6 +72,17 @@ class TextImageExtractor(FeatureExtractor):
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings (n, d) of `captions`."""
         raise NotImplementedError
+
+
+def configured_weights(spec: WeightsSpec, extractor: str, config: ExperimentConfig,
+                       download: bool = True) -> ResolvedWeights:
+    """`spec`'s weights as `config.eval` asks for them for `extractor`: `eval.weights` (a file or folder; open_clip's
+    `local-dir:` prefix is allowed), `eval.revisions` (a pinned hub snapshot), `eval.unverified_weights` (an
+    accepted other digest of a single published file); the rest of the resolution order is `resolve_weights`'."""
+    explicit = config.eval.weights.get(extractor)
+    return resolve_weights(spec, explicit.removeprefix("local-dir:") if explicit else None, download=download,
+                           revision=config.eval.revisions.get(extractor),
+                           unverified_sha256=config.eval.unverified_weights.get(extractor))
 
 
 def check_images(images: torch.Tensor, name: str) -> None:

@@ -13,7 +13,7 @@ carries the snapshot's commit and the SHA-256 of its files).
 from __future__ import annotations
 
 from taxabench.metrics.extractor_open_clip import OpenClipExtractor
-from taxabench.weights import WeightsSpec, resolve_weights
+from taxabench.weights import WeightsSpec
 
 BIOCLIP_WEIGHTS = WeightsSpec(
     name="bioclip",
@@ -37,21 +37,10 @@ BIOCLIP_2_WEIGHTS = WeightsSpec(
 )
 
 
-def explicit_folder(value: str | None) -> str | None:
-    """`eval.weights` entries may be written as open_clip names them: `local-dir:/path`."""
-    return value.removeprefix("local-dir:") if value else None
-
-
 class BioClipExtractor(OpenClipExtractor):
     name = "bioclip"
     description = "BioCLIP image embedding (ViT-B-16, 512-d) and text encoder: BioCLIP score, taxonomic accuracy."
     weights_specs = (BIOCLIP_WEIGHTS,)
-
-    @classmethod
-    def load(cls, config) -> BioClipExtractor:
-        spec = cls.weights_specs[0]
-        return cls(resolve_weights(spec, explicit_folder(config.eval.weights.get(cls.name)),
-                                   revision=config.eval.revisions.get(cls.name)))
 
 
 class BioClip2Extractor(BioClipExtractor):

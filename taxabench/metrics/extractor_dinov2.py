@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 
 from taxabench.metrics.extractor_base import FeatureExtractor, to_unit_range
-from taxabench.weights import ResolvedWeights, WeightsSpec, resolve_weights
+from taxabench.weights import ResolvedWeights, WeightsSpec
 
 DINOV2_WEIGHTS = WeightsSpec(
     name="dinov2-vitl14",
@@ -35,11 +35,6 @@ class Dinov2Extractor(FeatureExtractor):
     features = ("cls",)
     default_features: ClassVar[dict[str, str]] = {"*": "cls"}
     weights_specs = (DINOV2_WEIGHTS,)
-
-    @classmethod
-    def load(cls, config) -> Dinov2Extractor:
-        return cls(resolve_weights(DINOV2_WEIGHTS, config.eval.weights.get(cls.name),
-                                   revision=config.eval.revisions.get(cls.name)))
 
     def __init__(self, weights: ResolvedWeights):
         super().__init__()

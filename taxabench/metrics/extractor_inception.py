@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 
 from taxabench.metrics.extractor_base import FeatureExtractor, to_unit_range
-from taxabench.weights import ResolvedWeights, WeightsSpec, resolve_weights
+from taxabench.weights import ResolvedWeights, WeightsSpec
 
 INCEPTION_WEIGHTS = WeightsSpec(
     name="inception",
@@ -55,11 +55,6 @@ class InceptionExtractor(FeatureExtractor):
     default_features: ClassVar[dict[str, str]] = {"*": "pool3"}
     weights_specs = (INCEPTION_WEIGHTS,)
     protocol = "pytorch-fid:bilinear-299,[-1,1]"
-
-    @classmethod
-    def load(cls, config) -> InceptionExtractor:
-        return cls(resolve_weights(INCEPTION_WEIGHTS, config.eval.weights.get(cls.name),
-                                   unverified_sha256=config.eval.unverified_weights.get(cls.name)))
 
     def __init__(self, weights: ResolvedWeights):
         super().__init__()

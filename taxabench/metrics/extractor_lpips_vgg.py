@@ -25,7 +25,7 @@ import torch
 
 from taxabench.errors import WeightsInvalidError, WeightsNotFoundError
 from taxabench.metrics.extractor_base import FeatureExtractor, to_unit_range
-from taxabench.weights import ResolvedWeights, WeightsSpec, file_sha256, resolve_weights
+from taxabench.weights import ResolvedWeights, WeightsSpec, file_sha256
 
 VGG16_WEIGHTS = WeightsSpec(
     name="vgg16",
@@ -76,8 +76,7 @@ class LpipsVggExtractor(FeatureExtractor):
         backbone = None
         if mode != "untrained":
             try:
-                backbone = resolve_weights(VGG16_WEIGHTS, config.eval.weights.get(cls.name),
-                                           unverified_sha256=config.eval.unverified_weights.get(cls.name))
+                backbone = cls.resolve(config)
             except WeightsInvalidError:
                 raise  # a file was found but is not the published one: never silently a random backbone
             except WeightsNotFoundError:

@@ -59,6 +59,28 @@ class Metric:
         raise NotImplementedError
 
 
+def compared_features(context: EvalContext, extractor_name: str, metric_key: str) -> tuple[Any, str, np.ndarray,
+                                                                                          np.ndarray]:
+    """(extractor, feature name, real features, generated features): the two sets `metric_key` compares in
+    `extractor_name`'s space, rows aligned with `context.sets.real` and the generated images."""
+    extractor = context.extractor(extractor_name)
+    feature = extractor.feature_for(metric_key)
+    return (extractor, feature, context.features(extractor_name, "real")[feature],
+            context.features(extractor_name, "generated")[feature])
+
+
+def diversity_extractor(config) -> str:
+    """The extractor of the diversity and copying metrics: `eval.diversity_extractor`, default the metric model."""
+    return config.eval.diversity_extractor or config.eval.clip_model
+
+
+class OnDiversityFeatures:
+    """Mixin of the metrics computed in `eval.diversity_extractor`'s space (vendi, prdc, copying)."""
+
+    def extractors(self, config) -> list[str]:
+        return [diversity_extractor(config)]
+
+
 class PerImageMetric(Metric):
     """A metric with one value per image (scores, accuracies, mistake severity).
 
@@ -132,10 +154,7 @@ class SetMetric(Metric):
 
     def compute(self, context: EvalContext) -> list[Measurement]:
         extractor_name = self.extractor_name(context.config)
-        extractor = context.extractor(extractor_name)
-        feature = extractor.feature_for(self.key)
-        real = context.features(extractor_name, "real")[feature]
-        generated = context.features(extractor_name, "generated")[feature]
+        extractor, feature, real, generated = compared_features(context, extractor_name, self.key)
         with one_cpu_thread():  # no-op for the math when it runs on CUDA
             scopes = summarise_set_metric(
                 lambda r, g: self.value(r, g, context), self.bootstrap(context), real, generated, context.sets,

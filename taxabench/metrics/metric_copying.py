@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from taxabench.metrics.metric_base import PerImageMetric
-from taxabench.metrics.metric_vendi import diversity_extractor
+from taxabench.metrics.metric_base import OnDiversityFeatures, PerImageMetric, diversity_extractor
 
 CHUNK = 4096
 
@@ -35,13 +34,10 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-class Copying(PerImageMetric):
+class Copying(OnDiversityFeatures, PerImageMetric):
     key = "copying"
     description = ("Nearest-training-image similarity of generated images and the percent of near-copies (above "
                    "the eval.copy_quantile of held-out real images' own); real images give the reference row.")
-
-    def extractors(self, config) -> list[str]:
-        return [diversity_extractor(config)]
 
     def _similarities(self, context, side: str) -> np.ndarray:
         name = diversity_extractor(context.config)

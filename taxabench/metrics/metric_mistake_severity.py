@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from taxabench.metrics.metric_base import PerImageMetric
-from taxabench.metrics.zero_shot import ancestor_indices, classify_per_rank
+from taxabench.metrics.zero_shot import ZeroShotMetric, ancestor_indices, classify_per_rank
 
 
 def lca_height(ancestors: np.ndarray, predicted: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -24,13 +23,10 @@ def lca_height(ancestors: np.ndarray, predicted: np.ndarray, true: np.ndarray) -
     return (ancestors.shape[1] - shared).astype(np.float64)
 
 
-class MistakeSeverity(PerImageMetric):
+class MistakeSeverity(ZeroShotMetric):
     key = "mistake_severity"
     description = ("Ranks up to the lowest common ancestor of the zero-shot prediction and the true taxon "
                    "(0 = right; eval.clip_model); real images give the ceiling row.")
-
-    def extractors(self, config) -> list[str]:
-        return [config.eval.clip_model]
 
     def values(self, context, sets, side) -> dict[str, dict[str, np.ndarray]]:
         ranks = classify_per_rank(context, sets, side, self.key)
@@ -39,8 +35,5 @@ class MistakeSeverity(PerImageMetric):
                            for rank, c in ranks.items()}}
 
     def describe(self, context, quantity):
-        model_name = context.config.eval.clip_model
-        protocol = {**context.image_protocol(model_name), "caption": "bioclip-taxonomic",
-                    "candidates": "all taxa of the rank", "unit": "ranks to the lowest common ancestor"}
-        return (f"mistake severity ({model_name})", model_name, context.extractor(model_name).identity, False,
-                protocol)
+        return self.zero_shot_description(context, "mistake severity", False, candidates="all taxa of the rank",
+                                          unit="ranks to the lowest common ancestor")

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from taxabench.metrics.metric_base import PerImageMetric
-from taxabench.metrics.zero_shot import ancestor_indices, classify_per_rank
+from taxabench.metrics.zero_shot import ZeroShotMetric, ancestor_indices, classify_per_rank
 
 
 def consistent_paths(predicted: list[np.ndarray], parents: list[np.ndarray]) -> list[np.ndarray]:
@@ -25,13 +24,10 @@ def consistent_paths(predicted: list[np.ndarray], parents: list[np.ndarray]) -> 
     return consistent
 
 
-class PathConsistency(PerImageMetric):
+class PathConsistency(ZeroShotMetric):
     key = "path_consistency"
     description = ("Percent of images whose per-rank zero-shot predictions form a path of the tree "
                    "(eval.clip_model); real images give the ceiling row.")
-
-    def extractors(self, config) -> list[str]:
-        return [config.eval.clip_model]
 
     def values(self, context, sets, side) -> dict[str, dict[str, np.ndarray]]:
         ranks = classify_per_rank(context, sets, side, self.key)
@@ -42,8 +38,5 @@ class PathConsistency(PerImageMetric):
         return {self.key: {rank: 100.0 * path.astype(np.float64) for rank, path in zip(ranks, paths)}}
 
     def describe(self, context, quantity):
-        model_name = context.config.eval.clip_model
-        protocol = {**context.image_protocol(model_name), "caption": "bioclip-taxonomic",
-                    "candidates": "all taxa of each rank", "path": "top rank down to the scope's rank"}
-        return (f"path consistency ({model_name})", model_name, context.extractor(model_name).identity, True,
-                protocol)
+        return self.zero_shot_description(context, "path consistency", True, candidates="all taxa of each rank",
+                                          path="top rank down to the scope's rank")

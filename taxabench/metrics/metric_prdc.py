@@ -19,8 +19,13 @@ import torch
 
 from taxabench.metrics.aggregate import summarise_set_metric
 from taxabench.metrics.features import one_cpu_thread
-from taxabench.metrics.metric_base import Measurement, Metric
-from taxabench.metrics.metric_vendi import diversity_extractor
+from taxabench.metrics.metric_base import (
+    Measurement,
+    Metric,
+    OnDiversityFeatures,
+    compared_features,
+    diversity_extractor,
+)
 
 QUANTITIES = ("precision", "recall", "density", "coverage")
 CHUNK = 4096  # rows of a distance matrix held at once
@@ -113,20 +118,14 @@ def prdc_bootstrap(real, generated, real_unit, gen_unit, counts, k: int) -> dict
     return out
 
 
-class Prdc(Metric):
+class Prdc(OnDiversityFeatures, Metric):
     key = "prdc"
     description = ("Precision / recall / density / coverage (k-NN, k = eval.prdc_k) of generated vs real images in "
                    "eval.diversity_extractor's space.")
 
-    def extractors(self, config) -> list[str]:
-        return [diversity_extractor(config)]
-
     def compute(self, context) -> list[Measurement]:
         name = diversity_extractor(context.config)
-        extractor = context.extractor(name)
-        feature = extractor.feature_for(self.key)
-        real = context.features(name, "real")[feature]
-        generated = context.features(name, "generated")[feature]
+        extractor, feature, real, generated = compared_features(context, name, self.key)
         k = context.config.eval.prdc_k
         protocol = {**context.image_protocol(name), "feature": feature, "k": k, "distance": "euclidean"}
         bootstraps: dict[tuple, dict[str, np.ndarray]] = {}

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from taxabench.metrics.metric_base import PerImageMetric
-from taxabench.metrics.zero_shot import classify_per_rank
+from taxabench.metrics.zero_shot import ZeroShotMetric, classify_per_rank
 
 TOP_K = 5
 QUANTITIES = {"top1": 1, "top5": TOP_K}
@@ -30,13 +29,10 @@ def hits_from_similarity(similarity: np.ndarray, true_index: np.ndarray, k: int)
     return (better < k).astype(np.float64)
 
 
-class TaxaAccuracy(PerImageMetric):
+class TaxaAccuracy(ZeroShotMetric):
     key = "taxa_accuracy"
     description = ("Zero-shot top-1 / top-5 accuracy of generated images among the taxa of each rank "
                    "(eval.clip_model); real images give the ceiling row.")
-
-    def extractors(self, config) -> list[str]:
-        return [config.eval.clip_model]
 
     def values(self, context, sets, side) -> dict[str, dict[str, np.ndarray]]:
         ranks = classify_per_rank(context, sets, side, self.key)
@@ -45,12 +41,8 @@ class TaxaAccuracy(PerImageMetric):
                 for quantity, k in QUANTITIES.items()}
 
     def describe(self, context, quantity):
-        model_name = context.config.eval.clip_model
         k = QUANTITIES[quantity]
-        protocol = {**context.image_protocol(model_name), "caption": "bioclip-taxonomic",
-                    "candidates": "all taxa of the rank", "k": k}
-        return (f"top-{k} accuracy ({model_name})", model_name, context.extractor(model_name).identity, True,
-                protocol)
+        return self.zero_shot_description(context, f"top-{k} accuracy", True, candidates="all taxa of the rank", k=k)
 
     def keep(self, context, quantity, scope) -> bool:
         rank = scope.scope if scope.scope in context.sets.ranks else context.sets.rank

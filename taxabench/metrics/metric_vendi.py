@@ -15,7 +15,13 @@ import numpy as np
 
 from taxabench.metrics.aggregate import summarise_per_taxon_set_metric
 from taxabench.metrics.features import one_cpu_thread
-from taxabench.metrics.metric_base import Measurement, Metric
+from taxabench.metrics.metric_base import (
+    Measurement,
+    Metric,
+    OnDiversityFeatures,
+    compared_features,
+    diversity_extractor,
+)
 
 MIN_IMAGES = 2
 
@@ -32,24 +38,14 @@ def vendi_score(features: np.ndarray) -> float:
     return float(np.exp(-np.sum(eigenvalues * np.log(eigenvalues))))
 
 
-def diversity_extractor(config) -> str:
-    return config.eval.diversity_extractor or config.eval.clip_model
-
-
-class VendiRatio(Metric):
+class VendiRatio(OnDiversityFeatures, Metric):
     key = "vendi"
     description = ("Per-species Vendi score (cosine kernel) of generated / real images in eval.diversity_extractor's "
                    "space: < 1 means fewer distinct looks than real.")
 
-    def extractors(self, config) -> list[str]:
-        return [diversity_extractor(config)]
-
     def compute(self, context) -> list[Measurement]:
         name = diversity_extractor(context.config)
-        extractor = context.extractor(name)
-        feature = extractor.feature_for(self.key)
-        real = context.features(name, "real")[feature]
-        generated = context.features(name, "generated")[feature]
+        extractor, feature, real, generated = compared_features(context, name, self.key)
         with one_cpu_thread():
             scopes = summarise_per_taxon_set_metric(lambda r, g: vendi_score(g) / vendi_score(r), real, generated,
                                                     context.sets, context.resampling, MIN_IMAGES)

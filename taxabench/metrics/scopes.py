@@ -14,6 +14,9 @@ from taxabench.taxonomy import Record, Taxon
 SCOPE_OVERALL = "overall"
 SCOPE_RARE = "rare"
 SCOPE_COMMON = "common"
+# the pooled scope of the evaluation on the species withheld from training (data.unseen_species; point `unseen`):
+# it takes the place of overall, and there is no rare / common (those species have no training images)
+SCOPE_UNSEEN = "unseen"
 
 
 @dataclass
@@ -32,11 +35,13 @@ class EvalSets:
     real_rows: np.ndarray  # index of each real image in the dataset's eval split (for cached split features)
     gen_unit: np.ndarray  # unit index of each generated image
     real_unit: np.ndarray  # unit index of each real image
-    rare_units: np.ndarray | None  # bool per unit; None when units are not species
+    rare_units: np.ndarray | None  # bool per unit; None when units are not species (or unseen ones)
+    pooled_name: str = SCOPE_OVERALL  # the scope of all units together: overall, or unseen
     _taxa: dict[str, tuple[list[Taxon], np.ndarray]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(cls, data: TaxaData, samples: SampleSet) -> EvalSets:
+    def build(cls, data: TaxaData, samples: SampleSet, unseen: bool = False) -> EvalSets:
+        """`unseen`: `data` is `TaxaData.unseen_view()` and the units are species no method was trained on."""
         units = sorted({img.taxon for img in samples.images}, key=lambda t: t.id)
         unit_index = {t.id: i for i, t in enumerate(units)}
         depth = data.ranks.index(samples.rank) + 1
@@ -52,7 +57,7 @@ class EvalSets:
                 f"(first: {units[0].id}); set data.eval_split to the split of held-out real images"
             )
         rare = None
-        if samples.rank == "species":
+        if samples.rank == "species" and not unseen:
             rare = np.array([data.taxonomy.image_count(t.id) <= data.rare_threshold for t in units])
         return cls(
             rank=samples.rank,
@@ -64,17 +69,20 @@ class EvalSets:
             gen_unit=np.array([unit_index[img.taxon.id] for img in samples.images]),
             real_unit=np.array(real_unit),
             rare_units=rare,
+            pooled_name=SCOPE_UNSEEN if unseen else SCOPE_OVERALL,
         )
 
     def real_as_subject(self) -> EvalSets:
         """These sets with the real images in the generated images' place: per-image metrics score held-out real
         images through it for the ceiling row (`gen_unit` becomes `real_unit`)."""
         return EvalSets(self.rank, self.ranks, self.units, self.generated, self.real, self.real_rows,
-                        gen_unit=self.real_unit, real_unit=self.real_unit, rare_units=self.rare_units)
+                        gen_unit=self.real_unit, real_unit=self.real_unit, rare_units=self.rare_units,
+                        pooled_name=self.pooled_name)
 
     def pooled_scopes(self) -> list[tuple[str, np.ndarray]]:
-        """(scope name, unit indices) of the pooled scopes: overall, and rare / common when units are species."""
-        scopes = [(SCOPE_OVERALL, np.arange(len(self.units)))]
+        """(scope name, unit indices) of the pooled scopes: overall (or unseen), and rare / common when units are
+        trained species."""
+        scopes = [(self.pooled_name, np.arange(len(self.units)))]
         if self.rare_units is not None:
             for name, mask in ((SCOPE_RARE, self.rare_units), (SCOPE_COMMON, ~self.rare_units)):
                 if mask.any():

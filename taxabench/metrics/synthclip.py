@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from rich.progress import Progress
 
-from taxabench.config import DataConfig, ExperimentConfig, SpeciesSubset, taxabench_home
+from taxabench.config import DataConfig, ExperimentConfig, SpeciesSubset, UnseenSpecies, taxabench_home
 from taxabench.data import TaxaData, load_dataset
 from taxabench.errors import DataError, TaxabenchError, WeightsNotFoundError
+from taxabench.files import building_folder
 from taxabench.metrics.cache import cache_key
 from taxabench.metrics.extractor_open_clip import OPENAI_MEAN, OPENAI_STD
 from taxabench.metrics.features import one_cpu_thread
@@ -76,9 +76,11 @@ def register_architecture() -> None:
 
 def synthclip_data_config(config: ExperimentConfig) -> DataConfig:
     """The experiment's dataset, read with synthclip's training split and without the species filters (synthclip
-    learns every species of the world; zero-shot candidates at evaluation come from the experiment's taxonomy)."""
+    learns every species of the world, the unseen ones too, as BioCLIP knows species a generator never saw;
+    zero-shot candidates at evaluation come from the experiment's taxonomy)."""
     return replace(config.data, train_split=config.eval.synthclip.split, min_images_per_species=1,
-                   max_images_per_species=None, few_shot=None, species_subset=SpeciesSubset())
+                   max_images_per_species=None, few_shot=None, species_subset=SpeciesSubset(),
+                   unseen_species=UnseenSpecies())
 
 
 def build_folder(config: ExperimentConfig, data: TaxaData | None = None) -> Path:
@@ -277,19 +279,14 @@ def save_open_clip_folder(model, folder: Path, report: dict | None = None) -> No
     """Write `model` (a synthclip-tiny open_clip model) as an open_clip `local-dir:` folder, atomically."""
     from safetensors.torch import save_file
 
-    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, partial / "open_clip_model.safetensors")
     config = {
         "model_cfg": json.loads(ARCHITECTURE_FILE.read_text()),
         "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD), "interpolation": "bilinear",
                            "resize_mode": "squash"},
     }
-    (partial / "open_clip_config.json").write_text(json.dumps(config, indent=2))
-    if report is not None:
-        (partial / BUILD_FILE).write_text(json.dumps(report, indent=2))
-    if folder.exists():  # another process finished the same build first: its result is identical
-        shutil.rmtree(partial)
-        return
-    os.replace(partial, folder)
+    # another process may finish the same build first: its result is identical, and kept
+    with building_folder(folder, "metric-model", finished_by="open_clip_config.json") as staging:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staging / "open_clip_model.safetensors")
+        if report is not None:
+            (staging / BUILD_FILE).write_text(json.dumps(report, indent=2))
+        (staging / "open_clip_config.json").write_text(json.dumps(config, indent=2))

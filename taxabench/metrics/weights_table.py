@@ -31,6 +31,7 @@ def weights_table(config: ExperimentConfig | None = None) -> list[WeightsStatus]
     """One row per weights file or folder of the backbone and of every registered extractor; never downloads or
     builds weights (to key synthclip's build it reads the dataset, which generates a SynthTaxa world that is not on
     disk yet)."""
+    from taxabench.metrics.extractor_base import configured_weights
     from taxabench.metrics.extractor_lpips_vgg import HEADS_SHA256, VGG16_WEIGHTS, lpips_heads_path
     from taxabench.metrics.registry import EXTRACTORS, METRICS
     from taxabench.metrics.synthclip import SYNTHCLIP_WEIGHTS, resolve_synthclip
@@ -47,10 +48,7 @@ def weights_table(config: ExperimentConfig | None = None) -> list[WeightsStatus]
                 if spec is SYNTHCLIP_WEIGHTS:
                     resolved = resolve_synthclip(config, build=False)
                 else:
-                    explicit = config.eval.weights.get(name)
-                    resolved = resolve_weights(spec, explicit.removeprefix("local-dir:") if explicit else None,
-                                               download=False, revision=config.eval.revisions.get(name),
-                                               unverified_sha256=config.eval.unverified_weights.get(name))
+                    resolved = configured_weights(spec, name, config, download=False)
                 rows.append(WeightsStatus(name, spec.name, True, f"{resolved.identity(spec.name)}: {resolved.path}",
                                           use))
             except WeightsInvalidError as error:  # found but wrong: a run fails on it even where it is optional

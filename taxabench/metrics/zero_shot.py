@@ -7,9 +7,11 @@ after r), embedded by `eval.clip_model`; an image's similarity to a candidate is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from taxabench.metrics.metric_base import PerImageMetric
 from taxabench.taxonomy import Taxon, bioclip_caption
 
 
@@ -53,3 +55,19 @@ def ancestor_indices(candidates: list[Taxon], taxa_by_rank: dict[str, list[Taxon
     index = [{t.lineage: i for i, t in enumerate(taxa_by_rank[rank])} for rank in ranks]
     return np.array([[index[q][c.lineage[:q + 1]] for q in range(depth)] for c in candidates],
                     dtype=np.int64).reshape(len(candidates), depth)
+
+
+class ZeroShotMetric(PerImageMetric):
+    """A per-image metric of `eval.clip_model`'s zero-shot classification (`classify_per_rank`): taxa_accuracy,
+    mistake_severity, path_consistency."""
+
+    def extractors(self, config) -> list[str]:
+        return [config.eval.clip_model]
+
+    def zero_shot_description(self, context, display: str, higher_is_better: bool,
+                              **protocol: Any) -> tuple[str, str, str, bool, dict[str, Any]]:
+        """`describe`'s answer: `display` named after the metric model, its weights, and the protocol (the image
+        handling, the caption form, and `protocol`)."""
+        model_name = context.config.eval.clip_model
+        return (f"{display} ({model_name})", model_name, context.extractor(model_name).identity, higher_is_better,
+                {**context.image_protocol(model_name), "caption": "bioclip-taxonomic", **protocol})
