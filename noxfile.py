@@ -49,9 +49,11 @@ def slow(session: nox.Session) -> None:
 def realweights(session: nox.Session) -> None:
     """The real-weights path offline: SD 1.5 / BioCLIP / Inception / VGG16 stand-ins in their real cache layouts
     through `taxabench weights`, a `taxabench run` of configs/fishnet.yaml and diffusers; LPIPS at 512 px against
-    the lpips package (tests/test_realweights.py, tests/test_metrics_lpips.py; about 15 minutes on 2 cores)."""
+    the lpips package; FID and the BioCLIP score against pytorch-fid, clean-fid, torch-fidelity, torchmetrics and
+    open_clip (tests/test_realweights*.py, tests/test_metrics_lpips.py; about 15 minutes on 2 cores)."""
     bin_ = shared_env(session)
-    session.run(str(bin_ / "pytest"), "-m", "not cuda", "tests/test_realweights.py", "tests/test_metrics_lpips.py",
+    session.run(str(bin_ / "pytest"), "-m", "not cuda", "tests/test_realweights.py", "tests/test_realweights_metrics.py",
+                "tests/test_metrics_lpips.py",
                 *session.posargs, external=True)
 
 

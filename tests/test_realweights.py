@@ -13,7 +13,9 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import PIL.Image
 import pytest
 import standins
 import torch
@@ -27,20 +29,8 @@ REPO = Path(__file__).parents[1]
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory):
     """HF_HUB_CACHE and TORCH_HOME pointed at fresh folders for the module (restored afterwards)."""
-    import huggingface_hub.constants as hub_constants
-
-    root = tmp_path_factory.mktemp("caches")
-    saved = {k: os.environ.get(k) for k in ("HF_HUB_CACHE", "TORCH_HOME")}
-    saved_constant = hub_constants.HF_HUB_CACHE
-    os.environ["HF_HUB_CACHE"] = hub_constants.HF_HUB_CACHE = str(root / "hub")
-    os.environ["TORCH_HOME"] = str(root / "torch")
-    yield root
-    hub_constants.HF_HUB_CACHE = saved_constant
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with standins.pointed_caches(tmp_path_factory.mktemp("caches")) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")
@@ -132,33 +122,80 @@ def test_fishnet_run_through_the_real_layouts(fishnet_run):
     assert (run_dir / "report" / "README.md").is_file()
 
 
+def _samples(run_dir: Path, name: str) -> tuple[Path, list[dict]]:
+    folder = run_dir / "samples" / name
+    return folder, [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+
+
+def _assert_same_images(images, folder: Path, lines: list[dict]) -> None:
+    """The images the sampler wrote. Both sides compute in the run's precision (float64 on CPU) in another
+    batching and LoRA arithmetic (merged vs added), ~1e-13 apart: only a value sitting on an 8-bit rounding
+    boundary can differ, by one level."""
+    assert len(images) == len(lines)
+    for image, line in zip(images, lines):
+        ours = np.asarray(PIL.Image.open(folder / line["image"]).convert("RGB"), dtype=np.int16)
+        difference = np.abs(np.asarray(image, dtype=np.int16) - ours)
+        assert difference.max() <= 1 and (difference > 0).mean() < 1e-3, (line["image"], difference.max())
+
+
+def _stock_pipeline_images(pipeline, trained, lines: list[dict]):
+    """diffusers' own StableDiffusionPipeline (SD 1.5's PNDM scheduler from the snapshot, classifier-free
+    guidance against the empty prompt) on the text-only baselines' prompts, from the sampler's starting noise."""
+    from taxabench.taxonomy import species_prompt
+
+    assert {(line["guidance"], line["scheduler"]) for line in lines} == {("cfg", "pndm")}
+    dtype = getattr(torch, lines[0]["precision"])
+    pipeline.to(dtype)
+    size = 64
+    shape = (4, size // pipeline.vae_scale_factor, size // pipeline.vae_scale_factor)
+    latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(line["seed"]))
+                           for line in lines]).to(dtype)  # one generator per image, as taxabench's sampler
+    taxonomy = trained.taxonomy
+    prompts = [species_prompt(trained.method.ranks, taxonomy.labels_of(taxonomy.resolve(line["taxon_id"])))
+               for line in lines]
+    return pipeline(prompts, latents=latents, num_inference_steps=lines[0]["steps"], height=size, width=size,
+                    guidance_scale=lines[0]["guidance_scale"]).images
+
+
 @pytest.mark.realweights
-def test_trained_checkpoints_load_into_diffusers(fishnet_run, sd15):
-    """sd-lora's LoRA file through `StableDiffusionPipeline.load_lora_weights`, sd-finetune's `unet/` through
-    `UNet2DConditionModel.from_pretrained`: the same UNet outputs as taxabench's own loading."""
+def test_trained_checkpoints_generate_the_same_images_in_diffusers(fishnet_run, sd15):
+    """Every trained checkpoint back in diffusers' own classes generates the images taxabench's sampler wrote for
+    the same seeds: sd-zeroshot and sd-lora (`load_lora_weights`) through `StableDiffusionPipeline`, sd-finetune
+    with its `unet/` through `UNet2DConditionModel.from_pretrained`, TaxaDiffusion through
+    `TaxaDiffusionPipeline.from_pretrained` and flat-LDM through `TaxonomyPipeline.from_pretrained`."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
+    from taxabench.sample import TaxaDiffusionPipeline, TaxonomyPipeline
     from taxabench.train import load_trained
 
     _, _, run_dir = fishnet_run
-    generator = torch.Generator().manual_seed(0)
-    latents = torch.randn(2, 4, 8, 8, generator=generator)
-    context = torch.randn(2, 77, 768, generator=generator)
-    timestep = torch.tensor([500, 20])
+    folder, lines = _samples(run_dir, "sd-zeroshot")
+    stock = StableDiffusionPipeline.from_pretrained(sd15, safety_checker=None)
+    _assert_same_images(_stock_pipeline_images(stock, load_trained(run_dir, "sd-zeroshot"), lines), folder, lines)
 
     lora = load_trained(run_dir, "sd-lora")
-    ours = lora.backbone.unet(latents, timestep, context).sample
+    folder, lines = _samples(run_dir, "sd-lora")
+    without_lora = _stock_pipeline_images(stock, lora, lines)
     pipeline = StableDiffusionPipeline.from_pretrained(sd15, safety_checker=None)
     pipeline.load_lora_weights(lora.checkpoint, weight_name="pytorch_lora_weights.safetensors")
-    theirs = pipeline.unet(latents, timestep, context).sample
-    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)  # LoRA merged vs added: float32 rounding
-    assert (ours - UNet2DConditionModel.from_pretrained(sd15, subfolder="unet")(latents, timestep, context)
-            .sample).abs().max() > 0  # the LoRA changed something
+    with_lora = _stock_pipeline_images(pipeline, lora, lines)
+    _assert_same_images(with_lora, folder, lines)
+    assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(with_lora, without_lora))  # it did load
 
     finetune = load_trained(run_dir, "sd-finetune")
-    ours = finetune.backbone.unet(latents, timestep, context).sample
-    unet = UNet2DConditionModel.from_pretrained(finetune.checkpoint / "unet")
-    torch.testing.assert_close(unet(latents, timestep, context).sample, ours, rtol=0, atol=0)
+    folder, lines = _samples(run_dir, "sd-finetune")
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        sd15, unet=UNet2DConditionModel.from_pretrained(finetune.checkpoint / "unet"), safety_checker=None)
+    _assert_same_images(_stock_pipeline_images(pipeline, finetune, lines), folder, lines)
+
+    for name, cls in (("taxadiffusion", TaxaDiffusionPipeline), ("flat-ldm", TaxonomyPipeline)):
+        folder, lines = _samples(run_dir, name)
+        pipeline = cls.from_pretrained(run_dir / "checkpoints" / name, scheduler=lines[0]["scheduler"])
+        pipeline.to(getattr(torch, lines[0]["precision"]))
+        images = pipeline([line["taxon_id"] for line in lines], seeds=[line["seed"] for line in lines],
+                          guidance=lines[0]["guidance"], guidance_scale=lines[0]["guidance_scale"],
+                          num_inference_steps=lines[0]["steps"], height=64, width=64).images
+        _assert_same_images(images, folder, lines)
 
 
 @pytest.mark.parametrize("size", [64, 512])
