@@ -343,9 +343,10 @@ def unseen_section(unseen: pd.DataFrame) -> str:
     first = next((_row(unseen, CEILING_METHOD, metric, SCOPE_UNSEEN) for metric in ("top1", "fd")
                   if (metric, SCOPE_UNSEEN) in present), None)
     if first is not None:
+        held_out = int(first[KEY_N_GENERATED])  # the ceiling row scores the real images in the generated images' place
         parts.append(f"{int(first[KEY_N_TAXA])} species withheld from training (`data.unseen_species`), each with a "
                      "sibling species in training; each method generates them from its final checkpoint, with the "
-                     f"guidance and scale of its test samples, against their {int(first[KEY_N_REAL])} held-out real "
+                     f"guidance and scale of its test samples, against their {held_out} held-out real "
                      "images. Top-1 ranks each image among every species, trained and withheld; at a coarser rank it "
                      "asks whether the image shows the right genus (family...) at all.")
     if applicable and columns:

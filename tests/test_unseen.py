@@ -139,6 +139,7 @@ def test_a_capable_method_is_evaluated_on_the_unseen_species_and_an_incapable_on
     text = report.read_text()
     section = text.split("## Unseen species", 1)[1]
     assert "`taxadiffusion`" in section and f"`flat-ldm`: not applicable: {row['name'][16:]}" in section
+    assert f"against their {len(data.unseen)} held-out real images" in section
 
 
 def test_the_sampler_refuses_unseen_species_for_a_method_that_cannot_condition_on_them(unseen_run):
