@@ -489,45 +489,12 @@ class StageTrainer:
 
     def step(self, step: int) -> float:
         """Optimizer step `step` (0-based) of the stage: its micro-batches, the update, the EMA; the mean loss."""
-        config, train, accelerator = self.config, self.config.train, self.accelerator
-        stage, device, backbone = self.stage, self.device, self.backbone
-        noise_scheduler = backbone.noise_scheduler
-        num_timesteps = noise_scheduler.config.num_train_timesteps
-        accumulation = train.gradient_accumulation_steps
+        accelerator, train = self.accelerator, self.config.train
         losses, real = [], torch.zeros(2)
-        for micro in range(accumulation):
-            micro_batch = step * accumulation + micro
-            positions = self.stream.positions(micro_batch)
-            indices = [self.stream.record_index(p) for p in positions]
-            draws = TrainingDraws(
-                per_sample=[generator(config.seed, "train-sample", stage.index, p) for p in positions],
-                per_step=generator(config.seed, "train-step", stage.index, micro_batch),
-                dropout=train.condition_dropout,
-                dropout_mode=train.condition_dropout_mode,
-            )
-            # randomness inside modules (dropout layers) also follows the step, not the call history
-            torch.manual_seed(derive_seed(config.seed, "train-modules", stage.index, micro_batch,
-                                          accelerator.process_index))
+        for micro_batch in range(step * train.gradient_accumulation_steps, (step + 1) * train.gradient_accumulation_steps):
             with accelerator.accumulate(self.model):
-                mean, std = self.latents.moments(indices, device)
-                shape = mean.shape[1:]
-                posterior = torch.stack([torch.randn(shape, generator=g) for g in draws.per_sample])
-                noise = torch.stack([torch.randn(shape, generator=g) for g in draws.per_sample])
-                timesteps = torch.stack(
-                    [torch.randint(0, num_timesteps, (), generator=g) for g in draws.per_sample]
-                ).to(device)
-                clean = backbone.scaled_latents(mean, std, posterior.to(device))
-                noise = noise.to(device)
-                noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-                if noise_scheduler.config.prediction_type == "v_prediction":
-                    target = noise_scheduler.get_velocity(clean, noise, timesteps)
-                else:
-                    target = noise
-                labels = [self.data.train[i].labels for i in indices]
-                inputs = move_inputs(self.method.condition_inputs(labels, stage, self.text, draws), device)
+                loss, draws = self.loss(micro_batch, self.model)
                 real += torch.tensor([sum(draws.finest_real), len(draws.finest_real)], dtype=torch.float32)
-                prediction = self.model(noisy, timesteps, inputs)
-                loss = F.mse_loss(prediction.float(), target.float())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and train.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(self.params, train.max_grad_norm)
@@ -537,11 +504,67 @@ class StageTrainer:
             losses.append(loss.detach())
         if self.ema is not None:
             self.ema.update()
-        real = accelerator.gather(real.to(device).reshape(1, 2)).sum(dim=0)
+        real = accelerator.gather(real.to(self.device).reshape(1, 2)).sum(dim=0)
         # the fraction of this step's samples whose finest conditioned rank kept its real name (NaN: the method
         # reported none)
         self.finest_real = (real[0] / real[1]).item() if real[1] > 0 else float("nan")
         return accelerator.gather(torch.stack(losses).mean().reshape(1)).mean().item()
+
+    def loss(self, micro_batch: int, model: nn.Module) -> tuple[torch.Tensor, TrainingDraws]:
+        """The denoising loss of one micro-batch through `model`, and the draws it used. Every draw comes from a
+        generator seeded by the micro-batch, so the loss is a function of the step, not of the call history."""
+        config, train, stage, device, backbone = self.config, self.config.train, self.stage, self.device, self.backbone
+        noise_scheduler = backbone.noise_scheduler
+        positions = self.stream.positions(micro_batch)
+        indices = [self.stream.record_index(p) for p in positions]
+        draws = TrainingDraws(
+            per_sample=[generator(config.seed, "train-sample", stage.index, p) for p in positions],
+            per_step=generator(config.seed, "train-step", stage.index, micro_batch),
+            dropout=train.condition_dropout,
+            dropout_mode=train.condition_dropout_mode,
+        )
+        # randomness inside modules (dropout layers) also follows the step, not the call history
+        torch.manual_seed(derive_seed(config.seed, "train-modules", stage.index, micro_batch,
+                                      self.accelerator.process_index))
+        mean, std = self.latents.moments(indices, device)
+        shape = mean.shape[1:]
+        posterior = torch.stack([torch.randn(shape, generator=g) for g in draws.per_sample])
+        noise = torch.stack([torch.randn(shape, generator=g) for g in draws.per_sample])
+        num_timesteps = noise_scheduler.config.num_train_timesteps
+        timesteps = torch.stack([torch.randint(0, num_timesteps, (), generator=g) for g in draws.per_sample]).to(device)
+        clean = backbone.scaled_latents(mean, std, posterior.to(device))
+        noise = noise.to(device)
+        noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(clean, noise, timesteps)
+        else:
+            target = noise
+        labels = [self.data.train[i].labels for i in indices]
+        inputs = move_inputs(self.method.condition_inputs(labels, stage, self.text, draws), device)
+        prediction = model(noisy, timesteps, inputs)
+        return F.mse_loss(prediction.float(), target.float()), draws
+
+    def count_flops(self, step: int) -> float:
+        """The FLOPs this process spends on optimizer step `step`, counted on a rehearsal of its forward and
+        backward passes (`FlopCounterMode`) whose gradients are thrown away; the optimizer's element-wise update
+        is not a counted operation.
+
+        The rehearsal is a pass of its own because the counter changes the backward's rounding (up to ~1e-8 per
+        gradient): a counted real step would make the run depend on which step a process counted, and a run
+        restarted after its FLOPs were recorded would not repeat the first run's numbers."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        accumulation = self.config.train.gradient_accumulation_steps
+        model = self.accelerator.unwrap_model(self.model)  # outside DDP: no gradient is reduced
+        for micro_batch in range(step * accumulation, (step + 1) * accumulation):  # encoded outside the count:
+            self.latents.moments(  # with cached latents, each image is encoded once per run, not once per step
+                [self.stream.record_index(p) for p in self.stream.positions(micro_batch)], self.device)
+        counter = FlopCounterMode(display=False)
+        with counter, self.accelerator.autocast():
+            for micro_batch in range(step * accumulation, (step + 1) * accumulation):
+                loss, _ = self.loss(micro_batch, model)
+                torch.autograd.grad(loss, self.params, allow_unused=True)
+        return float(counter.get_total_flops())
 
 
 def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Path, show_progress: bool,
@@ -559,16 +582,14 @@ def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Pat
     with progress_bar(f"{method.name} {stage.name}: {stage.description}", stage.steps, show_progress,
                       completed=start) as advance:
         for step in range(start, stage.steps):
-            count_flops = step == start and not budget.has_flops(root, stage.index)
+            if step == start and not budget.has_flops(root, stage.index):
+                flops = trainer.count_flops(step)
+                if accelerator.is_main_process:
+                    budget.record_flops(root, stage.index, flops * accelerator.num_processes)
             started = time.perf_counter()
-            if count_flops:
-                step_loss, flops = _counted_step(trainer, step)
-            else:
-                step_loss = trainer.step(step)
+            step_loss = trainer.step(step)
             fault_point("train-step")
             seconds = time.perf_counter() - started
-            if count_flops and accelerator.is_main_process:
-                budget.record_flops(root, stage.index, flops * accelerator.num_processes)
             rate = trainer.global_batch / seconds
             if accelerator.is_main_process:
                 _log(loss_log, stage.index, step + 1, step_loss, trainer.lr_scheduler.get_last_lr()[0], rate, seconds,
@@ -596,24 +617,6 @@ def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Pat
             state_dir.parent.rmdir()
     accelerator.wait_for_everyone()
     accelerator.free_memory()
-
-
-def _counted_step(trainer: StageTrainer, step: int) -> tuple[float, float]:
-    """Optimizer step `step` under `FlopCounterMode`: (its loss, the FLOPs this process counted).
-
-    With cached latents the step's images are VAE-encoded first, outside the count: each image is encoded once
-    per run, not once per step. The step itself is the real one (same draws, same update)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    if trainer.latents.cache:
-        accumulation = trainer.config.train.gradient_accumulation_steps
-        for micro in range(step * accumulation, (step + 1) * accumulation):
-            trainer.latents.moments([trainer.stream.record_index(p) for p in trainer.stream.positions(micro)],
-                                    trainer.device)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        loss = trainer.step(step)
-    return loss, float(counter.get_total_flops())
 
 
 def _save_point(trainer: StageTrainer, root: Path, point: budget.BudgetPoint) -> None:
