@@ -41,8 +41,8 @@ LOSS_LOG = "loss.csv"
 COUNTED_AXES = ("steps", "images_seen", "param_steps", "train_flops")
 WALL_SECONDS = "wall_seconds"
 AXES = (*COUNTED_AXES, WALL_SECONDS)
-FLOPS_METHOD = ("torch.utils.flop_counter.FlopCounterMode around the first optimizer step of each stage "
-                "(x processes), times the stage's steps")
+FLOPS_METHOD = ("torch.utils.flop_counter.FlopCounterMode on a rehearsal of the first optimizer step of each "
+                "stage (forward and backward, x processes), times the stage's steps")
 
 
 @dataclass(frozen=True)

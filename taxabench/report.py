@@ -399,8 +399,8 @@ def budget_notes(table: pd.DataFrame, methods: Sequence[str]) -> str:
                      f"parameter-steps), {flops} training FLOPs, {_seconds(row)} of training")
     if not lines:
         return ""
-    return "\n".join(["Budget of each final checkpoint (training FLOPs counted by `FlopCounterMode` on one real step "
-                      "per stage, times the stage's steps; `taxabench/budget.py`):", "", *lines])
+    return "\n".join(["Budget of each final checkpoint (training FLOPs counted by `FlopCounterMode` on a rehearsal of "
+                      "each stage's first step, times the stage's steps; `taxabench/budget.py`):", "", *lines])
 
 
 def _seconds(row: pd.Series, unit: str = " s") -> str:
