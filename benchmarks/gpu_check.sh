@@ -7,7 +7,8 @@
 #      batch-size sweep, the winners together eager and compiled, images/s, % of bf16 peak, peak memory, compile
 #      time amortised) and sampling (larger batches, channels-last, SDPA kernels, the winners eager and with CUDA
 #      graphs), written to <out>/<device>.md (e.g. nvidia-h200.md), the log beside it (gpu_check.log);
-#   3. the evaluation harness, appended when at least 100 s of the budget are left.
+#   3. one whole evaluation of 1,000 images at 512 px (benchmarks/eval_full.py -> <out>/<device>-eval-512.md) when
+#      at least 120 s are left, then the evaluation harness, appended when at least 100 s are left.
 # Every step runs within what is left of $TAXABENCH_GPU_BUDGET_S (default 540 s for the whole script); a lever
 # path that does not finish in time gets a row saying so, and the tables keep what finished.
 #
@@ -133,7 +134,12 @@ timeout $(( LEVER_BUDGET + 60 )) "$PY" -m benchmarks --size "$SIZE" --device "$D
     --only "${TAXABENCH_GPU_ONLY:-train,sample}" \
     --budget-s "$LEVER_BUDGET" --out "$REPORT" -- "${EXTRA[@]}" || FAILED="$FAILED lever-tables"
 
-# --- 4. Evaluation, with what is left --------------------------------------------------------------------------
+# --- 4. Evaluation, with what is left: one whole 512 px evaluation of 1,000 images, then the harness ------------
+if [[ $DRY == 0 ]] && (( $(left) >= 120 )); then
+    phase "one evaluation of 1,000 images at 512 px -> $OUT_DIR/$SLUG-eval-512.md"
+    timeout $(( $(left) - 60 < 300 ? $(left) - 60 : 300 )) "$PY" -m benchmarks.eval_full --device "$DEVICE" --quiet \
+        --out "$OUT_DIR/$SLUG-eval-512.md" || echo "the 512 px evaluation did not finish in the time left"
+fi
 if [[ $DRY == 0 ]] && (( $(left) >= 100 )); then
     phase "evaluation harness"
     timeout $(( $(left) - 10 )) "$PY" -m benchmarks.eval_speed --size "$SIZE" --device "$DEVICE" --repeats 2 \
