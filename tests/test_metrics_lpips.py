@@ -85,17 +85,27 @@ def test_pairings(extractor, images, pairing):
 
 
 @pytest.mark.slow
-def test_lpips_equals_the_lpips_package_at_512px():
-    """The paper configs' size: the same (seeded) VGG16 in lpips and in taxabench, images at 512 px. The
-    tolerance is float32 rounding of the network (the distance itself is exact): 2e-5 relative."""
+def test_lpips_equals_the_lpips_package_at_512px(tmp_path):
+    """The paper configs' size, on the VGG16 file a run loads: the stand-in (tests/standins.py) in
+    `$TORCH_HOME/hub/checkpoints/`, resolved as a run resolves it, and the same torchvision file loaded into the
+    `lpips` package's network by its own layer names. The tolerance is float32 rounding of the network (the
+    distance itself is exact): 2e-5 relative."""
     import lpips
+    from standins import build_torch_hub_files, pointed_caches
 
-    ours = LpipsVggExtractor(None, size=512, seed=0)
+    from taxabench.config import config_from_dict
+    from taxabench.metrics.extractor_lpips_vgg import VGG16_WEIGHTS
+
+    with pointed_caches(tmp_path) as caches:
+        digests = build_torch_hub_files(caches / "torch")
+        config = config_from_dict({"name": "lpips", "data": {"image_size": 512}, "eval": {
+            "lpips_backbone": "pretrained", "unverified_weights": {"lpips-vgg": digests["lpips-vgg"]}}})
+        ours = LpipsVggExtractor.load(config)
+    vgg16 = torch.load(caches / "torch" / "hub" / "checkpoints" / VGG16_WEIGHTS.filename, weights_only=True)
     reference = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
-    state = {}
-    for k, part in enumerate(ours.slices, start=1):
-        state.update({f"slice{k}.{key}": value for key, value in part.state_dict().items()})
-    reference.net.load_state_dict(state, strict=True)
+    # lpips names each VGG layer slice<k>.<torchvision index>: the file's features.<index>
+    reference.net.load_state_dict({key: vgg16["features." + key.split(".", 1)[1]]
+                                   for key in reference.net.state_dict()}, strict=True)
     generator = torch.Generator().manual_seed(2)
     smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 16, 16, generator=generator), size=512,
                                              mode="bilinear")
