@@ -343,7 +343,8 @@ class SampleConfig:
     # a registered guidance kind (taxabench/guidance.py: taxonomy, cfg, vanilla-cfg, none); default: the method's own
     guidance: str = "default"
     # `taxabench run` also samples each method with these kinds (where it has them besides its default), into
-    # samples/<method>+<kind>/, for the report's guidance ablation (e.g. [vanilla-cfg]: the paper's ablation)
+    # samples/<method>+<kind>/, for the report's guidance ablation (e.g. [vanilla-cfg]: the paper's ablation);
+    # `<method>+<kind>` (e.g. taxadiffusion+cfg) asks it of that method only
     guidance_ablation: list[str] = field(default_factory=list)
     guidance_scale: float = 9.0
     steps: int = 25
@@ -376,7 +377,8 @@ class SampleConfig:
         from taxabench.guidance import GUIDANCE  # a light module: names and descriptions only
 
         named = [("guidance", self.guidance)] if self.guidance != "default" else []
-        named += [(f"guidance_ablation[{i}]", kind) for i, kind in enumerate(self.guidance_ablation)]
+        named += [(f"guidance_ablation[{i}]", entry.rpartition("+")[2])
+                  for i, entry in enumerate(self.guidance_ablation)]
         for key, kind in named:
             if kind not in GUIDANCE:
                 raise ConfigError(f"{where}.{key}: unknown guidance kind {kind!r}; kinds: {', '.join(GUIDANCE.names())}")
@@ -525,6 +527,11 @@ class ExperimentConfig:
             raise ConfigError(f"{where}.jobs: at least 1 (or null for every core), got {self.jobs}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"{where}.seeds: each training seed once, got {self.seeds}")
+        for i, entry in enumerate(self.sample.guidance_ablation):
+            method = entry.rpartition("+")[0]
+            if method and method not in self.methods:
+                raise ConfigError(f"{where}.sample.guidance_ablation[{i}]: {entry!r} names method {method!r}, which "
+                                  f"is not in methods ({', '.join(self.methods)})")
 
     @property
     def replica_seeds(self) -> list[int | None]:

@@ -58,13 +58,21 @@ class SampleEntry:
 
 
 def sample_entries(config: ExperimentConfig) -> list[SampleEntry]:
-    """Every method with its default guidance, then the guidance-ablation variants each method supports."""
+    """Every method with its default guidance, then the guidance-ablation variants: a plain kind for each method that
+    has it besides its default, `<method>+<kind>` for that method alone (which must have it)."""
     from taxabench.methods import get_method
 
     entries = [SampleEntry(m, None) for m in config.methods]
     for method in config.methods:
         cls = get_method(method)
-        for kind in config.sample.guidance_ablation:
+        for index, asked in enumerate(config.sample.guidance_ablation):
+            only, _, kind = asked.rpartition(GUIDANCE_SEPARATOR)
+            if only and only != method:
+                continue
+            if only and (kind not in cls.guidance_kinds or kind == cls.default_guidance):
+                raise TaxabenchError(f"sample.guidance_ablation[{index}]: {asked!r}, but {method} samples with "
+                                     f"{', '.join(cls.guidance_kinds)} (default {cls.default_guidance}); name one of "
+                                     "the others")
             if kind in cls.guidance_kinds and kind != cls.default_guidance:
                 entries.append(SampleEntry(method, kind))
     return entries
@@ -89,6 +97,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
     for method in config.methods:  # unknown names and bad options fail before any work
         get_method(method).parse_options(config.method_options.get(method), f"method_options.{method}")
     check_eval_names(config)
+    sample_entries(config)  # a guidance ablation a method does not have fails here
     state = PartialState(cpu=cpu_only())
     with state.main_process_first():  # SynthTaxa is generated once, by the main process
         data = load_dataset(config.data)

@@ -35,6 +35,10 @@ def test_defaults_and_values_load(tmp_path):
         ("data:\n  ranks: [class, family]\n", "ranks must be contiguous"),
         ("train:\n  condition_dropout: 1.5\n", "train.condition_dropout: must be in [0, 1)"),
         ("- a\n- b\n", "expected a mapping"),
+        ("sample:\n  guidance_ablation: [taxadiffusion+nosuch]\n",
+         "sample.guidance_ablation[0]: unknown guidance kind 'nosuch'"),
+        ("methods: [taxadiffusion]\nsample:\n  guidance_ablation: [cfg, flat-ldm+cfg]\n",
+         "sample.guidance_ablation[1]: 'flat-ldm+cfg' names method 'flat-ldm', which is not in methods (taxadiffusion)"),
     ],
 )
 def test_bad_configs_name_the_file_and_key(tmp_path, text, message):

@@ -1,6 +1,7 @@
 """`taxabench run`: one command from config to report; a killed run, rerun, ends with the same numbers."""
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -55,6 +56,23 @@ def test_run_writes_every_output_and_a_report(finished_run):
     steps = json.loads((run_dir / "steps.json").read_text())
     assert all(entry["peak_rss_mb"] > 0 for entry in steps.values())
     assert "peak memory (MB)" in text
+
+
+def test_a_guidance_ablation_can_name_its_method():
+    """`<method>+<kind>` samples that method alone with the kind; a plain kind every method that has it besides its
+    default; a method asked for a kind it lacks (or its default) is an error naming the entry."""
+    from taxabench.config import config_from_dict
+
+    config = config_from_dict({"name": "x", "methods": ["taxadiffusion", "taxadiffusion-joint", "flat-ldm"],
+                               "sample": {"guidance_ablation": ["taxadiffusion+cfg", "vanilla-cfg"]}})
+    assert [e.name for e in sample_entries(config)] == [
+        "taxadiffusion", "taxadiffusion-joint", "flat-ldm", "taxadiffusion+cfg", "taxadiffusion+vanilla-cfg",
+        "taxadiffusion-joint+vanilla-cfg"]
+    for asked in ("flat-ldm+vanilla-cfg", "flat-ldm+cfg"):  # a kind it lacks; its default
+        config = config_from_dict({"name": "x", "methods": ["flat-ldm"], "sample": {"guidance_ablation": [asked]}})
+        with pytest.raises(TaxabenchError, match=re.escape(f"sample.guidance_ablation[0]: '{asked}', but flat-ldm "
+                                                           "samples with cfg, none (default cfg)")):
+            sample_entries(config)
 
 
 @pytest.mark.parametrize("kill_at", ["train/sd-lora", "inside sampling", "eval/sd-lora"])
