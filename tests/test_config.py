@@ -71,3 +71,17 @@ def test_fingerprint_follows_content(tmp_path):
     c = load_config(write(tmp_path, "name: a\ntrain:\n  batch_size: 4\n"))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
     assert a.fingerprint("data") == c.fingerprint("data")
+
+
+@pytest.mark.parametrize("shipped", sorted(p.name for p in (Path(__file__).parents[1] / "taxabench" / "configs").glob("*.yaml")))
+def test_every_shipped_config_validates_and_names_its_sample_folders(shipped):
+    """What `taxabench run --config configs/<file>` checks before any work: the config, its methods' options and its
+    guidance-ablation entries."""
+    from taxabench.methods import get_method
+    from taxabench.run import sample_entries
+
+    config = load_config(Path(__file__).parents[1] / "taxabench" / "configs" / shipped)
+    for method in config.methods:
+        get_method(method).parse_options(config.method_options.get(method), f"method_options.{method}")
+    names = [entry.name for entry in sample_entries(config)]
+    assert names[: len(config.methods)] == config.methods and len(set(names)) == len(names)
