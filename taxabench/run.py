@@ -69,11 +69,12 @@ def sample_entries(config: ExperimentConfig) -> list[SampleEntry]:
             only, _, kind = asked.rpartition(GUIDANCE_SEPARATOR)
             if only and only != method:
                 continue
-            if only and (kind not in cls.guidance_kinds or kind == cls.default_guidance):
+            besides_default = kind in cls.guidance_kinds and kind != cls.default_guidance
+            if only and not besides_default:
                 raise TaxabenchError(f"sample.guidance_ablation[{index}]: {asked!r}, but {method} samples with "
                                      f"{', '.join(cls.guidance_kinds)} (default {cls.default_guidance}); name one of "
                                      "the others")
-            if kind in cls.guidance_kinds and kind != cls.default_guidance:
+            if besides_default:
                 entries.append(SampleEntry(method, kind))
     return entries
 
@@ -97,7 +98,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
     for method in config.methods:  # unknown names and bad options fail before any work
         get_method(method).parse_options(config.method_options.get(method), f"method_options.{method}")
     check_eval_names(config)
-    sample_entries(config)  # a guidance ablation a method does not have fails here
+    entries = sample_entries(config)  # a guidance ablation a method does not have fails here, before any work
     state = PartialState(cpu=cpu_only())
     with state.main_process_first():  # SynthTaxa is generated once, by the main process
         data = load_dataset(config.data)
@@ -179,7 +180,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                     clean=lambda method=method, seed=seed, label=label: _remove_point(layout, method, seed, label),
                     after=(f"train/{method}{suffix}", "metric-models"),
                 ))
-        for entry in sample_entries(config):
+        for entry in entries:
             sample_config = seeded if entry.guidance is None else replace(
                 seeded, sample=replace(config.sample, guidance=entry.guidance))
             kind = get_method(entry.method).default_guidance if entry.guidance is None else entry.guidance

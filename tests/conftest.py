@@ -166,3 +166,13 @@ def small_world(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         writer.writeheader()
         writer.writerows(kept)
     return root
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    """HF_HUB_CACHE and TORCH_HOME pointed at fresh folders for the module (restored afterwards), for the real-weights
+    stand-ins (tests/standins.py) a module builds into them."""
+    import standins
+
+    with standins.pointed_caches(tmp_path_factory.mktemp("caches")) as root:
+        yield root

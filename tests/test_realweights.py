@@ -27,13 +27,6 @@ REPO = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
-def caches(tmp_path_factory):
-    """HF_HUB_CACHE and TORCH_HOME pointed at fresh folders for the module (restored afterwards)."""
-    with standins.pointed_caches(tmp_path_factory.mktemp("caches")) as root:
-        yield root
-
-
-@pytest.fixture(scope="module")
 def sd15(caches):
     return standins.build_sd15(caches / "hub")
 

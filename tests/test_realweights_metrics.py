@@ -30,12 +30,6 @@ N_IMAGES = 12  # per side: far fewer than 2,048 features, the rank-deficient cas
 
 
 @pytest.fixture(scope="module")
-def caches(tmp_path_factory):
-    with standins.pointed_caches(tmp_path_factory.mktemp("caches")) as root:
-        yield root
-
-
-@pytest.fixture(scope="module")
 def digests(caches):
     return standins.build_torch_hub_files(caches / "torch")
 
