@@ -87,6 +87,12 @@ class RunFolder:
     metric_models: dict
     warnings: dict[str, list[str]]
 
+    @property
+    def shown_seed(self) -> int | None:
+        """The training seed whose samples the figures show: the first of a multi-seed run (None: single-seed)."""
+        seeds = self.config.get("seeds")
+        return seeds[0] if seeds else None
+
     @classmethod
     def read(cls, root: Path) -> RunFolder:
         layout = RunLayout(root)
@@ -651,6 +657,8 @@ def render(run: RunFolder, figures: dict[str, str]) -> str:
             parts += ["", note]
     if figures.get("samples"):
         parts += ["", f"![samples]({figures['samples']})"]
+        if run.shown_seed is not None:
+            parts += ["", f"Samples of training seed {run.shown_seed} (the first of the run's seeds)."]
     parts += ["", "<details><summary>What each number is computed on</summary>", "",
               sample_sizes(table, methods), "", "</details>"]
     notes = sorted({note for notes in run.warnings.values() for note in notes})
@@ -690,6 +698,8 @@ def render(run: RunFolder, figures: dict[str, str]) -> str:
             parts += ["", f"![metrics along training]({figures['budget']})"]
     if figures.get("stages"):
         parts += ["", "## Across progressive stages", "", f"![stages]({figures['stages']})"]
+        if run.shown_seed is not None:
+            parts += ["", f"Training seed {run.shown_seed}."]
     parts += ["", "## Metric models", "", metric_models_section(run.metric_models)]
     # after the tables: what training and the backbone were, for the reader who checks the setting
     training = training_section(run)
@@ -749,8 +759,8 @@ def draw_figures(run: RunFolder, out: Path) -> dict[str, str]:
         with writing(out / "samples.png", "figure") as temporary:
             grid.save(temporary, format="PNG", optimize=True)
         drawn["samples"] = "samples.png"
-    stages = next(iter(sorted(p for m in dict.fromkeys(table[KEY_METHOD]) if (p := run.layout.stage_figure(m)).is_file())),
-                  None)
+    figures = (run.layout.stage_figure(m, run.shown_seed) for m in dict.fromkeys(table[KEY_METHOD]))
+    stages = next(iter(sorted(p for p in figures if p.is_file())), None)
     if stages is not None:
         write_bytes(out / "stages.png", stages.read_bytes(), "figure")
         drawn["stages"] = "stages.png"
@@ -832,7 +842,8 @@ def sample_grid(run: RunFolder, methods: Sequence[str], taxa: int = 6, per_metho
     """Rows: a spread of evaluated taxa; columns: real images, then each method's samples (PIL image or None)."""
     from PIL import Image, ImageDraw
 
-    folders = {m: run.layout.samples(m) for m in methods if (run.layout.samples(m) / METADATA_FILE).is_file()}
+    folders = {m: run.layout.samples(m, run.shown_seed) for m in methods
+               if (run.layout.samples(m, run.shown_seed) / METADATA_FILE).is_file()}
     if not folders:
         return None
     lines = [json.loads(line) for line in (next(iter(folders.values())) / METADATA_FILE).read_text().splitlines()]

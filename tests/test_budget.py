@@ -89,6 +89,32 @@ def test_the_report_shows_seed_means_spreads_and_claims_no_rank_the_seeds_disagr
     assert "`flat-ldm` overtakes `sd-lora` on FD between 40 and 80 images seen" in text
 
 
+def test_a_multi_seed_report_shows_the_first_seeds_samples_and_stage_figure(tmp_path, monkeypatch):
+    """Samples live under samples/seed-<s>/ in a multi-seed run: the figures show the first seed's, and say so."""
+    from PIL import Image
+
+    import taxabench.report as report
+
+    monkeypatch.setattr(report, "_real_images", lambda run, slugs, count: {})  # no dataset behind this folder
+    (tmp_path / "metrics").mkdir()
+    pd.DataFrame(rows_final()).to_csv(tmp_path / "metrics" / "all.csv", index=False)
+    (tmp_path / "config.yaml").write_text("name: seeds\nseed: 0\nseeds: [3, 1]\n")
+    colours = {3: (200, 0, 0), 1: (0, 0, 200)}
+    for seed, colour in colours.items():
+        folder = tmp_path / "samples" / f"seed-{seed}" / "flat-ldm"
+        (folder / "a.b").mkdir(parents=True)
+        Image.new("RGB", (64, 64), colour).save(folder / "a.b" / "00000.png")
+        (folder / "metadata.jsonl").write_text(json.dumps({"taxon_slug": "a.b"}) + "\n")
+        Image.new("RGB", (8, 8), colour).save(folder / "stages.png")
+    text = report.write_report(tmp_path).read_text()
+    assert "![samples](samples.png)" in text and "Samples of training seed 3 (the first of the run's seeds)." in text
+    assert "## Across progressive stages" in text and "Training seed 3." in text
+    stages = tmp_path / "report" / "stages.png"
+    assert stages.read_bytes() == (tmp_path / "samples" / "seed-3" / "flat-ldm" / "stages.png").read_bytes()
+    with Image.open(tmp_path / "report" / "samples.png") as sheet:
+        assert sheet.convert("RGB").getpixel((10, sheet.height - 10)) == colours[3]
+
+
 def test_a_crossing_is_reported_with_where_the_intervals_clear():
     # lower is better: b starts ahead, a overtakes between 16 and 32 images and clears from 48
     rows = [_row("a", 0, "step-000001", 20, 1, 1), _row("b", 0, "step-000001", 15, 1, 1),
