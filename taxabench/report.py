@@ -413,13 +413,24 @@ def _seconds(row: pd.Series, unit: str = " s") -> str:
     return f"{row[WALL_SECONDS]:,.0f}{unit}" if _finite(row[WALL_SECONDS]) else "—"
 
 
+def at_sweep_edge(choice: dict) -> bool:
+    """Whether a swept scale was chosen at the smallest or largest scale tried: its best may lie outside the sweep."""
+    scales = [float(k) for k in choice["values"]]
+    return len(scales) > 1 and float(choice["chosen"]) in (min(scales), max(scales))
+
+
 def guidance_note(choices: list[dict]) -> str:
     if not choices:
         return ""
     lines = [f"- `{c['guidance_of']}`{'' if c['seed'] is None else ' (' + c['seed'] + ')'}: scale {c['chosen']:g}, "
              f"best {c['select_by']} on the validation split among "
              + ", ".join(f"{k} → {v:.4g}" if v is not None else f"{k} → —" for k, v in c["values"].items())
+             + (" (at the edge of the sweep)" if at_sweep_edge(c) else "")
              for c in choices]
+    edge = sum(at_sweep_edge(c) for c in choices)
+    if edge:
+        lines += ["", f"{edge} of {len(choices)} choices lie at the edge of their sweep: their best scale may lie "
+                      "outside it, so their test numbers may understate them (widen `sample.guidance_sweep`)."]
     return "\n".join(["Guidance scales of the test sampling, each chosen on the validation split:", "", *lines])
 
 

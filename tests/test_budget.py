@@ -115,6 +115,23 @@ def test_a_multi_seed_report_shows_the_first_seeds_samples_and_stage_figure(tmp_
         assert sheet.convert("RGB").getpixel((10, sheet.height - 10)) == colours[3]
 
 
+def test_the_report_flags_a_guidance_scale_chosen_at_the_edge_of_its_sweep(tmp_path):
+    from taxabench.report import write_report
+
+    (tmp_path / "metrics" / "seed-0").mkdir(parents=True)
+    pd.DataFrame(rows_final()).to_csv(tmp_path / "metrics" / "all.csv", index=False)
+    (tmp_path / "config.yaml").write_text("name: edge\nseed: 0\nseeds: [0, 1]\n")
+    for entry, chosen in (("flat-ldm", 8.0), ("sd-lora", 4.0)):
+        (tmp_path / "metrics" / "seed-0" / f"{entry}-guidance.json").write_text(json.dumps(
+            {"guidance_of": entry, "select_by": "fd", "higher_is_better": False, "chosen": chosen,
+             "values": {"2": 1.0, "4": 0.9 if chosen == 4.0 else 0.8, "8": 0.95 if chosen == 4.0 else 0.5}}))
+    text = write_report(tmp_path, figures=False).read_text()
+    assert "- `flat-ldm` (seed-0): scale 8, best fd on the validation split among 2 → 1, 4 → 0.8, 8 → 0.5 (at the " \
+           "edge of the sweep)" in text
+    assert "- `sd-lora` (seed-0): scale 4, best fd on the validation split among 2 → 1, 4 → 0.9, 8 → 0.95\n" in text
+    assert "1 of 2 choices lie at the edge of their sweep" in text
+
+
 def test_a_crossing_is_reported_with_where_the_intervals_clear():
     # lower is better: b starts ahead, a overtakes between 16 and 32 images and clears from 48
     rows = [_row("a", 0, "step-000001", 20, 1, 1), _row("b", 0, "step-000001", 15, 1, 1),
