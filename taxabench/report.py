@@ -723,6 +723,12 @@ def render(run: RunFolder, figures: dict[str, str]) -> str:
     return "\n".join(parts)
 
 
+def figure_methods(table: pd.DataFrame) -> list[str]:
+    """The sample folders the figures show, in order: the main methods, then ablations and guidance variants."""
+    main = main_methods(table)
+    return main + [m for m in evaluated_methods(table) if m not in main]
+
+
 def draw_figures(run: RunFolder, out: Path) -> dict[str, str]:
     """The report's figures as PNGs in `out`; returns name -> file name for the ones drawn."""
     import matplotlib
@@ -732,7 +738,7 @@ def draw_figures(run: RunFolder, out: Path) -> dict[str, str]:
 
     drawn = {}
     table = run.table
-    methods = main_methods(table) + [m for m in evaluated_methods(table) if m not in main_methods(table)]
+    methods = figure_methods(table)
     ranks = [r for r in ("kingdom", "phylum", "class", "order", "family", "genus", "species")
              if r in set(table[KEY_SCOPE])]
     metrics = [m for m in RANK_METRICS if not table[(table[KEY_METRIC] == m) & table[KEY_SCOPE].isin(ranks)].empty]
@@ -849,20 +855,29 @@ def _save_figure(fig, axes, path: Path) -> str:
     return path.name
 
 
+def grid_images(run: RunFolder, methods: Sequence[str], taxa: int = 6,
+                per_method: int = 2) -> tuple[list[str], dict[str, dict[str, list[Path]]]]:
+    """The generated images the sample grid shows: (a spread of taxon slugs, sample folder -> slug -> images)."""
+    folders = {m: run.layout.samples(m, run.shown_seed) for m in methods
+               if (run.layout.samples(m, run.shown_seed) / METADATA_FILE).is_file()}
+    if not folders:
+        return [], {}
+    lines = [json.loads(line) for line in (next(iter(folders.values())) / METADATA_FILE).read_text().splitlines()]
+    slugs = sorted({line["taxon_slug"] for line in lines})
+    chosen = slugs[::max(1, len(slugs) // taxa)][:taxa]
+    return chosen, {m: {slug: sorted((folder / slug).glob("*.png"))[:per_method] for slug in chosen}
+                    for m, folder in folders.items()}
+
+
 def sample_grid(run: RunFolder, methods: Sequence[str], taxa: int = 6, per_method: int = 2):
     """Rows: a spread of evaluated taxa; columns: real images, then each method's samples (PIL image or None)."""
     from PIL import Image, ImageDraw
 
-    folders = {m: run.layout.samples(m, run.shown_seed) for m in methods
-               if (run.layout.samples(m, run.shown_seed) / METADATA_FILE).is_file()}
-    if not folders:
+    chosen, generated = grid_images(run, methods, taxa, per_method)
+    if not generated:
         return None
-    lines = [json.loads(line) for line in (next(iter(folders.values())) / METADATA_FILE).read_text().splitlines()]
-    slugs = sorted({line["taxon_slug"] for line in lines})
-    step = max(1, len(slugs) // taxa)
-    chosen = slugs[::step][:taxa]
     real = _real_images(run, chosen, per_method)
-    columns = (["real"] if real else []) + list(folders)
+    columns = (["real"] if real else []) + list(generated)
     tile = 64
     # a column's name on as many lines as it needs, a guidance variant's `+kind` on its own
     names = {c: [line for part in c.replace("+", "\n+").split("\n") for line in textwrap.wrap(part, per_method * 10)]
@@ -873,10 +888,7 @@ def sample_grid(run: RunFolder, methods: Sequence[str], taxa: int = 6, per_metho
     for c, column in enumerate(columns):
         draw.multiline_text((c * per_method * tile + 2, 1), "\n".join(names[column]), fill="black", spacing=0)
         for r, slug in enumerate(chosen):
-            if column == "real":
-                images = real.get(slug, [])
-            else:
-                images = sorted((folders[column] / slug).glob("*.png"))[:per_method]
+            images = real.get(slug, []) if column == "real" else generated[column][slug]
             for k, path in enumerate(images):
                 with Image.open(path) as image:
                     sheet.paste(image.convert("RGB").resize((tile, tile)), ((c * per_method + k) * tile, label + r * tile))
