@@ -32,6 +32,7 @@ from taxabench.curves import (
     combine_seeds,
     crossings,
     final_rows,
+    paired_advantage,
     sweep_rows,
 )
 from taxabench.errors import TaxabenchError
@@ -69,6 +70,14 @@ CEILING_LABEL = "real images (ceiling)"  # how tables name the `real-images` row
 GUIDANCE_SEPARATOR = "+"  # sample folder `taxadiffusion+cfg`: method taxadiffusion sampled with cfg guidance
 
 
+@dataclass(frozen=True)
+class PerTaxon:
+    """A final evaluation's value for each taxon of the evaluated rank (from its metrics JSON, not all.csv)."""
+
+    higher_is_better: bool
+    values: dict[str, float]
+
+
 @dataclass
 class RunFolder:
     """What the report reads from a run folder."""
@@ -81,6 +90,8 @@ class RunFolder:
     sweeps: pd.DataFrame  # guidance sweeps of the final checkpoints (validation split), seeds combined
     unseen: pd.DataFrame  # the final checkpoints on the species withheld from training, seeds combined
     guidance_choices: list[dict]  # per sample folder (and seed): the swept scale chosen for the test sampling
+    per_taxon: dict[tuple[str, int | None], dict[tuple[str, str], PerTaxon]]  # by (method, seed), (metric, name)
+    along_per_seed: pd.DataFrame  # evaluations at budget points, one row per seed
     config: dict
     provenance: dict
     steps: dict
@@ -103,13 +114,14 @@ class RunFolder:
         config = _yaml(layout.config_file)
         table = upgrade_table(pd.read_csv(csv), csv, config.get("seed", 0), config.get("data", {}).get("eval_split"))
         confidence = config.get("eval", {}).get("confidence", 0.95)
-        warnings, models, choices, seconds = {}, {}, [], {}
+        warnings, models, choices, seconds, per_taxon = {}, {}, [], {}, {}
         for path in layout.all_metrics_json():
             content = read_json(path, "re-evaluate it (`taxabench run --force eval/<method>`)")
             if "guidance_of" in content:
                 choices.append({**content, "seed": path.parent.name if path.parent != layout.metrics_dir else None})
             if "method" in content and content.get("point", POINT_FINAL) == POINT_FINAL:  # the test-split evaluation
                 warnings[content["method"]] = content.get("warnings", [])
+                per_taxon.setdefault((content["method"], content.get("seed")), {}).update(_per_taxon(content))
             if "method" in content:
                 models.update(content.get("extractors", {}))
                 seconds[(content["method"], content.get("seed"), content.get("point"))] = \
@@ -124,12 +136,22 @@ class RunFolder:
             sweeps=combine_seeds(sweep_rows(table), confidence),
             unseen=combine_seeds(table[table[KEY_POINT] == POINT_UNSEEN], confidence),
             guidance_choices=choices,
+            per_taxon=per_taxon,
+            along_per_seed=along_rows(table),
             config=config,
             provenance=_json(layout.provenance_file),
             steps=_json(layout.steps_file),
             metric_models=models,
             warnings=warnings,
         )
+
+
+def _per_taxon(evaluation: dict) -> dict[tuple[str, str], PerTaxon]:
+    """The generated images' per-taxon values at the evaluated rank, by (metric, name)."""
+    rank = evaluation.get("data", {}).get("rank")
+    return {(m["metric"], m["name"]): PerTaxon(bool(m["higher_is_better"]), m["per_taxon"])
+            for m in evaluation.get("measurements", [])
+            if m.get("scope") == rank and m.get("subject", "generated") == "generated" and m.get("per_taxon")}
 
 
 def with_wall_seconds(table: pd.DataFrame, seconds: dict[tuple, float | None]) -> pd.DataFrame:
@@ -481,6 +503,108 @@ def seeds_note(table: pd.DataFrame) -> str:
         "(standard deviation of the seed means):", "", *spread])
 
 
+def run_subject(run: RunFolder) -> str | None:
+    """The method a run is about: the first of the config's `methods` that was evaluated."""
+    evaluated = evaluated_methods(run.table)
+    return next((m for m in run.config.get("methods", []) if m in evaluated), None)
+
+
+def paired_section(run: RunFolder) -> str:
+    """The run's subject against every other sample folder, per headline metric: the mean per-taxon advantage,
+    paired by taxon within each seed and combined over seeds (`taxabench.curves.paired_advantage`), how many seeds
+    agree, and how many (seed, budget point) evaluations along training agree."""
+    subject = run_subject(run)
+    seeds = sorted({seed for method, seed in run.per_taxon if method == subject}, key=lambda s: (s is None, s))
+    if subject is None or not seeds:
+        return ""
+    quantities = [q for q in run.per_taxon[(subject, seeds[0])] if q[0] in HEADLINE_METRICS]
+    quantities.sort(key=lambda q: HEADLINE_METRICS.index(q[0]))
+    confidence = run.config.get("eval", {}).get("confidence", 0.95)
+    rows, verdicts = [], []
+    for other in (m for m in evaluated_methods(run.table) if m != subject):
+        cells = []
+        for metric, name in quantities:
+            pairs = [(run.per_taxon[(subject, s)][(metric, name)].values,
+                      run.per_taxon[(other, s)][(metric, name)].values)
+                     for s in seeds if (metric, name) in run.per_taxon.get((other, s), {})]
+            higher = run.per_taxon[(subject, seeds[0])][(metric, name)].higher_is_better
+            advantage = paired_advantage(pairs, higher, confidence)
+            if advantage is None:
+                cells.append("—")
+                continue
+            decimals = DECIMALS.get(metric, 3)
+            text = (f"{advantage.value:+.{decimals}f} [{advantage.ci_low:+.{decimals}f}, "
+                    f"{advantage.ci_high:+.{decimals}f}]")
+            cells.append(f"{f'**{text}**' if advantage.separated else text} ({advantage.seeds_ahead}/"
+                         f"{advantage.n_seeds}, {advantage.seeds_clear})")
+            verdict = paired_verdict(advantage)
+            if verdict:
+                side = "ahead of" if advantage.value > 0 else "behind"
+                verdicts.append(f"- `{subject}` is {side} `{other}` on {name}: {verdict}.")
+        rows.append([f"`{other}`", *cells])
+    rank = run.config.get("sample", {}).get("rank", "species")
+    lines = [
+        f"`{subject}` (the first of the config's `methods`) against every other sample folder, on the same "
+        f"{rank} of the test split: its advantage (positive: `{subject}` is better; the metric's units), the mean "
+        f"over {rank} of the per-{rank} difference (the {rank} scope of § Per rank: for FD the per-{rank} FD), paired "
+        f"by {rank} within each seed (standard error sd/√n) and combined over the seeds by Rubin's rules "
+        f"(`taxabench/curves.py`); in brackets its {confidence:.0%} interval, **bold** where it excludes 0; (k/m, c): "
+        f"`{subject}` is ahead in k of the m seeds, and c seeds' own paired intervals exclude 0 on the side of the "
+        "combined value.", "",
+        markdown_table(["against", *[_column_name(run.table, metric) or name for metric, name in quantities]], rows)]
+    if verdicts:
+        lines += ["", *verdicts]
+    along = budget_agreement(run.along_per_seed, subject)
+    if along:
+        lines += ["", along]
+    return "\n".join(lines)
+
+
+def paired_verdict(advantage) -> str:
+    """What a paired advantage establishes: a combined interval clear of 0, or a difference clear in every seed
+    whose size varies too much between seeds to bound its mean; empty if neither."""
+    seeds = advantage.n_seeds
+    consistent = advantage.seeds_ahead in (0, seeds)
+    if advantage.separated:
+        return "the seed-combined interval excludes 0" + (
+            f", and it is on that side in all {seeds} seeds" if consistent else ", though not in every seed")
+    if seeds > 1 and advantage.seeds_clear == seeds:
+        sizes = sorted(abs(v) for v in advantage.seed_values)
+        return (f"clear in each of the {seeds} seeds (each seed's paired interval excludes 0; its size "
+                f"{sizes[0]:.3g} to {sizes[-1]:.3g}), but it varies between seeds too much for {seeds} seeds to "
+                "bound its mean")
+    return ""
+
+
+def budget_agreement(along: pd.DataFrame, subject: str) -> str:
+    """For each other method: in how many (seed, budget point) evaluations the subject is ahead, per headline metric
+    (overall scope, validation split): whether a ranking holds along training, not only where the run stops."""
+    overall = along[along[KEY_SCOPE] == "overall"]
+    if overall.empty or subject not in set(overall[KEY_METHOD]):
+        return ""
+    metrics = [m for m in HEADLINE_METRICS if _column_name(overall, m)]
+    index = [KEY_SEED, KEY_POINT]
+    rows = []
+    for other in (m for m in dict.fromkeys(overall[KEY_METHOD]) if m != subject):
+        cells = []
+        for metric in metrics:
+            ours = overall[(overall[KEY_METHOD] == subject) & (overall[KEY_METRIC] == metric)]
+            theirs = overall[(overall[KEY_METHOD] == other) & (overall[KEY_METRIC] == metric)]
+            joined = ours.merge(theirs, on=index, suffixes=("_a", "_b"))
+            joined = joined[joined[f"{KEY_VALUE}_a"].map(_finite) & joined[f"{KEY_VALUE}_b"].map(_finite)]
+            if joined.empty:
+                cells.append("—")
+                continue
+            sign = 1 if bool(joined.iloc[0][f"{KEY_HIGHER_IS_BETTER}_a"]) else -1
+            ahead = int((sign * (joined[f"{KEY_VALUE}_a"] - joined[f"{KEY_VALUE}_b"]) > 0).sum())
+            cells.append(f"{ahead}/{len(joined)}")
+        rows.append([f"`{other}`", *cells])
+    return "\n".join([
+        f"Along training (§ Along training; validation split, overall): the (seed, budget point) evaluations in "
+        f"which `{subject}` is ahead of each method.", "",
+        markdown_table(["against", *[_column_name(overall, m) for m in metrics]], rows)])
+
+
 def budget_section(curves: pd.DataFrame, confidence: float) -> str:
     """Metrics along training (validation split), per method and budget point, and the crossings between methods."""
     methods = list(dict.fromkeys(curves[KEY_METHOD]))
@@ -699,6 +823,9 @@ def render(run: RunFolder, figures: dict[str, str]) -> str:
         parts += ["", "## Guidance sweeps (validation split)", "", sweep_table(run.sweeps)]
         if figures.get("sweep"):
             parts += ["", f"![fidelity vs alignment per guidance scale]({figures['sweep']})"]
+    paired = paired_section(run)
+    if paired:
+        parts += ["", "## Paired comparisons", "", paired]
     probe = probe_table(table)
     if probe:
         parts += ["", "## Taxonomic probe (no sampling)", "", probe]

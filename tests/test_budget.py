@@ -13,7 +13,7 @@ from faults import Killed, assert_same_table, kill_after_call, kill_after_step
 
 from taxabench.budget import BudgetPoint, resolve_points, to_steps
 from taxabench.config import ConfigError
-from taxabench.curves import best_in_every_seed, combine_seeds, crossings, rubin
+from taxabench.curves import best_in_every_seed, combine_seeds, crossings, paired_advantage, rubin
 from taxabench.methods import Stage
 
 
@@ -279,3 +279,85 @@ def test_three_points_two_seeds_and_a_control_in_parallel_jobs_resume_to_the_sam
     assert "## Along training (budget points)" in text and "mean over 2 training seeds" in text
     assert "overtakes" in text or "No method overtakes another" in text
     assert "**sd-lora** and its variants" in text or "`flat-ldm-lora`" in text
+
+
+def _per_taxon_values(rng, taxa, centre):
+    return {f"t{i}": float(v) for i, v in enumerate(centre + rng.normal(size=taxa))}
+
+
+def test_paired_advantage_matches_an_independent_computation_and_orients_by_the_metric():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    seeds = []
+    for shift in (0.4, 0.9, 0.6):
+        a = _per_taxon_values(rng, 12, 0.0)
+        b = {t: v + shift + 0.3 * rng.normal() for t, v in a.items()}  # b is worse on a lower-is-better metric
+        b["only-b"] = 0.0  # a taxon only one method has a value for is left out
+        seeds.append((a, b))
+    advantage = paired_advantage(seeds, higher_is_better=False, confidence=0.95)
+    z = stats.norm.ppf(0.975)
+    means, lows, highs = [], [], []
+    for a, b in seeds:
+        d = np.array([b[t] - a[t] for t in a])
+        se = d.std(ddof=1) / math.sqrt(len(d))
+        means.append(d.mean())
+        lows.append(d.mean() - z * se)
+        highs.append(d.mean() + z * se)
+    expected = rubin(means, lows, highs, 0.95)
+    assert (advantage.value, advantage.ci_low, advantage.ci_high) == pytest.approx(expected[:3])
+    assert advantage.seed_values == pytest.approx(means)
+    assert (advantage.seeds_ahead, advantage.n_seeds, advantage.n_taxa) == (3, 3, 12)
+    assert advantage.seeds_clear == sum(lo > 0 for lo in lows)
+    flipped = paired_advantage(seeds, higher_is_better=True, confidence=0.95)
+    assert (flipped.value, flipped.ci_low, flipped.ci_high) == pytest.approx((-expected[0], -expected[2], -expected[1]))
+    assert flipped.seeds_ahead == 0
+    # pairing: the taxa's shared difficulty cancels, so the paired interval is far narrower than the unpaired one
+    one = seeds[0]
+    unpaired = z * math.sqrt(np.var(list(one[0].values()), ddof=1) / 12 + np.var(
+        [one[1][t] for t in one[0]], ddof=1) / 12)
+    paired = paired_advantage([one], False, 0.95)
+    assert paired.ci_high - paired.value < unpaired / 2
+    assert paired_advantage([({"t": 1.0}, {"t": 2.0})], False, 0.95) is None  # one shared taxon: no interval
+
+
+def _evaluation_json(method, seed, values, higher=False, metric="fd"):
+    return {"method": method, "seed": seed, "point": "final", "data": {"rank": "species"},
+            "measurements": [{"metric": metric, "name": metric.upper(), "scope": "species", "subject": "generated",
+                              "higher_is_better": higher, "value": float(np.mean(list(values.values()))),
+                              "per_taxon": values},
+                             {"metric": metric, "name": metric.upper(), "scope": "species", "subject": "real",
+                              "higher_is_better": higher, "value": 0.0, "per_taxon": dict.fromkeys(values, 0.0)}]}
+
+
+def test_the_report_compares_the_runs_subject_with_every_method_paired_by_taxon(tmp_path):
+    """The subject (first of `methods`) against each other method: the paired interval, the seeds agreeing, and a
+    verdict that separates 'clear in every seed' from 'the combined interval excludes 0'."""
+    from taxabench.report import write_report
+
+    rng = np.random.default_rng(1)
+    rows = [*rows_final(), *[{**r, "point": "step-000005"} for r in rows_final()]]
+    (tmp_path / "metrics").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "metrics" / "all.csv", index=False)
+    (tmp_path / "config.yaml").write_text("name: paired\nseed: 0\nseeds: [0, 1]\nmethods: [sd-lora, flat-ldm]\n")
+    pairs = []
+    for seed, shift in ((0, 1.0), (1, 3.0)):  # flat-ldm's FD is 1 and 3 above sd-lora's on every species
+        ours = _per_taxon_values(rng, 16, 5.0)
+        theirs = {t: v + shift + 0.05 * rng.normal() for t, v in ours.items()}
+        pairs.append((ours, theirs))
+        (tmp_path / "metrics" / f"seed-{seed}").mkdir()
+        for method, values in (("sd-lora", ours), ("flat-ldm", theirs)):
+            (tmp_path / "metrics" / f"seed-{seed}" / f"{method}.json").write_text(
+                json.dumps(_evaluation_json(method, seed, values)))
+    text = write_report(tmp_path, figures=False).read_text()
+    advantage = paired_advantage(pairs, False, 0.95)
+    expected = f"{advantage.value:+.2f} [{advantage.ci_low:+.2f}, {advantage.ci_high:+.2f}] (2/2, 2)"
+    assert "## Paired comparisons" in text and "`sd-lora` (the first of the config's `methods`)" in text
+    assert f"| `flat-ldm` | {expected} |" in text
+    assert not advantage.separated  # two seeds disagreeing on the size: t with one degree of freedom
+    sizes = sorted(abs(v) for v in advantage.seed_values)
+    assert (f"- `sd-lora` is ahead of `flat-ldm` on FD: clear in each of the 2 seeds (each seed's paired interval "
+            f"excludes 0; its size {sizes[0]:.3g} to {sizes[1]:.3g}), but it varies between seeds too much for 2 "
+            "seeds to bound its mean.") in text
+    # along training (all.csv's per-seed rows at budget points): sd-lora 12 vs 10 and 13 vs 14 on FD, lower is better
+    assert "| `flat-ldm` | 1/2 |" in text
