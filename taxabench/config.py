@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from taxabench.errors import ConfigError
+from taxabench.layout import GUIDANCE_SEPARATOR
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sections
@@ -377,7 +378,7 @@ class SampleConfig:
         from taxabench.guidance import GUIDANCE  # a light module: names and descriptions only
 
         named = [("guidance", self.guidance)] if self.guidance != "default" else []
-        named += [(f"guidance_ablation[{i}]", entry.rpartition("+")[2])
+        named += [(f"guidance_ablation[{i}]", entry.rpartition(GUIDANCE_SEPARATOR)[2])
                   for i, entry in enumerate(self.guidance_ablation)]
         for key, kind in named:
             if kind not in GUIDANCE:
@@ -528,7 +529,7 @@ class ExperimentConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"{where}.seeds: each training seed once, got {self.seeds}")
         for i, entry in enumerate(self.sample.guidance_ablation):
-            method = entry.rpartition("+")[0]
+            method = entry.rpartition(GUIDANCE_SEPARATOR)[0]
             if method and method not in self.methods:
                 raise ConfigError(f"{where}.sample.guidance_ablation[{i}]: {entry!r} names method {method!r}, which "
                                   f"is not in methods ({', '.join(self.methods)})")

@@ -40,6 +40,7 @@ LAYOUT_FILE = "layout.json"
 POINT_FINAL = "final"  # the `point` of an evaluation of the final checkpoint (on the test split)
 POINT_SWEEP = "sweep"  # the `point` of a guidance-sweep evaluation of the final checkpoint (validation split)
 POINT_UNSEEN = "unseen"  # the `point` of the final checkpoint's evaluation on the species withheld from training
+GUIDANCE_SEPARATOR = "+"  # a guidance variant's sample folder: `<method>+<kind>`, e.g. `taxadiffusion+cfg`
 SCALE_SEPARATOR = "@"  # a sweep's sample folder: `<entry>@<scale>`, e.g. `taxadiffusion@4`
 METADATA_FILE = "metadata.jsonl"
 SAMPLE_KEYS: dict[str, type] = {

@@ -37,7 +37,14 @@ from taxabench.curves import (
 )
 from taxabench.errors import TaxabenchError
 from taxabench.files import read_json, write_bytes, write_text, writing
-from taxabench.layout import METADATA_FILE, POINT_FINAL, POINT_UNSEEN, SCALE_SEPARATOR, RunLayout
+from taxabench.layout import (
+    GUIDANCE_SEPARATOR,
+    METADATA_FILE,
+    POINT_FINAL,
+    POINT_UNSEEN,
+    SCALE_SEPARATOR,
+    RunLayout,
+)
 from taxabench.metrics.evaluation import (
     CEILING_METHOD,
     FD_MIN_IMAGES,
@@ -67,7 +74,6 @@ RANK_METRICS = ("top1", "fd", "clip_score")
 TAIL_METRICS = ("fd", "clip_score", "top1")
 DECIMALS = {"fd": 2, "kid": 4, "lpips": 4, "lpips_diversity": 4, "clip_score": 2, "top1": 1, "top5": 1}
 CEILING_LABEL = "real images (ceiling)"  # how tables name the `real-images` rows: held-out real images, scored alike
-GUIDANCE_SEPARATOR = "+"  # sample folder `taxadiffusion+cfg`: method taxadiffusion sampled with cfg guidance
 
 
 @dataclass(frozen=True)
@@ -1007,8 +1013,8 @@ def sample_grid(run: RunFolder, methods: Sequence[str], taxa: int = 6, per_metho
     columns = (["real"] if real else []) + list(generated)
     tile = 64
     # a column's name on as many lines as it needs, a guidance variant's `+kind` on its own
-    names = {c: [line for part in c.replace("+", "\n+").split("\n") for line in textwrap.wrap(part, per_method * 10)]
-             for c in columns}
+    names = {c: [line for part in c.replace(GUIDANCE_SEPARATOR, "\n" + GUIDANCE_SEPARATOR).split("\n")
+                 for line in textwrap.wrap(part, per_method * 10)] for c in columns}
     label = 2 + 11 * max(len(lines) for lines in names.values())
     sheet = Image.new("RGB", (len(columns) * per_method * tile, len(chosen) * tile + label), "white")
     draw = ImageDraw.Draw(sheet)

@@ -31,6 +31,7 @@ from taxabench.config import ExperimentConfig, UnseenSpecies, load_config
 from taxabench.errors import TaxabenchError
 from taxabench.files import read_json, write_json, write_text
 from taxabench.layout import (
+    GUIDANCE_SEPARATOR,
     POINT_FINAL,
     POINT_SWEEP,
     POINT_UNSEEN,
@@ -42,7 +43,6 @@ from taxabench.layout import (
 from taxabench.steps import Ledger, Step, check_steps, fingerprint, peak_memory, reset_peak_memory, run_steps
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
-GUIDANCE_SEPARATOR = "+"
 
 
 @dataclass(frozen=True)
