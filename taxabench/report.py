@@ -442,9 +442,12 @@ def _seconds(row: pd.Series, unit: str = " s") -> str:
 
 
 def at_sweep_edge(choice: dict) -> bool:
-    """Whether a swept scale was chosen at the smallest or largest scale tried: its best may lie outside the sweep."""
+    """Whether a swept scale was chosen at the largest scale tried, or at the smallest one above 1: its best may lie
+    outside the sweep. Scale 1 is the conditional prediction alone (no guidance), so a sweep from 1 has no edge
+    below."""
     scales = [float(k) for k in choice["values"]]
-    return len(scales) > 1 and float(choice["chosen"]) in (min(scales), max(scales))
+    chosen = float(choice["chosen"])
+    return len(scales) > 1 and (chosen == max(scales) or (chosen == min(scales) and chosen > 1))
 
 
 def guidance_note(choices: list[dict]) -> str:
@@ -571,6 +574,8 @@ def paired_verdict(advantage) -> str:
     whose size varies too much between seeds to bound its mean; empty if neither."""
     seeds = advantage.n_seeds
     consistent = advantage.seeds_ahead in (0, seeds)
+    if advantage.separated and seeds == 1:
+        return "the paired interval excludes 0"
     if advantage.separated:
         return "the seed-combined interval excludes 0" + (
             f", and it is on that side in all {seeds} seeds" if consistent else ", though not in every seed")

@@ -125,11 +125,19 @@ def test_the_report_flags_a_guidance_scale_chosen_at_the_edge_of_its_sweep(tmp_p
         (tmp_path / "metrics" / "seed-0" / f"{entry}-guidance.json").write_text(json.dumps(
             {"guidance_of": entry, "select_by": "fd", "higher_is_better": False, "chosen": chosen,
              "values": {"2": 1.0, "4": 0.9 if chosen == 4.0 else 0.8, "8": 0.95 if chosen == 4.0 else 0.5}}))
+    for entry, values in (("sd-zeroshot", {"1": 0.5, "2": 0.9}), ("sd-finetune", {"2": 0.5, "4": 0.9})):
+        (tmp_path / "metrics" / "seed-0" / f"{entry}-guidance.json").write_text(json.dumps(
+            {"guidance_of": entry, "select_by": "fd", "higher_is_better": False, "chosen": 1.0 if "1" in values
+             else 2.0, "values": values}))
     text = write_report(tmp_path, figures=False).read_text()
     assert "- `flat-ldm` (seed-0): scale 8, best fd on the validation split among 2 → 1, 4 → 0.8, 8 → 0.5 (at the " \
            "edge of the sweep)" in text
     assert "- `sd-lora` (seed-0): scale 4, best fd on the validation split among 2 → 1, 4 → 0.9, 8 → 0.95\n" in text
-    assert "1 of 2 choices lie at the edge of their sweep" in text
+    # scale 1 is no guidance at all: a sweep starting there has no lower edge; one starting at 2 has
+    assert "- `sd-zeroshot` (seed-0): scale 1, best fd on the validation split among 1 → 0.5, 2 → 0.9\n" in text
+    assert "- `sd-finetune` (seed-0): scale 2, best fd on the validation split among 2 → 0.5, 4 → 0.9 (at the " \
+           "edge of the sweep)" in text
+    assert "2 of 4 choices lie at the edge of their sweep" in text
 
 
 def test_a_crossing_is_reported_with_where_the_intervals_clear():
