@@ -1,14 +1,16 @@
 """`taxabench report`: the run's markdown report and figures, a pure function of what the run folder holds.
 
-`metrics/all.csv` is the single source of every number (schema: `taxabench.metrics.evaluation`); the run's
-`config.yaml`, `provenance.json` and `steps.json` add the context, and the sample folders the pictures. Rerunning
-the report changes nothing, and nothing here computes a metric.
+`metrics/all.csv` is the source of every number in the tables (schema: `taxabench.metrics.evaluation`); the paired
+comparisons also read the per-taxon values the evaluations' JSONs keep beside it. The run's `config.yaml`,
+`provenance.json` and `steps.json` add the context, and the sample folders the pictures. Rerunning the report changes
+nothing, and nothing here computes a metric.
 
 Sections: the main table in the paper's shape (method × FD, KID, LPIPS, CLIP/BioCLIP score, species accuracy),
 per-rank tables (every metric with rank scopes), rare vs common species (every metric with those scopes), unseen
 species (rows of point `unseen`: the species `data.unseen_species` withheld from training, or why a method cannot
 generate them), ablations (method variants and guidance kinds, grouped by the `ablation_of` attribute each method
-declares), the metric models' own quality, provenance.
+declares), paired comparisons of the run's subject with every other sample folder (`paired_section`), the metric
+models' own quality, provenance.
 """
 
 from __future__ import annotations
