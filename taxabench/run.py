@@ -27,7 +27,7 @@ from rich.console import Console
 
 from taxabench import budget
 from taxabench.checkpoint import MANIFEST, cpu_only
-from taxabench.config import ExperimentConfig, UnseenSpecies, load_config
+from taxabench.config import ExperimentConfig, SampleConfig, UnseenSpecies, load_config
 from taxabench.errors import TaxabenchError
 from taxabench.files import read_json, write_json, write_text
 from taxabench.layout import (
@@ -161,8 +161,8 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                     after=(f"train/{method}{suffix}",),
                 ))
             for label in labels:
-                point_fp = fingerprint("point", label, along.sample, along.eval, along.data, train_fps[method],
-                                       data_fp)
+                point_fp = fingerprint("point", label, _drawing(along.sample), along.eval, along.data,
+                                       train_fps[method], data_fp)
                 eval_fps.append(point_fp)
                 eval_names.append(f"point/{method}{suffix}/{label}")
 
@@ -188,7 +188,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
             sweep_fps = []
             for scale, name in swept.items():
                 sweep_config = replace(along, sample=replace(along.sample, guidance=kind, guidance_scale=scale))
-                sweep_fps.append(fingerprint("sweep", sweep_config.sample, along.eval, along.data,
+                sweep_fps.append(fingerprint("sweep", _drawing(sweep_config.sample), along.eval, along.data,
                                              train_fps[entry.method], data_fp))
                 eval_fps.append(sweep_fps[-1])
                 eval_names.append(f"sweep/{name}{suffix}")
@@ -275,6 +275,15 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                       clean=lambda: shutil.rmtree(layout.report_dir, ignore_errors=True),
                       after=tuple(eval_names), outputs=(layout.report_dir / "README.md",)))
     return steps
+
+
+def _drawing(sample: SampleConfig) -> SampleConfig:
+    """What decides a budget point's or a sweep scale's images, for its step's fingerprint: the sample config without
+    the fields that only choose which samplings a run makes (the guidance sweep and ablation lists, the metric a sweep
+    is read by, the stage figure), so widening a sweep redoes no finished point or scale. The test sampling keeps the
+    whole config in its fingerprint: which scale it uses depends on the sweep and the metric."""
+    return replace(sample, guidance_sweep={}, guidance_ablation=[], guidance_select=SampleConfig.guidance_select,
+                   stage_figure=True)
 
 
 def run(config: ExperimentConfig, force: list[str] | None = None, show_progress: bool = True,

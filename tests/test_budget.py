@@ -225,6 +225,23 @@ def test_the_test_sampling_uses_the_guidance_scale_chosen_on_validation(straight
     assert (config.run_dir / "report" / "guidance_sweep.png").is_file()
 
 
+def test_widening_a_guidance_sweep_redoes_only_the_new_scale_and_the_test_sampling(tiny_world, tmp_path):
+    from taxabench.run import plan
+
+    def fingerprints(config):
+        return {step.name: step.fingerprint for step in plan(config, config.run_dir, show_progress=False)}
+
+    config = budget_config(tiny_world, tmp_path, "widened")
+    before = fingerprints(config)
+    widened = fingerprints(replace(config, sample=replace(config.sample, guidance_sweep={"cfg": [1.0, 3.0, 6.0]})))
+    assert set(widened) - set(before) == {"sweep/sd-lora@6"}
+    changed = {name for name in before if widened[name] != before[name]}
+    assert changed == {"sample/sd-lora", "eval/sd-lora", "report"}  # the points, probe and scales 1, 3 stay done
+
+    reselected = fingerprints(replace(config, sample=replace(config.sample, guidance_select="top1")))
+    assert {name for name in before if reselected[name] != before[name]} == changed
+
+
 def test_the_probe_writes_per_rank_and_sibling_rows_that_evaluation_leaves_alone(straight_budget_run):
     config, report = straight_budget_run
     table = pd.read_csv(config.run_dir / "metrics" / "all.csv")
