@@ -86,7 +86,9 @@ def bench(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def faults(session: nox.Session) -> None:
     """The fault-injection sweep: a small run killed at every kind of point a clean run passes (optimizer steps, each
-    kind of run-file write) at its first, second and middle occurrence, in chains of kills, rerun, and compared byte
-    for byte with an uninterrupted run (tests/test_faults.py; prints each chain's kill points)."""
+    kind of run-file write) at its first, second and middle occurrence, in chains of kills; a real run's own process
+    and its process group SIGKILLed with workers busy, SIGINT and SIGTERM, a second run started beside it, one rank
+    of a two-process torchrun killed; each rerun and compared byte for byte with an uninterrupted run
+    (tests/test_faults.py; prints each chain's kill points)."""
     bin_ = shared_env(session)
     session.run(str(bin_ / "pytest"), "-s", "-m", "slow", "tests/test_faults.py", *session.posargs, external=True)

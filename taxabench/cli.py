@@ -46,8 +46,34 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
     _state["debug"] = debug
 
 
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM (`kill`, a scheduler's time limit), raised where the process is. Not a
+    KeyboardInterrupt, which click would turn into its own exit before the command could say what it stopped."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report them
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; tests call it in-process with an argument list."""
+    """Entry point of the console script; tests call it in-process with an argument list.
+
+    SIGINT (Ctrl-C) and SIGTERM stop the command with one line naming the step that was interrupted and the command
+    that resumes it, and exit 130 and 143."""
+    import shlex
+    import signal
+    import threading
+
+    from taxabench.steps import in_progress
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    in_progress.set(())
+    handled = (signal.SIGINT, signal.SIGTERM)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.signal(signum, _interrupt) for signum in handled} if in_main_thread else {}
     try:
         app(args=argv, prog_name="taxabench")  # click handles usage errors itself and exits
     except TaxabenchError as error:
@@ -55,9 +81,23 @@ def main(argv: list[str] | None = None) -> int:
             raise
         console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         return 1
+    except Interrupted as interrupt:
+        steps = ", ".join(in_progress.names) or (argv[0] if argv else "taxabench")
+        console.print(f"[bold yellow]interrupted[/] ({interrupt.signal_name}) during {steps}; finished work is kept, "
+                      f"and the same command resumes: taxabench {shlex.join(argv)}", highlight=False, soft_wrap=True)
+        return INTERRUPTED_EXIT[interrupt.signal_name]
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    import signal
+
+    raise Interrupted(signal.Signals(signum).name)
 
 
 def cli() -> None:
@@ -192,6 +232,17 @@ def experiment_config(config: Path, overrides: list[str] | None) -> ExperimentCo
     return load_config(config, overrides or [])
 
 
+def writing_into(run_dir: Path):
+    """Hold the run folder's lock (`taxabench.lock`) for a command that writes into it; under `accelerate launch` /
+    `torchrun` the main process holds it for all of them."""
+    import os
+    from contextlib import nullcontext
+
+    from taxabench.lock import run_folder_lock
+
+    return run_folder_lock(run_dir) if os.environ.get("RANK", "0") == "0" else nullcontext()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # backbone, train
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,7 +287,9 @@ def train(config: ConfigOption, method: MethodOption, run: RunOption = None, ove
     """Train every stage of a method; the same command resumes a killed run (accelerate state per stage)."""
     from taxabench.train import train_method
 
-    folder = train_method(experiment_config(config, overrides), method, run)
+    experiment = experiment_config(config, overrides)
+    with writing_into(run or experiment.run_dir):
+        folder = train_method(experiment, method, run)
     console.print(f"[bold]{method}[/] trained: {folder}")
 
 
@@ -282,9 +335,10 @@ def eval_command(
         def external(taxonomy):
             return read_external_samples(samples, method, taxonomy, layout, unknown_taxa)
 
-    with warnings.catch_warnings():
+    experiment = experiment_config(config, overrides)
+    with warnings.catch_warnings(), writing_into(run or experiment.run_dir):
         warnings.simplefilter("ignore", SmallSampleWarning)  # printed below, once, with the table
-        result = evaluate(experiment_config(config, overrides), method, run, samples=external)
+        result = evaluate(experiment, method, run, samples=external)
     if samples is not None:
         images = result.samples.images
         console.print(f"{samples}: {len(images)} images of {len({i.taxon.id for i in images})} taxa "
@@ -399,7 +453,8 @@ def report_command(
     """Regenerate <run>/report/README.md and its figures from metrics/all.csv (nothing is recomputed)."""
     from taxabench.report import write_report
 
-    console.print(f"report at {write_report(run)}")
+    with writing_into(run):
+        console.print(f"report at {write_report(run)}")
 @app.command("sample")
 def sample(
     config: ConfigOption,
@@ -415,7 +470,8 @@ def sample(
     from taxabench.sample import stage_grid as draw_stage_grid
 
     experiment = experiment_config(config, overrides)
-    folder = sample_method(experiment, method, run)
-    console.print(f"[bold]{method}[/] samples: {folder} (metadata.jsonl, grid.png)")
-    if stage_grid:
-        console.print(f"stage grid: {draw_stage_grid(experiment, method, run)}")
+    with writing_into(run or experiment.run_dir):
+        folder = sample_method(experiment, method, run)
+        console.print(f"[bold]{method}[/] samples: {folder} (metadata.jsonl, grid.png)")
+        if stage_grid:
+            console.print(f"stage grid: {draw_stage_grid(experiment, method, run)}")

@@ -12,7 +12,8 @@ cleanup, as `kill -9`) at the n-th occurrence of `<event>` in this process. A wr
 when the new content is complete under its temporary name but not yet renamed (the moment a kill leaves the most
 behind); the training loop fires `train-step` after each optimizer step and the sampler `sample-batch` after each
 generated batch. `TAXABENCH_FAULT_LOG=<file>` appends the name of every event passed to that file, so one clean
-run lists every point a sweep can kill at. `tests/faults.py` drives both.
+run lists every point a sweep can kill at; `TAXABENCH_FAULT_RANK=<r>` limits the kill to rank r of an `accelerate
+launch` / `torchrun` (the others see it die). `tests/faults.py` drives them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 FAULT_ENV = "TAXABENCH_FAULT"
 FAULT_LOG_ENV = "TAXABENCH_FAULT_LOG"
+FAULT_RANK_ENV = "TAXABENCH_FAULT_RANK"  # set: only the process of that rank (`$RANK`) of a launch dies
 FAULT_EXIT_CODE = 86  # what a process killed by an injected fault exits with
 _events: Counter[str] = Counter()
 
@@ -39,7 +41,7 @@ def fault_point(event: str) -> None:
         with open(log, "a") as handle:
             handle.write(event + "\n")
     spec = os.environ.get(FAULT_ENV)
-    if not spec:
+    if not spec or os.environ.get(FAULT_RANK_ENV, os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
         return
     _events[event] += 1
     for item in spec.split(","):

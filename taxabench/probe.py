@@ -108,10 +108,12 @@ def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_
     from taxabench.methods.base import move_inputs
     from taxabench.metrics.aggregate import Resampling, ScopeValue
     from taxabench.metrics.evaluation import (
+        KEY_METHOD,
         KEY_POINT,
         KEY_SEED,
         KEY_SPLIT,
         SEPARATE_METRICS,
+        csv_rows,
         write_csv_rows,
     )
     from taxabench.metrics.metric_base import Measurement
@@ -174,6 +176,9 @@ def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_
            **budget.axes(layout.checkpoints(method, seed))}
     path = layout.metrics_json(f"{method}-probe", seed)
     write_bytes(path, json.dumps({"probe_of": method, "seed": config.seed, "protocol": protocol,
-                                  "losses": losses.round(6).tolist(), "truth": truth}).encode(), "metrics")
+                                  "losses": losses.round(6).tolist(), "truth": truth,
+                                  # the rows of all.csv this probe vouches for (`evaluation.check_table`)
+                                  "measurements": [{k: v for k, v in row.items() if k != KEY_METHOD}
+                                                   for row in csv_rows(method, measurements)]}).encode(), "metrics")
     write_csv_rows(layout.all_csv, method, measurements, key, only_metrics=SEPARATE_METRICS)
     return measurements

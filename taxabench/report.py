@@ -67,6 +67,7 @@ from taxabench.metrics.evaluation import (
     KEY_VALUE,
     KEY_WEIGHTS,
     NOT_APPLICABLE,
+    check_table,
     upgrade_table,
 )
 from taxabench.metrics.scopes import SCOPE_UNSEEN
@@ -122,9 +123,10 @@ class RunFolder:
         config = _yaml(layout.config_file)
         table = upgrade_table(pd.read_csv(csv), csv, config.get("seed", 0), config.get("data", {}).get("eval_split"))
         confidence = config.get("eval", {}).get("confidence", 0.95)
-        warnings, models, choices, seconds, per_taxon = {}, {}, [], {}, {}
+        warnings, models, choices, seconds, per_taxon, sources = {}, {}, [], {}, {}, {}
         for path in layout.all_metrics_json():
             content = read_json(path, "re-evaluate it (`taxabench run --force eval/<method>`)")
+            sources[path] = content
             if "guidance_of" in content:
                 choices.append({**content, "seed": path.parent.name if path.parent != layout.metrics_dir else None})
             if "method" in content and content.get("point", POINT_FINAL) == POINT_FINAL:  # the test-split evaluation
@@ -134,6 +136,7 @@ class RunFolder:
                 models.update(content.get("extractors", {}))
                 seconds[(content["method"], content.get("seed"), content.get("point"))] = \
                     content.get("budget", {}).get(WALL_SECONDS)
+        check_table(table, csv, sources)  # no number that no evaluation produced
         table = with_wall_seconds(table, seconds)
         return cls(
             root=root,

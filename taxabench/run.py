@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,7 +41,16 @@ from taxabench.layout import (
     point_label,
     point_steps,
 )
-from taxabench.steps import Ledger, Step, check_steps, fingerprint, peak_memory, reset_peak_memory, run_steps
+from taxabench.steps import (
+    Ledger,
+    Step,
+    check_steps,
+    fingerprint,
+    in_progress,
+    peak_memory,
+    reset_peak_memory,
+    run_steps,
+)
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -79,8 +89,10 @@ def sample_entries(config: ExperimentConfig) -> list[SampleEntry]:
     return entries
 
 
-def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) -> list[Step]:
-    """The run's steps, in order, each with the fingerprint of everything that decides its outputs."""
+def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True,
+         console: Console | None = None) -> list[Step]:
+    """The run's steps, in order, each with the fingerprint of everything that decides its outputs. `console`: where
+    to say what the data's checks found (species filed under several lineages), whatever the setting."""
     from accelerate import PartialState
 
     from taxabench.backbone import load_backbone, resolve_backbone
@@ -91,7 +103,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
     from taxabench.metrics.evaluation import check_eval_names, write_not_applicable
     from taxabench.probe import run_probe
     from taxabench.report import write_report
-    from taxabench.sample import SETTINGS, sample_method, stage_grid
+    from taxabench.sample import SETTINGS, damaged_samples, sample_method, stage_grid
     from taxabench.train import train_method
 
     layout = RunLayout(run_dir)
@@ -103,6 +115,11 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
     with state.main_process_first():  # SynthTaxa is generated once, by the main process
         data = load_dataset(config.data)
     data_fp = data.fingerprint()
+    if console is not None and data.lineage_conflicts:
+        console.print(f"[yellow]{len(data.lineage_conflicts)} species filed under several lineages[/] "
+                      f"(data.on_lineage_conflict: {config.data.on_lineage_conflict}): "
+                      + ", ".join(data.lineage_conflicts) + " (`taxabench data stats` lists their rows)",
+                      highlight=False)
 
     def main_first(action):
         """Under several processes: the main one builds (tiny backbone, synthclip), the others then read it."""
@@ -159,6 +176,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                     clean=lambda method=method, seed=seed, value=seeded.seed: _remove_metrics(
                         layout, method, seed, value, metrics=PROBE_METRICS, json_name=f"{method}-probe"),
                     after=(f"train/{method}{suffix}",),
+                    outputs=(layout.all_csv,),  # a deleted all.csv: every step that wrote rows writes them again
                 ))
             for label in labels:
                 point_fp = fingerprint("point", label, _drawing(along.sample), along.eval, along.data,
@@ -178,7 +196,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                 steps.append(Step(
                     eval_names[-1], point_fp, at_point,
                     clean=lambda method=method, seed=seed, label=label: _remove_point(layout, method, seed, label),
-                    after=(f"train/{method}{suffix}", "metric-models"),
+                    after=(f"train/{method}{suffix}", "metric-models"), outputs=(layout.all_csv,),
                 ))
         for entry in entries:
             sample_config = seeded if entry.guidance is None else replace(
@@ -204,7 +222,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                     clean=lambda name=name, seed=seed, value=seeded.seed: (
                         shutil.rmtree(layout.samples(name, seed, POINT_SWEEP), ignore_errors=True),
                         _remove_metrics(layout, name, seed, value, POINT_SWEEP)),
-                    after=(f"train/{entry.method}{suffix}", "metric-models"),
+                    after=(f"train/{entry.method}{suffix}", "metric-models"), outputs=(layout.all_csv,),
                 ))
             # switching the stage figure off (sample.stage_figure) changes no samples
             sample_fp = fingerprint("sample", seeded.seed, replace(sample_config.sample, stage_figure=True),
@@ -225,6 +243,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                                                                    ignore_errors=True),
                 after=(f"train/{entry.method}{suffix}", *[f"sweep/{n}{suffix}" for n in swept.values()]),
                 outputs=(layout.samples(entry.name, seed) / "metadata.jsonl",),
+                intact=lambda entry=entry, seed=seed: damaged_samples(layout.samples(entry.name, seed)),
             ))
             eval_fp = fingerprint("eval", config.eval, config.data, sample_fp, data_fp)
             eval_fps.append(eval_fp)
@@ -268,7 +287,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
                 clean=lambda entry=entry, seed=seed, value=seeded.seed: (
                     shutil.rmtree(layout.samples(entry.name, seed, POINT_UNSEEN), ignore_errors=True),
                     _remove_metrics(layout, entry.name, seed, value, POINT_UNSEEN)),
-                after=(f"sample/{entry.name}{suffix}", "metric-models"),
+                after=(f"sample/{entry.name}{suffix}", "metric-models"), outputs=(layout.all_csv,),
             ))
     steps.append(Step("report", fingerprint("report", eval_fps),
                       lambda: write_report(run_dir) if state.is_main_process else None,
@@ -288,21 +307,30 @@ def _drawing(sample: SampleConfig) -> SampleConfig:
 
 def run(config: ExperimentConfig, force: list[str] | None = None, show_progress: bool = True,
         console: Console | None = None) -> Path:
-    """Run (or resume) the whole experiment; returns the report's path."""
+    """Run (or resume) the whole experiment; returns the report's path. Holds the run folder's lock
+    (`taxabench.lock`) throughout: a second writer of the same folder is refused."""
     from accelerate import PartialState
 
-    from taxabench.metrics.evaluation import SmallSampleWarning
-    from taxabench.provenance import provenance
+    from taxabench.lock import run_folder_lock
 
     state = PartialState(cpu=cpu_only())  # one process, or each of `accelerate launch` / `torchrun`'s
     main = state.is_main_process
     console = console or Console(quiet=not main)
+    with run_folder_lock(config.run_dir) if main else nullcontext():
+        return _run_locked(config, state, force or [], show_progress, console)
+
+
+def _run_locked(config: ExperimentConfig, state, force: list[str], show_progress: bool, console: Console) -> Path:
+    from taxabench.metrics.evaluation import SmallSampleWarning
+    from taxabench.provenance import provenance
+
+    main = state.is_main_process
     run_dir = config.run_dir
     layout = RunLayout(run_dir)
     layout.check_readable()
-    steps = plan(config, run_dir, show_progress=show_progress and main)
+    steps = plan(config, run_dir, show_progress=show_progress and main, console=console if main else None)
     ledger = Ledger(layout.steps_file, writable=main)
-    check_steps(steps, ledger, force or [])  # a refused config leaves the run folder's config.yaml as it was
+    check_steps(steps, ledger, force)  # a refused config leaves the run folder's config.yaml as it was
     if main:
         layout.mark()
         write_text(layout.config_file, config.to_yaml(), "config")
@@ -319,7 +347,7 @@ def run(config: ExperimentConfig, force: list[str] | None = None, show_progress:
             _run_in_parallel(config, steps[:first], ledger, jobs, console)
             for prefix in ("train/", "sample/"):
                 _run_in_parallel(config, [s for s in steps if s.name.startswith(prefix)], ledger, jobs, console)
-        run_steps(steps, ledger, force or [], console)
+        run_steps(steps, ledger, force, console)
     return layout.report_dir / "README.md"
 
 
@@ -338,9 +366,13 @@ def job_count(config: ExperimentConfig, num_processes: int) -> int:
 def _run_in_parallel(config: ExperimentConfig, steps: list[Step], ledger: Ledger, jobs: int, console: Console) -> None:
     """Run the steps not yet done whose inputs are, each in its own process (`jobs` at a time, the CPU threads
     shared out), and record them; a failure stops the run. Each step gets cores // jobs threads however many are
-    pending, so that a resumed run computes with the same thread count as an uninterrupted one."""
+    pending, so that a resumed run computes with the same thread count as an uninterrupted one.
+
+    The workers die with the run: each asks the kernel to kill it when this process ends (`kill -9` included), and
+    an exception here (a failed step, Ctrl-C, SIGTERM) kills them before it goes on, so no worker writes into the
+    run folder after the run that owns it stopped."""
     import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from multiprocessing import get_context
 
     import torch
@@ -351,12 +383,54 @@ def _run_in_parallel(config: ExperimentConfig, steps: list[Step], ledger: Ledger
     workers = min(jobs, len(pending))
     threads = max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0))) // jobs)
     console.rule(f"[bold]{', '.join(s.name for s in pending)}: {workers} processes x {threads} threads")
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_step_in_process, config, step.name, threads): step for step in pending}
-        for future in as_completed(futures):
-            step = futures[future]
-            ledger.record(step, *future.result())
-            console.print(f"[dim]✓ {step.name}: {ledger.entries[step.name]['seconds']} s[/]")
+    context = get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),))
+    futures = {pool.submit(_step_in_process, config, step.name, threads): step for step in pending}
+    try:
+        running = set(futures)
+        while running:
+            in_progress.set(futures[f].name for f in running)
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                step = futures[future]
+                ledger.record(step, *future.result())
+                console.print(f"[dim]✓ {step.name}: {ledger.entries[step.name]['seconds']} s[/]")
+    except BaseException:
+        for child in context.active_children():  # the workers this run started
+            child.kill()
+        for child in context.active_children():
+            child.join()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    in_progress.set(())
+    pool.shutdown()
+
+
+def die_with_parent(parent: int) -> None:
+    """A worker's initializer: it is killed when `parent` (the run) ends, however it ends, and leaves Ctrl-C to it
+    (a terminal sends SIGINT to the whole process group; the run stops its workers itself)."""
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:  # no death signal: poll the parent
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="taxabench-parent-watch").start()
+    if os.getppid() != parent:  # the run ended before the death signal was armed
+        os._exit(1)
 
 
 def _step_in_process(config: ExperimentConfig, name: str, threads: int) -> tuple[float, dict]:
@@ -450,7 +524,7 @@ def _remove_metrics(layout: RunLayout, name: str, seed: int | None, seed_value: 
     """Remove one evaluation (or the probe: its `metrics`): its JSON and its rows of all.csv."""
     import pandas as pd
 
-    from taxabench.metrics.evaluation import SEPARATE_METRICS
+    from taxabench.metrics.evaluation import SEPARATE_METRICS, write_table
 
     layout.metrics_json(json_name or name, seed, None if point == POINT_FINAL else point).unlink(missing_ok=True)
     table_path = layout.all_csv
@@ -460,7 +534,7 @@ def _remove_metrics(layout: RunLayout, name: str, seed: int | None, seed_value: 
         same &= table["metric"].isin(metrics) if metrics is not None else ~table["metric"].isin(SEPARATE_METRICS)
         if "point" in table.columns:  # layout-1 tables have one seed and final rows only
             same &= (table["seed"] == seed_value) & (table["point"] == point)
-        table[~same].to_csv(table_path, index=False)
+        write_table(table_path, table[~same])
 
 
 def _remove_point(layout: RunLayout, method: str, seed: int | None, label: str) -> None:

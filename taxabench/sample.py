@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -418,7 +419,7 @@ def sample_method(
     work = [(taxon, j) for taxon in taxa for j in range(sample.images_per_taxon)]
     batches = [work[i : i + sample.batch_size] for i in range(0, len(work), sample.batch_size)]
     mine = shard(len(batches), state.num_processes, state.process_index)
-    todo = [b for b in mine if not all(_image_path(out, t, j).is_file() for t, j in batches[b])]
+    todo = [b for b in mine if not all(finished_image(_image_path(out, t, j)) for t, j in batches[b])]
     images = sum(len(batches[b]) for b in todo)
     with progress_bar(f"{method_name}: sampling", images, show_progress and state.is_main_process) as advance:
         for b in todo:
@@ -430,7 +431,7 @@ def sample_method(
             fault_point("sample-batch")
             for (taxon, j), image in zip(batch, result.images):
                 path = _image_path(out, taxon, j)
-                if not path.is_file():  # a batch is redone whole; finished images keep their (equal) bytes
+                if not finished_image(path):  # a batch is redone whole; finished images keep their (equal) bytes
                     _write_png(image, path)
             advance(len(batch))
     state.wait_for_everyone()
@@ -446,6 +447,33 @@ def shard(count: int, num_processes: int, process_index: int) -> range:
     base, extra = divmod(count, num_processes)
     start = process_index * base + min(process_index, extra)
     return range(start, start + base + (process_index < extra))
+
+
+def finished_image(path: Path) -> bool:
+    """An image file that exists and decodes (PNG chunks and checksums intact): a missing or damaged one is drawn
+    again, with the same seed, so it comes back with the bytes it had."""
+    try:
+        with PIL.Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error):  # absent, or what PIL raises for damage
+        return False
+    return True
+
+
+def damaged_samples(folder: Path) -> Path | None:
+    """The first image a sample folder's `metadata.jsonl` lists that is missing or does not decode (None: all
+    intact, or no metadata yet): a finished sampling with one runs again (`taxabench.steps.Step.intact`)."""
+    metadata = folder / METADATA
+    if not metadata.is_file():
+        return None
+    for line in metadata.read_text().splitlines():
+        try:
+            image = folder / json.loads(line)["image"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return metadata
+        if not finished_image(image):
+            return image
+    return None
 
 
 def _image_path(out: Path, taxon: Taxon, index: int) -> Path:

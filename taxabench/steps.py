@@ -43,9 +43,10 @@ class Step:
     clean: Callable[[], None]  # removes the step's outputs before a forced rerun
     after: tuple[str, ...] = ()  # steps whose outputs this one reads
     outputs: tuple[Path, ...] = ()  # files the step leaves; one missing or unreadable makes it run again
+    intact: Callable[[], Path | None] | None = None  # a deeper check of the outputs: the first damaged file, or None
 
     def missing_output(self) -> Path | None:
-        """The first of `outputs` that is absent, or a JSON file that does not parse."""
+        """The first of `outputs` that is absent, or a JSON file that does not parse, or what `intact` finds."""
         for path in self.outputs:
             if not path.is_file():
                 return path
@@ -54,7 +55,7 @@ class Step:
                     json.loads(path.read_text())
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     return path
-        return None
+        return self.intact() if self.intact is not None else None
 
 
 def reset_peak_memory() -> bool:
@@ -91,6 +92,19 @@ def peak_memory(reset: bool) -> dict[str, float]:
     if torch is not None and torch.cuda.is_available():
         peak["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return peak
+
+
+class InProgress:
+    """The names of the steps running now, for the line an interrupted run prints (`taxabench.cli`)."""
+
+    def __init__(self) -> None:
+        self.names: tuple[str, ...] = ()
+
+    def set(self, names) -> None:
+        self.names = tuple(names)
+
+
+in_progress = InProgress()
 
 
 class Ledger:
@@ -150,13 +164,16 @@ def run_steps(steps: Sequence[Step], ledger: Ledger, force: Sequence[str] = (), 
     """Run each step unless the ledger shows it finished with the same fingerprint and its outputs are intact."""
     console = console or Console()
     forced = check_steps(steps, ledger, force)
+    # outputs are checked before any step runs: steps that write one file (all.csv) are all redone when it is gone
+    missing_outputs = {step.name: step.missing_output() for step in steps
+                       if step.name in ledger.entries and step.name not in forced}
     for step in steps:
         entry = ledger.entries.get(step.name)
         if step.name in forced:
             step.clean()
             ledger.forget(step.name)
         elif entry is not None:
-            missing = step.missing_output()
+            missing = missing_outputs[step.name]
             if missing is None:
                 console.print(f"[dim]✓ {step.name}: done earlier ({entry['seconds']} s), skipped[/]")
                 continue
@@ -165,5 +182,7 @@ def run_steps(steps: Sequence[Step], ledger: Ledger, force: Sequence[str] = (), 
         console.rule(f"[bold]{step.name}")
         reset = reset_peak_memory()
         start = time.perf_counter()
+        in_progress.set([step.name])  # left set when the action raises: the interrupted step
         step.action()
+        in_progress.set(())
         ledger.record(step, time.perf_counter() - start, peak_memory(reset))

@@ -22,14 +22,15 @@ from taxabench.files import FAULT_ENV, FAULT_EXIT_CODE, FAULT_LOG_ENV
 ROOT = Path(__file__).parents[1]
 
 
-def fault_config(world: Path, runs_dir: Path, name: str, methods: list[str]) -> Path:
+def fault_config(world: Path, runs_dir: Path, name: str, methods: list[str], jobs: int = 1) -> Path:
     """A config file for the small world: crosses epochs while training (12 images, batch 4, 8 steps), checkpoints
-    every 2 steps, samples 6 images in two batches, evaluates with a quickly built synthclip."""
+    every 2 steps, samples 6 images in two batches, evaluates with a quickly built synthclip. `jobs` 1: every step
+    in the run's own process, so a fault kills the run, not a worker of its pool."""
     from dataclasses import replace
 
     config = experiment(
         world, runs_dir,
-        jobs=1,  # every step in the run's own process: a fault kills the run, not a worker of its pool
+        jobs=jobs,
         data={"dataset": "csv"},
         methods=methods,
         method_options={"taxadiffusion": {"ranks": ["class", "species"]}, "flat-ldm": {"steps": 8}},
@@ -168,3 +169,68 @@ def assert_same_table(expected_run: Path, found_run: Path) -> None:
         assert a == b, f"all.csv line {number} differs:\n  expected {a}\n  found    {b}"
     assert len(expected) == len(found), f"all.csv has {len(found)} lines, expected {len(expected)}"
     assert (expected_run / "metrics" / "all.csv").read_bytes() == (found_run / "metrics" / "all.csv").read_bytes()
+
+
+def start_run(config_file: Path, log: Path, launcher: list[str] | None = None, **env: str) -> subprocess.Popen:
+    """`taxabench run --config FILE` started in its own process group (so a test can signal the group), passing
+    its events to `log`; `launcher`: e.g. torchrun's arguments before `-m taxabench`."""
+    log.unlink(missing_ok=True)
+    full_env = {**{k: v for k, v in os.environ.items() if k != FAULT_ENV}, "PYTHONPATH": str(ROOT),
+                FAULT_LOG_ENV: str(log), **env}
+    command = [*(launcher or [sys.executable]), "-m", "taxabench", "run", "--config", str(config_file)]
+    return subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def wait_for_event(process: subprocess.Popen, log: Path, event: str, count: int = 1, timeout: float = 900) -> None:
+    """Wait until the run (any of its processes) passed `event` `count` times; fail if it ended first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.is_file() and log.read_text().split().count(event) >= count:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended ({process.returncode}) before {event} x{count}:\n"
+                                 f"{process.stdout.read()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"no {event} x{count} within {timeout} s")
+
+
+def descendants(pid: int) -> list[int]:
+    """The live processes below `pid` (children, their children...), from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":  # a zombie has ended
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie has ended), from /proc."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def workers_of(pid: int) -> list[int]:
+    """The worker processes a run started (multiprocessing's spawned children; not its resource tracker)."""
+    found = []
+    for child in descendants(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in command:
+            found.append(child)
+    return found

@@ -3,18 +3,23 @@ rerun with the same command ends with the bytes of an uninterrupted run — metr
 trained weight file — and leaves no temporary behind. The fast cases: a dead writer's temporary is removed by the
 next write of its file; a run killed twice (mid-training, while saving its state). `nox -s faults` (marked slow):
 issue 17's six-point chain, and the sweep — every kind of event a clean run passes, at its first, second and
-middle occurrence, in three chains of kills."""
+middle occurrence, in three chains of kills; and real signals to a real run with busy workers (SIGKILL of the run's
+process and of its group, SIGINT, SIGTERM), a second run of the same folder, one rank of a torchrun killed."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from faults import (
     ROOT,
+    alive,
     differences,
     fault_config,
     final_bytes,
@@ -22,7 +27,10 @@ from faults import (
     kill_in_a_row,
     kill_then_finish,
     recorded_events,
+    start_run,
     taxabench_run,
+    wait_for_event,
+    workers_of,
 )
 
 from taxabench.files import FAULT_ENV, FAULT_EXIT_CODE, write_bytes
@@ -146,3 +154,123 @@ def test_every_kill_point_resumes_to_identical_bytes(reference, small_world, tmp
     assert not found, f"chain {chain} ({' '.join(killed)}): {found[:5]}"
     if chain == "first":  # only writes of the session's shared caches, made by the reference run, are not passed again
         assert {point.rpartition(":")[0] for point in missed} <= SHARED_CACHE_EVENTS, missed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One writer per run folder: real signals to a real run (issue 31)
+# ---------------------------------------------------------------------------------------------------------------
+
+PARALLEL_METHODS = ["flat-ldm", "sd-lora"]
+
+
+@pytest.fixture(scope="module")
+def parallel_reference(small_world, tiny_backbone, tmp_path_factory):
+    """An uninterrupted run of two methods trained and sampled by two worker processes (`jobs: 2`)."""
+    runs = tmp_path_factory.mktemp("parallel-reference")
+    config_file = fault_config(small_world, runs, "steady", PARALLEL_METHODS, jobs=2)
+    assert taxabench_run(config_file) == 0
+    return final_bytes(runs / "steady")
+
+
+def assert_dead_within_a_second(pids: list[int]) -> None:
+    deadline = time.monotonic() + 1.0
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in pids if alive(pid)], "workers outlived their run"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("event", "count", "group"), [("train-step", 3, False), ("sample", 2, False),
+                                                       ("train-step", 5, True)])
+def test_a_run_killed_with_its_workers_alive_leaves_none_and_resumes_to_identical_bytes(
+        parallel_reference, small_world, tmp_path, event, count, group):
+    """SIGKILL of the run's own process (a user's `kill -9`, the OOM killer), mid-training and mid-sampling, while
+    two workers compute: within a second no worker is alive, so nothing writes into the folder the rerun uses; and
+    SIGKILL of the whole process group (a scheduler's time limit). The same command then finishes with the bytes of
+    an uninterrupted run."""
+    config_file = fault_config(small_world, tmp_path, "killed", PARALLEL_METHODS, jobs=2)
+    log = tmp_path / "events.log"
+    process = start_run(config_file, log)
+    wait_for_event(process, log, event, count)
+    workers = workers_of(process.pid)
+    assert workers, "no worker process to kill"
+    if group:
+        os.killpg(process.pid, signal.SIGKILL)
+    else:
+        process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert_dead_within_a_second(workers)
+    assert taxabench_run(config_file) == 0
+    assert not differences(parallel_reference, final_bytes(tmp_path / "killed"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code", "event", "step"), [
+    (signal.SIGINT, 130, "train-step", "train/"), (signal.SIGTERM, 143, "sample", "sample/")])
+def test_an_interrupted_run_says_what_stopped_and_how_to_resume_then_resumes(
+        parallel_reference, small_world, tmp_path, signum, code, event, step):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) mid-training and SIGTERM mid-sampling: the run
+    stops its workers, prints the interrupted steps and the command that resumes, and exits 130 / 143; that
+    command ends with the uninterrupted run's bytes."""
+    config_file = fault_config(small_world, tmp_path, "interrupted", PARALLEL_METHODS, jobs=2)
+    log = tmp_path / "events.log"
+    process = start_run(config_file, log)
+    wait_for_event(process, log, event, 2)
+    workers = workers_of(process.pid)
+    if signum == signal.SIGINT:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == code, out[-3000:]
+    said = " ".join(out.split())
+    assert f"interrupted ({signal.Signals(signum).name}) during {step}" in said, said[-2000:]
+    assert f"the same command resumes: taxabench run --config {config_file}" in said
+    assert_dead_within_a_second(workers)
+    assert taxabench_run(config_file) == 0
+    assert not differences(parallel_reference, final_bytes(tmp_path / "interrupted"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("late", [False, True])
+def test_a_second_run_of_the_same_folder_is_refused_and_the_first_is_unharmed(parallel_reference, small_world,
+                                                                             tmp_path, late):
+    """Two `taxabench run` of one config started together, or the second while the first evaluates: the second
+    is refused with one line naming the first (pid, host, command), and the first ends as an undisturbed run."""
+    config_file = fault_config(small_world, tmp_path, "twice", PARALLEL_METHODS, jobs=2)
+    log = tmp_path / "events.log"
+    first = start_run(config_file, log)
+    wait_for_event(first, log, "metrics" if late else "layout", 1)
+    second = subprocess.run([sys.executable, "-m", "taxabench", "run", "--config", str(config_file)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 1, second.stdout[-2000:] + second.stderr[-2000:]
+    said = " ".join(second.stdout.split())
+    assert f"is in use by pid {first.pid} on " in said and f"taxabench run --config {config_file}" in said, said
+    out, _ = first.communicate(timeout=900)
+    assert first.returncode == 0, out[-3000:]
+    assert not differences(parallel_reference, final_bytes(tmp_path / "twice"))
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_training_under_torchrun_resumes_to_identical_bytes(small_world, tiny_backbone, tmp_path):
+    """`torchrun --nproc_per_node 2` (gloo, CPU): rank 1 dies after its 5th optimizer step (torchrun then stops rank
+    0, which says so and exits 143); the same launch resumes and ends with the bytes of an uninterrupted
+    two-process run."""
+    from taxabench.files import FAULT_RANK_ENV
+
+    launcher = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2"]
+    expected_file = fault_config(small_world, tmp_path / "reference", "steady", ["flat-ldm"])
+    steady = start_run(expected_file, tmp_path / "steady.log", launcher, OMP_NUM_THREADS="1")
+    out, _ = steady.communicate(timeout=900)
+    assert steady.returncode == 0, out[-3000:]
+
+    config_file = fault_config(small_world, tmp_path / "resumed", "killed", ["flat-ldm"])
+    killed = start_run(config_file, tmp_path / "killed.log", launcher, OMP_NUM_THREADS="1",
+                       **{FAULT_ENV: "train-step:5", FAULT_RANK_ENV: "1"})
+    out, _ = killed.communicate(timeout=900)
+    assert killed.returncode != 0 and "interrupted (SIGTERM) during train/flat-ldm" in " ".join(out.split()), \
+        out[-3000:]
+    resumed = start_run(config_file, tmp_path / "resumed.log", launcher, OMP_NUM_THREADS="1")
+    out, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, out[-3000:]
+    assert not differences(final_bytes(tmp_path / "reference" / "steady"), final_bytes(tmp_path / "resumed" / "killed"))

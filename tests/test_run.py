@@ -110,6 +110,51 @@ def test_a_changed_config_is_refused_and_force_redoes_the_step(finished_run, tin
     assert line["guidance_scale"] == 3.0
 
 
+def test_a_deleted_or_damaged_sample_image_is_drawn_again_with_its_bytes(finished_run, tiny_world, tmp_path):
+    """A finished sampling whose metadata lists an image that is gone or does not decode runs again: that image comes
+    back with the bytes it had, and the evaluation (its images unchanged) is not redone."""
+    import shutil
+
+    reference, _ = finished_run
+    config = run_config(tiny_world, tmp_path, "damaged")
+    shutil.copytree(reference.run_dir, config.run_dir)
+    folder = config.run_dir / "samples" / "sd-lora"
+    deleted, truncated = sorted(folder.glob("*/*.png"))[:2]
+    expected = {path: path.read_bytes() for path in (deleted, truncated)}
+    deleted.unlink()
+    truncated.write_bytes(expected[truncated][: len(expected[truncated]) // 2])
+    steps = json.loads((config.run_dir / "steps.json").read_text())
+    run(config, show_progress=False)
+    assert {path: path.read_bytes() for path in expected} == expected
+    after = json.loads((config.run_dir / "steps.json").read_text())
+    assert after["eval/sd-lora"] == steps["eval/sd-lora"] and after["sample/taxadiffusion"] == steps["sample/taxadiffusion"]
+    assert_same_table(reference.run_dir, config.run_dir)
+
+
+def test_a_report_never_shows_a_value_edited_into_all_csv(finished_run, tiny_world, tmp_path, capsys):
+    """A hand-edited all.csv is refused with one line naming it; deleting it and rerunning writes every row again
+    (probe and evaluations alike), in the order of the uninterrupted run."""
+    import shutil
+
+    from taxabench.cli import main
+
+    reference, _ = finished_run
+    config = run_config(tiny_world, tmp_path, "edited")
+    shutil.copytree(reference.run_dir, config.run_dir)
+    table = config.run_dir / "metrics" / "all.csv"
+    lines = table.read_text().splitlines()
+    fields = lines[1].split(",")
+    fields[4] = "123.46"  # the value column of the first row
+    table.write_text("\n".join([lines[0], ",".join(fields), *lines[2:]]) + "\n")
+    assert main(["report", "--run", str(config.run_dir)]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "metrics/all.csv is damaged: its bytes are not those taxabench wrote" in out and "123.46" not in \
+        (config.run_dir / "report" / "README.md").read_text()
+    table.unlink()
+    run(config, show_progress=False)
+    assert_same_table(reference.run_dir, config.run_dir)
+
+
 def test_unknown_methods_fail_before_any_work(tiny_world, tmp_path):
     config = experiment(tiny_world, tmp_path, methods=["taxadifusion"])
     with pytest.raises(TaxabenchError, match="unknown method 'taxadifusion'.*did you mean 'taxadiffusion'"):

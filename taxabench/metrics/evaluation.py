@@ -52,6 +52,7 @@ species included). A method that cannot condition on a species it was not traine
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -404,7 +405,105 @@ def write_csv_rows(path: Path, method: str, measurements: list[Measurement], key
         same = (old[KEY_METHOD] == method) & (old[KEY_SEED] == key[KEY_SEED]) & (old[KEY_POINT] == key[KEY_POINT])
         same &= old[KEY_METRIC].isin(only_metrics) if only_metrics is not None else ~old[KEY_METRIC].isin(SEPARATE_METRICS)
         new = pd.concat([old[~same], new], ignore_index=True)
-    write_bytes(path, new.to_csv(index=False).encode(), "table")
+    write_table(path, new)
+
+
+TABLE_DIGEST_SUFFIX = ".sha256"
+_TABLE_FIX = ("delete it and rerun the same `taxabench run` command: the steps that wrote its rows write them again "
+              "(from their feature caches)")
+
+
+def write_table(path: Path, table) -> None:
+    """Write `all.csv` and, beside it, the SHA-256 of the bytes written (`all.csv.sha256`, `sha256sum -c` format),
+    by which `check_table` knows the file is as taxabench wrote it."""
+    data = table.to_csv(index=False).encode()
+    write_bytes(path, data, "table")
+    digest = f"{hashlib.sha256(data).hexdigest()}  {path.name}\n"
+    write_bytes(path.with_name(path.name + TABLE_DIGEST_SUFFIX), digest.encode(), "table-digest")
+
+
+def table_sources(content: dict) -> list[dict[str, Any]]:
+    """The `all.csv` rows one run JSON vouches for (an evaluation's, a probe's, a not-applicable row's), each with
+    its method, seed and point; an evaluation's held-out real-image measurements are rows of `CEILING_METHOD`."""
+    if "probe_of" in content:
+        key = {KEY_METHOD: content["probe_of"], KEY_SEED: content.get("seed"), KEY_POINT: POINT_FINAL}
+        return [{**row, **key} for row in content.get("measurements", [])]
+    if "method" not in content:
+        return []  # a guidance choice: no rows
+    key = {KEY_SEED: content.get("seed"), KEY_POINT: content.get("point", POINT_FINAL)}
+    if content.get("applicable") is False:
+        return [{KEY_METHOD: content["method"], **key, KEY_METRIC: NOT_APPLICABLE,
+                 KEY_NAME: f"not applicable: {content['reason']}", KEY_SCOPE: SCOPE_UNSEEN}]
+    return [{**row, **key, KEY_METHOD: content["method"] if row.get("subject") != SUBJECT_REAL else CEILING_METHOD}
+            for row in content.get("measurements", [])]
+
+
+def check_table(table, path: Path, sources: dict[Path, dict]) -> None:
+    """Refuse an `all.csv` holding a number no evaluation produced: each row of a (method, seed, point) whose JSON
+    is in the run folder must equal that JSON's measurement (`sources`: every run JSON, by path), and a table with a
+    digest (`write_table`) must still have the bytes it was written with. A folder written before digests, or
+    trimmed of some JSONs (a committed report's bundle), is checked against the JSONs it has.
+
+    Raises `DamagedFileError` naming the file, the line and the differing value."""
+    from taxabench.errors import DamagedFileError
+
+    digest_path = path.with_name(path.name + TABLE_DIGEST_SUFFIX)
+    if digest_path.is_file():
+        recorded = (digest_path.read_text().split() or [""])[0]
+        found = hashlib.sha256(path.read_bytes()).hexdigest()
+        if found != recorded:
+            raise DamagedFileError(path, f"its bytes are not those taxabench wrote (SHA-256 {found[:12]}, "
+                                         f"{digest_path.name} says {recorded[:12]}): it was edited", _TABLE_FIX)
+    vouched: dict[tuple, list[tuple[dict, Path]]] = {}
+    for source_path, content in sources.items():
+        for row in table_sources(content):
+            vouched.setdefault(_source_key(row), []).append((row, source_path))
+    for line, row in enumerate(table.to_dict("records"), start=2):  # line 1: the header
+        candidates = vouched.get(_source_key(row))
+        if candidates is None:
+            continue  # no JSON of this evaluation in the folder
+        same = [(c, p) for c, p in candidates
+                if (c[KEY_METRIC], c[KEY_NAME], c[KEY_SCOPE]) == (row[KEY_METRIC], row[KEY_NAME], row[KEY_SCOPE])]
+        where = (f"line {line} ({row[KEY_METHOD]}, {row[KEY_METRIC]}, {row[KEY_SCOPE]}, seed {row[KEY_SEED]}, "
+                 f"{row[KEY_POINT]})")
+        if not same:
+            raise DamagedFileError(path, f"{where} is in no measurement of {candidates[0][1]}", _TABLE_FIX)
+        if not any(_row_equals(row, c) for c, _ in same):
+            source, source_path = same[0]
+            column = next(c for c in _COMPARED if c in source and not _same_value(row[c], source[c]))
+            raise DamagedFileError(path, f"{where} has {column} {row[column]!r}, but {source_path} says "
+                                         f"{source[column]!r}", _TABLE_FIX)
+
+
+def _source_key(row: dict) -> tuple:
+    """Which JSON writes a row: the evaluation of (method, seed, point), or its probe (`SEPARATE_METRICS`)."""
+    return row[KEY_METHOD], row[KEY_SEED], row[KEY_POINT], row[KEY_METRIC] in SEPARATE_METRICS
+
+
+_COMPARED = (KEY_VALUE, KEY_CI_LOW, KEY_CI_HIGH, KEY_N_REAL, KEY_N_GENERATED, KEY_N_TAXA, KEY_EXTRACTOR, KEY_WEIGHTS,
+             KEY_HIGHER_IS_BETTER)
+
+
+def _row_equals(row: dict, source: dict) -> bool:
+    return all(_same_value(row[column], source.get(column)) for column in _COMPARED if column in source)
+
+
+def _same_value(found: Any, expected: Any) -> bool:
+    """A table cell against its JSON value: NaN, infinities and empty text are the JSON's null."""
+    found, expected = _as_null(found), _as_null(expected)
+    if found is None or expected is None:
+        return found is None and expected is None
+    if isinstance(expected, (bool, np.bool_)) or isinstance(found, (bool, np.bool_)):
+        return bool(found) == bool(expected)
+    if isinstance(expected, str) or isinstance(found, str):
+        return str(found) == str(expected)
+    return math.isclose(float(found), float(expected), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _as_null(value: Any) -> Any:
+    if value == "" or (isinstance(value, (float, np.floating)) and not math.isfinite(value)):
+        return None
+    return value
 
 
 def _small_sample_warnings(measurements: list[Measurement]) -> list[str]:
