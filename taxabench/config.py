@@ -665,3 +665,22 @@ def _positive(value: int, where: str) -> None:
 def taxabench_home() -> Path:
     """Where taxabench caches what it builds (SynthTaxa, tiny weights, features): $TAXABENCH_HOME or ~/.cache."""
     return Path(os.environ.get("TAXABENCH_HOME", Path.home() / ".cache" / "taxabench"))
+
+
+def shipped_configs() -> dict[str, str]:
+    """The configs shipped in the package (`taxabench/configs/*.yaml`): name -> YAML text, as installed by pip."""
+    from importlib import resources
+
+    folder = resources.files("taxabench") / "configs"
+    return {entry.name.removesuffix(".yaml"): entry.read_text(encoding="utf-8")
+            for entry in sorted(folder.iterdir(), key=lambda e: e.name) if entry.name.endswith(".yaml")}
+
+
+def shipped_config(name: str) -> str:
+    """The YAML text of shipped config `name` (`taxabench config show NAME`); an unknown name lists the others."""
+    configs = shipped_configs()
+    if name.removesuffix(".yaml") not in configs:
+        close = difflib.get_close_matches(name, list(configs), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"no shipped config {name!r}{hint}; shipped: {', '.join(configs)}")
+    return configs[name.removesuffix(".yaml")]

@@ -1,4 +1,4 @@
-"""`synthtaxa`: a procedural world with a known taxonomy, the embedded default dataset (DESIGN.md §5).
+"""`synthtaxa`: a procedural world with a known taxonomy, the embedded default dataset.
 
 A tree of pseudo-Latin taxa is drawn from a seed. Each rank owns visual traits that its descendants inherit:
 the coarse ranks decide big things (body plan, base colour, proportions), the fine ranks subtle ones (pattern
@@ -509,10 +509,21 @@ class SynthTaxaAdapter(CsvAdapter):
 
     def prepare(self, config: DataConfig) -> Path:
         preset, seed = config.synthtaxa.preset, config.synthtaxa.seed
-        root = Path(config.root) if config.root else default_root(preset or "tiny", seed or 0)
+        root = self.world_root(config)
         if (root / SPEC_FILE).is_file() and preset is None and seed is None:
             return root  # whatever world the folder holds
         return generate(spec_for(preset or "tiny", seed or 0), root)
+
+    @staticmethod
+    def world_root(config: DataConfig) -> Path:
+        """The folder `prepare` reads the world from (and generates it into when it holds no world yet)."""
+        return Path(config.root) if config.root else default_root(config.synthtaxa.preset or "tiny",
+                                                                  config.synthtaxa.seed or 0)
+
+    @classmethod
+    def generated(cls, config: DataConfig) -> bool:
+        """Whether the world is on disk already (reading the dataset would not have to generate it)."""
+        return (cls.world_root(config) / SPEC_FILE).is_file()
 
     def read(self, config: DataConfig, root: Path, annotations: Path, skipped: SkipLog) -> AdapterOutput:
         # SynthTaxa always writes the default columns, whatever a user set for their own CSV
