@@ -133,7 +133,7 @@ def list_registries() -> None:
 
 @data_app.command("synth")
 def data_synth(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the world into (PNGs + metadata.csv).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the world into (PNGs + metadata.csv; also a Hugging Face ImageFolder).")],
     preset: Annotated[str, typer.Option(help="World size: tiny (32 species), small (108), inat-like (7 ranks); tiny-domain, small-domain: a constant top rank.")] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed of the world: names, traits, long tail, every pixel.")] = 0,
 ) -> None:
