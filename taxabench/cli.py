@@ -108,20 +108,22 @@ def list_registries() -> None:
     """
     import importlib
 
+    from rich.markup import escape
+
     from taxabench.registry import BUILT_IN
 
     for title, (module, attribute) in REGISTRIES.items():
         registry = getattr(importlib.import_module(module), attribute)
         table = Table(title=title, title_justify="left", show_header=False, box=None)
         for entry in registry.entries():
-            line = entry.description
+            line = escape(entry.description)
+            if entry.origin != BUILT_IN:  # first, so that no wrapping hides where it came from
+                line = f"[cyan](plug-in: {escape(entry.origin)})[/] {line}"
             if "generates_unseen_species" in entry.attributes:  # methods: data.unseen_species
                 unseen = entry.attributes["generates_unseen_species"]
                 line += (" [dim](unseen species: " + ("yes" if unseen else "not applicable")
-                         + f", {entry.attributes.get('unseen_species_reason', '')})[/]")
-            if entry.origin != BUILT_IN:
-                line += f" [cyan](plug-in: {entry.origin})[/]"
-            table.add_row(f"[bold]{entry.name}[/]", line)
+                         + f", {escape(str(entry.attributes.get('unseen_species_reason', '')))})[/]")
+            table.add_row(f"[bold]{escape(entry.name)}[/]", line)
         console.print(table)
         console.print()
 
