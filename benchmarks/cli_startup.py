@@ -15,6 +15,7 @@ import argparse
 import datetime
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,15 +44,19 @@ COMMANDS = [
 ]
 
 
-def time_command(tree: Path, args: list[str]) -> float | None:
-    """Seconds from start to exit of `python -m taxabench ARGS` importing from `tree`; None when it failed
-    (e.g. a command the tree does not have)."""
+def time_command(tree: Path, args: list[str]) -> tuple[float, float] | None:
+    """(wall, CPU) seconds from start to exit of `python -m taxabench ARGS` importing from `tree`; None when it
+    failed (e.g. a command the tree does not have). CPU time (user + system of the child) depends much less on what
+    else the machine runs than the wall time does."""
     env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "80"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "taxabench", *args], cwd=tree, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    return seconds if result.returncode == 0 else None
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return (seconds, cpu) if result.returncode == 0 else None
 
 
 def export_revision(revision: str, into: Path) -> Path:
@@ -65,9 +70,10 @@ def export_revision(revision: str, into: Path) -> Path:
     return into / "tree"
 
 
-def measure(trees: dict[str, Path], repeats: int) -> dict[str, dict[str, list[float | None]]]:
-    """command -> tree label -> seconds per run; one warm-up run each first (file cache), then interleaved."""
-    times: dict[str, dict[str, list[float | None]]] = {}
+def measure(trees: dict[str, Path], repeats: int) -> dict[str, dict[str, list[tuple[float, float] | None]]]:
+    """command -> tree label -> (wall, CPU) seconds per run; one warm-up run each first (file cache), then
+    interleaved."""
+    times: dict[str, dict[str, list[tuple[float, float] | None]]] = {}
     for args in COMMANDS:
         key = " ".join(args)
         times[key] = {label: [] for label in trees}
@@ -79,17 +85,19 @@ def measure(trees: dict[str, Path], repeats: int) -> dict[str, dict[str, list[fl
     return times
 
 
-def _cell(values: list[float | None]) -> str:
+def _cell(values: list[tuple[float, float] | None]) -> str:
     done = [v for v in values if v is not None]
     if not done:
         return "fails (no such command)"
-    return f"{statistics.median(done):.2f} (min {min(done):.2f}, max {max(done):.2f})"
+    wall = [v[0] for v in done]
+    return (f"{statistics.median(wall):.2f} (min {min(wall):.2f}, max {max(wall):.2f}); "
+            f"CPU {statistics.median(v[1] for v in done):.2f}")
 
 
-def table(times: dict[str, dict[str, list[float | None]]]) -> str:
+def table(times: dict[str, dict[str, list[tuple[float, float] | None]]]) -> str:
     labels = list(next(iter(times.values())))
-    lines = ["| command | " + " | ".join(f"{label}: median s (min, max)" for label in labels) + " |",
-             "|---|" + "---|" * len(labels)]
+    lines = ["| command | " + " | ".join(f"{label}: wall s, median (min, max); CPU s, median" for label in labels)
+             + " |", "|---|" + "---|" * len(labels)]
     for key, by_label in times.items():
         lines.append(f"| `taxabench {key}` | " + " | ".join(_cell(by_label[label]) for label in labels) + " |")
     return "\n".join(lines)
@@ -125,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             f"Measured on {datetime.date.today()} at commit {commit} (plus uncommitted changes, if any) on {header}. "
             f"Reproduce: `python -m benchmarks.cli_startup --repeats {args.repeats}"
             + (f" --before {args.before}" if args.before else "") + f" --out {args.out}`.\n\n"
-            "Each cell: wall seconds from start to exit of `python -m taxabench ARGS`, median of "
-            f"{args.repeats} runs after one warm-up, runs of the trees interleaved.\n\n" + text + "\n")
+            "Each cell: wall seconds from start to exit of `python -m taxabench ARGS`, median (min, max) of "
+            f"{args.repeats} runs after one warm-up, runs of the trees interleaved; and the child's CPU seconds "
+            "(user + system), which depend less on what else the shared machine runs.\n\n" + text + "\n")
     return 0
 
 
