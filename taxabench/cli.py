@@ -372,7 +372,7 @@ def weights_list(
             raise typer.Exit(1)
         return
     table = Table(title="weights", title_justify="left")
-    for column in ("", "extractor", "weights", "use", "status"):
+    for column in ("extractor", "weights", "use", "status", "details"):
         table.add_column(column, overflow="fold")  # never "…": a long hub id wraps
     for number, row in enumerate(rows, start=1):
         if row.found:
@@ -381,7 +381,7 @@ def weights_list(
             status = f"[{'red' if row.use == 'needed' else 'yellow'}]missing[/]"
         else:
             status = "[dim]not found[/]"
-        table.add_row(f"[{number}]", row.extractor, row.component, row.use, status)
+        table.add_row(row.extractor, row.component, row.use, status, f"\\[{number}] below")
     console.print(table)
     for number, row in enumerate(rows, start=1):  # in full, never cut: paths, commands and variables are copied
         console.print(f"[{number}] {row.extractor} ({row.component}): {row.where}", markup=False, highlight=False,
