@@ -124,3 +124,16 @@ def test_weights_prints_what_users_copy_in_full_and_generates_no_world(tmp_path,
     assert (synthclip["found"], synthclip["use"]) == (False, "built")
     assert "not generated yet" in synthclip["where"]
     assert not (tmp_path / "home" / "synthtaxa").exists()  # no SynthTaxa world was generated to fill the table
+
+
+def test_weights_json_keeps_stdout_json_when_the_run_would_fail(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TAXABENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    config = tmp_path / "c.yaml"
+    config.write_text("backbone: {source: stable-diffusion-v1-5/stable-diffusion-v1-5}\n")
+    assert main(["weights", "--config", str(config), "--json"]) == 1
+    captured = capsys.readouterr()
+    backbone = json.loads(captured.out)[0]
+    assert (backbone["extractor"], backbone["found"], backbone["blocks_the_run"]) == ("backbone", False, True)
+    assert "weights the run needs are missing: backbone" in captured.err
