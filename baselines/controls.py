@@ -36,6 +36,7 @@ class FlatLDMLoraOptions(FlatLDMOptions):
 
 
 class FlatLDMLora(FlatLDM):
+    name = "flat-ldm-lora"  # its registry name (taxabench.methods), also when imported directly
     description = "control: flat-LDM species embeddings with a frozen UNet and a LoRA (code-only at LoRA capacity)"
     Options = FlatLDMLoraOptions
     trains_full_unet = False
@@ -60,6 +61,7 @@ class SDLoraMatchedOptions:
 
 
 class SDLoraMatched(SDLora):
+    name = "sd-lora-matched"  # its registry name (taxabench.methods), also when imported directly
     description = "control: SD+LoRA with the LoRA rank that matches TaxaDiffusion's trainable parameters"
     Options = SDLoraMatchedOptions
     ablation_of = "sd-lora"
@@ -118,6 +120,7 @@ class GatedConditioner(TaxonomyConditioner):
 
 
 class TaxaDiffusionGated(TaxaDiffusion):
+    name = "taxadiffusion-gated"  # its registry name (taxabench.methods), also when imported directly
     description = ("control (deviation from the paper): TaxaDiffusion with each rank module's output behind a "
                    "zero-initialised gate")
     ablation_of = "taxadiffusion"

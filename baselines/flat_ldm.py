@@ -24,6 +24,7 @@ class FlatLDMOptions:
 
 
 class FlatLDM(Method):
+    name = "flat-ldm"  # its registry name (taxabench.methods), also when imported directly
     description = "flat-label LDM: species id -> learned context tokens; UNet trained; no hierarchy, no text"
     Options = FlatLDMOptions
     trains_full_unet = True

@@ -14,6 +14,7 @@ class SDFinetuneOptions:
 
 
 class SDFinetune(TextPromptMethod):
+    name = "sd-finetune"  # its registry name (taxabench.methods), also when imported directly
     description = "Stable Diffusion with the whole UNet fine-tuned on species text prompts"
     Options = SDFinetuneOptions
     trains_full_unet = True

@@ -16,6 +16,7 @@ class SDLoraOptions:
 
 
 class SDLora(TextPromptMethod):
+    name = "sd-lora"  # its registry name (taxabench.methods), also when imported directly
     description = "Stable Diffusion + LoRA fine-tuned on species text prompts"
     Options = SDLoraOptions
     stage_description = "UNet LoRA"

@@ -14,6 +14,7 @@ class SDZeroShotOptions:
 
 
 class SDZeroShot(TextPromptMethod):
+    name = "sd-zeroshot"  # its registry name (taxabench.methods), also when imported directly
     description = "Stable Diffusion zero-shot: no training, species text prompt"
     Options = SDZeroShotOptions
 

@@ -1,5 +1,5 @@
 """The Stable-Diffusion-format backbone every method starts from: VAE, UNet, frozen text encoder, tokenizer, noise
-schedule — loaded from an SD folder, a hub id, or the tiny one taxabench builds itself (DESIGN.md §4, §5).
+schedule — loaded from an SD folder, a hub id, or the tiny one taxabench builds itself.
 
 Three sources, one loader (`load_sd_folder`, each component's `from_pretrained`):
 - a local SD-format folder (`model_index.json`, `vae/`, `unet/`, `text_encoder/`, `tokenizer/`, `scheduler/`);
@@ -8,7 +8,7 @@ Three sources, one loader (`load_sd_folder`, each component's `from_pretrained`)
 - `tiny`: a small SD-format folder built offline (`build_tiny_backbone`) and cached under
   `$TAXABENCH_HOME/backbones/` by a hash of everything that decides its weights.
 
-The tiny backbone plays SD 1.5's part on a CPU, with what SD brings to TaxaDiffusion (DESIGN.md §5):
+The tiny backbone plays SD 1.5's part on a CPU, with what SD brings to TaxaDiffusion:
 - a domain gap: on SynthTaxa it is pre-trained on a separate pre-training world (`synthtaxa.pretraining_world`)
   that shares the benchmark's taxa down to `caption_rank` and has new genera and species below, so it has seen no
   benchmark image, genus or species (`build.json` counts them);

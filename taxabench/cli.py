@@ -31,18 +31,37 @@ backbone_app = typer.Typer(help="Build or inspect the SD-format backbone methods
 app.add_typer(backbone_app, name="backbone")
 weights_app = typer.Typer(help="Show where pretrained weights resolve from; build synthclip.")
 app.add_typer(weights_app, name="weights")
+config_app = typer.Typer(
+    help="The configs shipped with taxabench: list them, print one to start your own "
+         "(taxabench config show fishnet > my.yaml).",
+    no_args_is_help=True,
+)
+app.add_typer(config_app, name="config")
 
 _state = {"debug": False}
 
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML (see configs/).")]
+ConfigOption = Annotated[Path, typer.Option(
+    "--config", "-c", help="Experiment YAML (start from a shipped one: `taxabench config list`).")]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config value, e.g. --set train.batch_size=4 (repeatable)."),
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from taxabench import __version__
+
+        console.print(f"taxabench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False) -> None:
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print taxabench's version and exit.")] = False,
+) -> None:
     _state["debug"] = debug
 
 
@@ -116,24 +135,35 @@ REGISTRIES = {
     "methods": ("taxabench.methods", "METHODS"),
     "metrics": ("taxabench.metrics.registry", "METRICS"),
     "feature extractors": ("taxabench.metrics.registry", "EXTRACTORS"),
-    "sample layouts (taxabench eval --samples)": ("taxabench.metrics.external_samples", "SAMPLE_LAYOUTS"),
+    "sample layouts (taxabench eval --samples)": ("taxabench.metrics.registry", "SAMPLE_LAYOUTS"),
 }
 
 
 @app.command("list")
 def list_registries() -> None:
-    """Show every registry: datasets, methods, metrics and feature extractors, with a line on each."""
+    """Show every registry: datasets, methods, metrics and feature extractors, with a line on each.
+
+    Plug-ins (entry points `taxabench.datasets`, `taxabench.methods`, `taxabench.metrics`, `taxabench.extractors`)
+    are listed with the distribution that registered them; built-ins are not imported to list them.
+    """
     import importlib
+
+    from rich.markup import escape
+
+    from taxabench.registry import BUILT_IN
 
     for title, (module, attribute) in REGISTRIES.items():
         registry = getattr(importlib.import_module(module), attribute)
         table = Table(title=title, title_justify="left", show_header=False, box=None)
-        for name, entry in registry:
-            line = getattr(entry, "description", "")
-            if hasattr(entry, "generates_unseen_species"):  # methods: data.unseen_species
-                line += (" [dim](unseen species: " + ("yes" if entry.generates_unseen_species else "not applicable")
-                         + f", {entry.unseen_species_reason})[/]")
-            table.add_row(f"[bold]{name}[/]", line)
+        for entry in registry.entries():
+            line = escape(entry.description)
+            if entry.origin != BUILT_IN:  # first, so that no wrapping hides where it came from
+                line = f"[cyan](plug-in: {escape(entry.origin)})[/] {line}"
+            if "generates_unseen_species" in entry.attributes:  # methods: data.unseen_species
+                unseen = entry.attributes["generates_unseen_species"]
+                line += (" [dim](unseen species: " + ("yes" if unseen else "not applicable")
+                         + f", {escape(str(entry.attributes.get('unseen_species_reason', '')))})[/]")
+            table.add_row(f"[bold]{escape(entry.name)}[/]", line)
         console.print(table)
         console.print()
 
@@ -145,11 +175,12 @@ def list_registries() -> None:
 
 @data_app.command("synth")
 def data_synth(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the world into (PNGs + metadata.csv).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the world into (PNGs + metadata.csv; also a Hugging Face ImageFolder).")],
     preset: Annotated[str, typer.Option(help="World size: tiny (32 species), small (108), inat-like (7 ranks); tiny-domain, small-domain: a constant top rank.")] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed of the world: names, traits, long tail, every pixel.")] = 0,
 ) -> None:
-    """Generate a SynthTaxa world: a procedural taxonomy whose ranks own visual traits (DESIGN.md §5)."""
+    """Generate a SynthTaxa world: a procedural taxonomy whose ranks own visual traits (coarse ranks decide the body
+    plan and colour, fine ranks the pattern and marks), with a long tail of training images per species."""
     from taxabench.data.synthtaxa import generate, spec_for
 
     root = generate(spec_for(preset, seed), out)
@@ -255,9 +286,11 @@ RunOption = Annotated[
 
 @backbone_app.command("tiny")
 def backbone_tiny(
-    data: Annotated[Path, typer.Option("--data", help="Experiment YAML: its data: and backbone.tiny: sections.")],
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Experiment YAML: its data: and backbone.tiny: sections.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Copy the built SD-format folder here.")] = None,
     overrides: SetOption = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Deprecated: the old name of --config.")] = None,
 ) -> None:
     """Build the tiny SD-format backbone (VAE, UNet, CLIP text encoder + tokenizer) offline from the dataset."""
     import shutil
@@ -265,9 +298,17 @@ def backbone_tiny(
     from taxabench.backbone import ensure_tiny_backbone
     from taxabench.data import load_dataset
 
-    config = experiment_config(data, overrides)
-    loaded = load_dataset(config.data)
-    folder, identity = ensure_tiny_backbone(loaded, config.data, config.backbone.tiny)
+    if data is not None:
+        if config is not None:
+            raise TaxabenchError("give --config only (--data is its deprecated old name)")
+        Console(stderr=True).print("[yellow]warning:[/] --data is deprecated; use --config (same meaning)",
+                                   highlight=False)
+        config = data
+    if config is None:
+        raise TaxabenchError("give --config FILE (an experiment YAML; `taxabench config list` shows shipped ones)")
+    experiment = experiment_config(config, overrides)
+    loaded = load_dataset(experiment.data)
+    folder, identity = ensure_tiny_backbone(loaded, experiment.data, experiment.backbone.tiny)
     if out is not None:
         if out.exists() and any(out.iterdir()):
             raise TaxabenchError(f"--out {out} exists and is not empty")
@@ -359,29 +400,48 @@ def eval_command(
 def weights_list(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Experiment YAML (explicit weights, data).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of rows (extractor, component, use, "
+                                                         "found, where, blocks_the_run) instead of the table.")] = False,
 ) -> None:
     """What a run of the config loads: where each weights file resolves from now, or what is missing and how to get
-    it (exit status 1 when something the run needs is missing)."""
+    it (exit status 1 when something the run needs is missing).
+
+    The table says what is found or missing; below it each row's path, or the commands and environment variable
+    that provide it, in full (long lines are not cut, so they can be copied). Nothing is downloaded or built."""
     if ctx.invoked_subcommand is not None:
         return
+    from dataclasses import asdict
+
     from taxabench.metrics import weights_table
 
-    table = Table("extractor", "weights", "use", "status", title="weights", title_justify="left")
     rows = weights_table(load_config(config) if config else None)
-    for row in rows:
-        if row.found:
-            status = f"[green]found[/] {row.where}"
-        elif row.use in ("needed", "optional"):
-            colour = "red" if row.use == "needed" else "yellow"
-            status = f"[{colour}]missing[/] {row.where}"
-        else:
-            status = f"[dim]not found[/] [dim]{row.where}[/]"
-        table.add_row(row.extractor, row.component, row.use, status)
-    console.print(table)
     blocking = [row for row in rows if row.blocks_the_run]
+    message = (f"{len(blocking)} weights the run needs are missing: "
+               + ", ".join(f"{row.extractor} ({row.component})" for row in blocking))
+    if as_json:
+        sys.stdout.write(json.dumps([{**asdict(row), "blocks_the_run": row.blocks_the_run} for row in rows],
+                                    indent=2) + "\n")
+        if blocking:
+            Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+        return
+    table = Table(title="weights", title_justify="left")
+    for column in ("extractor", "weights", "use", "status", "details"):
+        table.add_column(column, overflow="fold")  # never "…": a long hub id wraps
+    for number, row in enumerate(rows, start=1):
+        if row.found:
+            status = "[green]found[/]"
+        elif row.use in ("needed", "optional"):
+            status = f"[{'red' if row.use == 'needed' else 'yellow'}]missing[/]"
+        else:
+            status = "[dim]not found[/]"
+        table.add_row(row.extractor, row.component, row.use, status, f"\\[{number}] below")
+    console.print(table)
+    for number, row in enumerate(rows, start=1):  # in full, never cut: paths, commands and variables are copied
+        console.print(f"[{number}] {row.extractor} ({row.component}): {row.where}", markup=False, highlight=False,
+                      soft_wrap=True)
     if blocking:
-        raise TaxabenchError(f"{len(blocking)} weights the run needs are missing: "
-                             + ", ".join(f"{row.extractor} ({row.component})" for row in blocking))
+        raise TaxabenchError(message)
 
 
 @weights_app.command("build")
@@ -401,6 +461,29 @@ def weights_build(
     console.print(f"synthclip {how}: {build.folder}")
     console.print(f"zero-shot top-1 on {build.report['eval_images']} held-out {build.report['eval_split']} images: "
                   f"{accuracy}")
+
+
+@config_app.command("list")
+def config_list() -> None:
+    """The configs shipped with taxabench, with the first line of each (what it runs)."""
+    from taxabench.config import shipped_configs
+
+    table = Table("name", "what it runs", title="shipped configs (taxabench config show NAME > my.yaml)",
+                  title_justify="left")
+    for name, text in shipped_configs().items():
+        header = " ".join(line.lstrip("#").strip() for line in text.splitlines()[:8] if line.startswith("#"))
+        table.add_row(f"[bold]{name}[/]", header.split(". ")[0].split(": ")[0])
+    console.print(table)
+
+
+@config_app.command("show")
+def config_show(
+    name: Annotated[str, typer.Argument(help="A shipped config (`taxabench config list`), e.g. fishnet.")],
+) -> None:
+    """Print a shipped config as it is in the package, to copy and edit: taxabench config show fishnet > my.yaml"""
+    from taxabench.config import shipped_config
+
+    sys.stdout.write(shipped_config(name))
 
 
 # ---------------------------------------------------------------------------------------------------------------

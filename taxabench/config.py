@@ -288,6 +288,10 @@ class BackboneConfig:
     tiny: TinyBackbone = field(default_factory=TinyBackbone)
 
 
+# accelerate's tracker names (accelerate.utils.LoggerType), for `train.report_to`
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
+
 @dataclass
 class TrainConfig:
     steps_per_stage: int = 200  # optimizer steps in each stage a method declares (single-stage methods: x ranks)
@@ -317,8 +321,18 @@ class TrainConfig:
     checkpoint_every: int = 100  # accelerate state every N steps (resume point)
     checkpoints_total_limit: int = 2
     num_workers: int = 0
+    # experiment trackers (accelerate's: tensorboard, wandb, mlflow, ...) that get each step's loss, learning rate,
+    # images/s and finest_real; tensorboard writes <run>/checkpoints/<method>/logs/<stage>/. loss.csv stays the
+    # record. Logging only: left out of every fingerprint (repr=False keeps it out of the step fingerprints)
+    report_to: list[str] = field(default_factory=list, repr=False)
 
     def validate(self, where: str) -> None:
+        unknown = [name for name in self.report_to if name not in TRACKERS]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], TRACKERS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}.report_to: unknown tracker {unknown[0]!r}{hint}; accelerate's trackers: "
+                              f"{', '.join(TRACKERS)}")
         _positive(self.steps_per_stage, f"{where}.steps_per_stage")
         _positive(self.batch_size, f"{where}.batch_size")
         _positive(self.gradient_accumulation_steps, f"{where}.gradient_accumulation_steps")
@@ -665,3 +679,22 @@ def _positive(value: int, where: str) -> None:
 def taxabench_home() -> Path:
     """Where taxabench caches what it builds (SynthTaxa, tiny weights, features): $TAXABENCH_HOME or ~/.cache."""
     return Path(os.environ.get("TAXABENCH_HOME", Path.home() / ".cache" / "taxabench"))
+
+
+def shipped_configs() -> dict[str, str]:
+    """The configs shipped in the package (`taxabench/configs/*.yaml`): name -> YAML text, as installed by pip."""
+    from importlib import resources
+
+    folder = resources.files("taxabench") / "configs"
+    return {entry.name.removesuffix(".yaml"): entry.read_text(encoding="utf-8")
+            for entry in sorted(folder.iterdir(), key=lambda e: e.name) if entry.name.endswith(".yaml")}
+
+
+def shipped_config(name: str) -> str:
+    """The YAML text of shipped config `name` (`taxabench config show NAME`); an unknown name lists the others."""
+    configs = shipped_configs()
+    if name.removesuffix(".yaml") not in configs:
+        close = difflib.get_close_matches(name, list(configs), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"no shipped config {name!r}{hint}; shipped: {', '.join(configs)}")
+    return configs[name.removesuffix(".yaml")]

@@ -205,7 +205,7 @@ def rank_prompts(
     `names` renames a rank in its string (the authors write FishNet's species rank as `specific_epithet`);
     `binomial` writes a species as genus + epithet (`"specific_epithet: Abudefduf saxatilis"`, as the authors'
     FishNet and BIOSCAN loaders do), taking the genus from `all_labels` over `all_ranks` (default: `labels`).
-    An unknown label reads `"<rank>: None"`, the same string condition dropout uses (DESIGN.md §2).
+    An unknown label reads `"<rank>: None"`, the same string condition dropout uses.
     """
     names = names or {}
     lineage = dict(zip(all_ranks or ranks, all_labels or labels))

@@ -77,7 +77,7 @@ LATENT_BLOCK = 8
 # are not among them: cached and uncached encodings differ by float rounding (~1e-7), so switching them on a
 # restart would make the resumed weights differ from an uninterrupted run's.
 OPERATIONAL_KEYS = ("checkpoint_every", "checkpoints_total_limit", "num_workers", "compile", "compile_mode",
-                    "channels_last", "attention")
+                    "channels_last", "attention", "report_to")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -400,7 +400,7 @@ class StageTrainer:
     configuration (float32, every frozen encoder re-run at every step) is the same object with other flags.
     """
 
-    def __init__(self, config, method: Method, stage: Stage, data, backbone):
+    def __init__(self, config, method: Method, stage: Stage, data, backbone, logging_dir: Path | None = None):
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
         from accelerate.utils import DistributedDataParallelKwargs, TorchDynamoPlugin
@@ -418,6 +418,9 @@ class StageTrainer:
             # a method may leave some trainable modules out of a step (the random-rank ablation)
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
             dynamo_plugin=TorchDynamoPlugin(backend="inductor" if train.compile else "no", mode=train.compile_mode),
+            # experiment trackers (train.report_to); each stage is a run of its own under `logging_dir`
+            log_with=list(train.report_to) or None,
+            project_dir=str(logging_dir) if train.report_to and logging_dir is not None else None,
         )
         device = self.device = accelerator.device
         weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
@@ -570,9 +573,12 @@ class StageTrainer:
 def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Path, show_progress: bool,
                  points: Sequence[budget.BudgetPoint] = ()) -> None:
     train = config.train
-    trainer = StageTrainer(config, method, stage, data, backbone)
+    trainer = StageTrainer(config, method, stage, data, backbone, logging_dir=root / TRACKER_DIR)
     at_step = {p.stage_step: p for p in points}
     accelerator = trainer.accelerator
+    if train.report_to:  # one tracker run per stage, stepped as loss.csv is (the stage's optimizer steps)
+        accelerator.init_trackers(stage.name, config={"method": method.name, "stage": stage.name,
+                                                      "seed": config.seed, "steps": stage.steps})
     state_dir = root / "state" / stage.name
     start = _resume(accelerator, state_dir)
     loss_log = root / LOSS_LOG
@@ -594,6 +600,9 @@ def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Pat
             if accelerator.is_main_process:
                 _log(loss_log, stage.index, step + 1, step_loss, trainer.lr_scheduler.get_last_lr()[0], rate, seconds,
                      trainer.finest_real)
+            if train.report_to:  # every tracker gets what loss.csv records (accelerate logs on the main process)
+                accelerator.log({"train/loss": step_loss, "train/lr": trainer.lr_scheduler.get_last_lr()[0],
+                                 "train/images_per_s": rate, "train/finest_real": trainer.finest_real}, step=step + 1)
             advance(loss=step_loss, **{"img/s": rate})
             done = step + 1
             if done in at_step and accelerator.is_main_process:
@@ -616,6 +625,8 @@ def _train_stage(config, method: Method, stage: Stage, data, backbone, root: Pat
         with contextlib.suppress(OSError):  # the state folder goes once no stage is in progress
             state_dir.parent.rmdir()
     accelerator.wait_for_everyone()
+    if train.report_to:
+        accelerator.end_training()
     accelerator.free_memory()
 
 
@@ -693,6 +704,9 @@ def _save_state(accelerator, state_dir: Path, step: int, keep: int) -> None:
         for _, old in finished[: max(0, len(finished) - keep)]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
+
+
+TRACKER_DIR = "logs"  # under a method's checkpoint folder: one folder per stage (train.report_to)
 
 
 # finest_real: the fraction of the step's samples whose finest conditioned rank kept its real name (condition

@@ -1,4 +1,4 @@
-"""Where pretrained weights come from, in one order for every component (DESIGN.md §4).
+"""Where pretrained weights come from, in one order for every component.
 
 1. an explicit path from the config (`eval.weights`, `backbone.source`),
 2. the component's environment variable (`TAXABENCH_<NAME>_WEIGHTS`),

@@ -159,8 +159,8 @@ def small_world(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         if row["species"] in species and counts.get(key, 0) < (4 if row["split"] == "train" else 2):
             counts[key] = counts.get(key, 0) + 1
             kept.append(row)
-            (root / row["image"]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(tiny_world / row["image"], root / row["image"])
+            (root / row["file_name"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tiny_world / row["file_name"], root / row["file_name"])
     with open(root / "metadata.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -85,3 +85,27 @@ def test_every_shipped_config_validates_and_names_its_sample_folders(shipped):
         get_method(method).parse_options(config.method_options.get(method), f"method_options.{method}")
     names = [entry.name for entry in sample_entries(config)]
     assert names[: len(config.methods)] == config.methods and len(set(names)) == len(names)
+
+
+# the train step's fingerprint parts of the shipped configs at 6fccd9b, before train.report_to existed
+SHIPPED_TRAIN_FINGERPRINTS = {
+    "demo": "3593197231af5240f22f257f3cee06bc4b85ba8a128c1eb44f662ee62fa091b5",
+    "synthtaxa": "1d84b36e4eb3ae1fbc2ed203a778dccf14356f5ec1909537bfc6de845dff29fc",
+    "fishnet": "9628e118865b203a86537bac13a1534f075b45ed452efbe32c25e707788a2dee",
+    "curves": "959c2cd471139140b1341d93d42ceb11435429f9c84cb9fca9bdc681f9715433",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_TRAIN_FINGERPRINTS))
+def test_report_to_enters_no_fingerprint(name):
+    from taxabench.steps import fingerprint
+    from taxabench.train import OPERATIONAL_KEYS
+
+    path = Path(__file__).parents[1] / "taxabench" / "configs" / f"{name}.yaml"
+    for overrides in ([], ["train.report_to=[tensorboard, wandb]"]):
+        config = load_config(path, overrides)
+        parts = ("train", config.seed, config.train, config.method_options.get("taxadiffusion"), "taxadiffusion")
+        assert fingerprint(*parts) == SHIPPED_TRAIN_FINGERPRINTS[name], overrides
+    assert "report_to" in OPERATIONAL_KEYS  # nor the checkpoint's config check
+    with pytest.raises(ConfigError, match=r"train.report_to: unknown tracker 'tensorbord' \(did you mean 'tensorboard'"):
+        load_config(path, ["train.report_to=[tensorbord]"])

@@ -163,3 +163,29 @@ def test_pad_and_crop_resize(tmp_path):
     cropped, padded = load_image(record, 8, "center-crop"), load_image(record, 8, "pad")
     assert cropped.size == padded.size == (8, 8)
     assert cropped.getpixel((0, 0)) == (120, 80, 40)
+
+
+def test_imagefolder_metadata_csv_and_jsonl_read_as_they_are(tmp_path):
+    """Hugging Face ImageFolder's metadata: image column `file_name`, `metadata.csv` or `metadata.jsonl`."""
+    import json
+
+    rows = species_rows("Gen", "alpha", 3) + species_rows("Gen", "beta", 2, split="test")
+    for sub in "abc":
+        (tmp_path / sub).mkdir()
+    as_image = load_dataset(csv_config(make_dataset(tmp_path / "a", rows)))
+    folder = load_dataset(csv_config(make_dataset(tmp_path / "b", rows, header=HEADER.replace("image", "file_name"))))
+    root = make_dataset(tmp_path / "c", rows, header=HEADER.replace("image", "file_name"))
+    (root / "metadata.csv").unlink()
+    keys = ("file_name", "split", "family", "genus", "species")
+    (root / "metadata.jsonl").write_text("".join(json.dumps(dict(zip(keys, r.split(",")))) + "\n" for r in rows))
+    jsonl = load_dataset(csv_config(root))
+
+    def relative(data):
+        return [(Path(r.image).relative_to(data.root).as_posix(), r.split, r.labels) for r in data.train + data.eval]
+
+    assert relative(folder) == relative(jsonl) == relative(as_image) and len(as_image.train) == 3
+    assert folder.fingerprint() == jsonl.fingerprint() == as_image.fingerprint()
+    assert jsonl.train[0].source == "metadata.jsonl:1"
+    (root / "metadata.jsonl").write_text('{"file_name": "x.png"}\nnot json\n')
+    with pytest.raises(DataError, match=r"metadata.jsonl:2: not a JSON object"):
+        load_dataset(csv_config(root))

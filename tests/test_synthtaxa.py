@@ -129,3 +129,53 @@ def test_domain_presets_have_a_constant_top_rank_that_owns_no_trait():
         owned = traits_by_rank(spec.ranks, spec.domain_top)
         assert owned["class"] == () and "silhouette" in owned["order"]
         assert len({s.traits["silhouette"] for s in world}) > 1
+
+
+# data.fingerprint() of `tiny` seed 0 as read before SynthTaxa wrote `file_name` and per-split metadata (6fccd9b)
+TINY_SEED0_FINGERPRINT = "4287aa1d847a942093628e76e283119be3613da78fc00a18b658c5d8d8d24025"
+
+
+def test_world_is_an_imagefolder_and_its_fingerprint_did_not_change(tiny_world, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from taxabench.config import DataConfig
+    from taxabench.data import load_dataset
+
+    table = pd.read_csv(tiny_world / "metadata.csv", dtype=str)
+    assert "file_name" in table.columns and "image" not in table.columns
+    for split in ("train", "test", "validation", "reference"):  # each split folder an ImageFolder split
+        of_split = pd.read_csv(tiny_world / "images" / split / "metadata.csv", dtype=str)
+        assert (tiny_world / "images" / split / of_split["file_name"]).map(lambda p: p.is_file()).all()
+        assert len(of_split) == (table["split"] == split).sum()
+    new = load_dataset(DataConfig(dataset="synthtaxa", root=str(tiny_world)))
+    assert new.fingerprint() == TINY_SEED0_FINGERPRINT
+    old = tmp_path / "old"  # the layout worlds were written in before: column `image`, one metadata file
+    shutil.copytree(tiny_world, old)
+    table.rename(columns={"file_name": "image"}).to_csv(old / "metadata.csv", index=False)
+    for split_metadata in (old / "images").glob("*/metadata.csv"):
+        split_metadata.unlink()
+    before = load_dataset(DataConfig(dataset="synthtaxa", root=str(old)))
+    assert before.fingerprint() == TINY_SEED0_FINGERPRINT
+    assert [(r.labels, r.split, r.extra) for r in before.train] == [(r.labels, r.split, r.extra) for r in new.train]
+
+
+def test_hugging_face_datasets_loads_a_world_with_its_labels(tiny_world, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    import pandas as pd
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(tiny_world), cache_dir=str(tmp_path / "cache"))
+    table = pd.read_csv(tiny_world / "metadata.csv", dtype=str)
+    assert set(loaded) == {"train", "validation", "test"}
+    for split, rows in loaded.items():
+        assert rows.num_rows == (table["split"] == split).sum()
+        first = rows[0]
+        expected = table[table["split"] == split].iloc[0]
+        assert [first[rank] for rank in ("class", "order", "family", "genus", "species")] == \
+            [expected[rank] for rank in ("class", "order", "family", "genus", "species")]
+        assert first["image"].size == (64, 64)
+    reference = datasets.load_dataset("imagefolder", data_dir=str(tiny_world / "images" / "reference"),
+                                      cache_dir=str(tmp_path / "cache"))
+    assert reference["train"].num_rows == (table["split"] == "reference").sum()

@@ -288,3 +288,24 @@ def test_taxadiffusion_condition_dropout_cascades_from_coarse_to_fine(tiny_world
     counts = torch.bincount(torch.tensor(kept_counts), minlength=6).double() / n
     expected = torch.tensor([p * (1 - p) ** k for k in range(5)] + [(1 - p) ** 5], dtype=torch.double)
     assert torch.allclose(counts, expected, atol=0.025), (counts, expected)
+
+
+def test_report_to_tensorboard_logs_what_loss_csv_records(tiny_world, tiny_data, tiny_backbone, tmp_path):
+    pytest.importorskip("tensorboard")
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = experiment(tiny_world, tmp_path, train={"steps_per_stage": 3, "report_to": ["tensorboard"]})
+    folder = train_method(config, "sd-lora", data=tiny_data, show_progress=False)
+    with open(folder / "loss.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["stage"] for r in rows} == {"0"}  # sd-lora: one stage
+    events = EventAccumulator(str(folder / "logs" / "stage-0"))
+    events.Reload()
+    # loss.csv rounds: loss to 6 decimals, lr to 4 digits, images/s to 2 decimals, finest_real to 4
+    for tag, column, tolerance in (("train/loss", "loss", 1e-5), ("train/lr", "lr", 1e-7),
+                                   ("train/images_per_s", "images_per_s", 0.006), ("train/finest_real", "finest_real", 1e-4)):
+        logged = events.Scalars(tag)
+        assert [e.step for e in logged] == [int(r["step"]) for r in rows] == list(range(1, 16)), tag  # 3 x 5 ranks
+        assert [e.value for e in logged] == pytest.approx([float(r[column]) for r in rows], rel=1e-3, abs=tolerance), tag

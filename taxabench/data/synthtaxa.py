@@ -1,4 +1,4 @@
-"""`synthtaxa`: a procedural world with a known taxonomy, the embedded default dataset (DESIGN.md §5).
+"""`synthtaxa`: a procedural world with a known taxonomy, the embedded default dataset.
 
 A tree of pseudo-Latin taxa is drawn from a seed. Each rank owns visual traits that its descendants inherit:
 the coarse ranks decide big things (body plan, base colour, proportions), the fine ranks subtle ones (pattern
@@ -9,7 +9,11 @@ follow a long tail (about half the species have 1–5 images); every species has
 metric model, never seen by the generators).
 
 The world is written as PNGs plus `metadata.csv` in the generic `csv` format, with the ground-truth traits as
-extra columns, and read back through the `csv` adapter like any user dataset.
+extra columns, and read back through the `csv` adapter like any user dataset. The image column is `file_name`, and
+each split folder `images/<split>/` has its own `metadata.csv` too (paths relative to it), so the world is also a
+Hugging Face ImageFolder: `datasets.load_dataset("imagefolder", data_dir=world)` gives its train, validation and
+test splits with every rank as a column (`data_dir=world/images/reference` the reference split). Worlds written
+before, with an `image` column, read the same; neither layout changes the data fingerprint (paths, splits, labels).
 
 Presets ending in `-domain` have a constant top rank that owns no trait (a domain rank, as FishNet's class is
 nearly always Actinopterygii and iNat's kingdom one of a few), so the most salient trait sits below it where
@@ -34,7 +38,7 @@ from rich.progress import Progress
 
 from taxabench.config import DataConfig, taxabench_home
 from taxabench.data.base import AdapterOutput, SkipLog
-from taxabench.data.csv import CsvAdapter
+from taxabench.data.csv import IMAGEFOLDER_IMAGE_COLUMN, CsvAdapter
 from taxabench.errors import DataError
 from taxabench.files import building_folder
 from taxabench.taxonomy import check_ranks
@@ -470,11 +474,19 @@ def _write_world(world: list[Species], spec: SynthTaxaSpec, counts: dict[str, in
             relative = f"images/{split}/{'.'.join(species.lineage)}/{j:04d}.png"
             (partial / relative).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(partial / relative, format="PNG", compress_level=6)
-            rows.append({"image": relative, "split": split, **dict(zip(spec.ranks, species.lineage)),
+            rows.append({IMAGEFOLDER_IMAGE_COLUMN: relative, "split": split, **dict(zip(spec.ranks, species.lineage)),
                          **{f"trait_{k}": v for k, v in species.traits.items()},
                          **{k: round(v, 4) for k, v in nuisance.items()}})
             progress.advance(task)
-        pd.DataFrame(rows).to_csv(partial / METADATA_FILE, index=False)
+        table = pd.DataFrame(rows)
+        table.to_csv(partial / METADATA_FILE, index=False)
+        for split in counts:  # each split folder an ImageFolder split of its own (paths relative to it)
+            prefix = f"images/{split}/"
+            rows_of_split = table[table["split"] == split].copy()
+            if rows_of_split.empty:
+                continue
+            rows_of_split[IMAGEFOLDER_IMAGE_COLUMN] = rows_of_split[IMAGEFOLDER_IMAGE_COLUMN].str.removeprefix(prefix)
+            rows_of_split.to_csv(partial / prefix / METADATA_FILE, index=False)
         summary = {**summary, "images": len(rows), "species": len(world)}
         (partial / SPEC_FILE).write_text(json.dumps(summary, indent=2))
     return out
@@ -509,10 +521,21 @@ class SynthTaxaAdapter(CsvAdapter):
 
     def prepare(self, config: DataConfig) -> Path:
         preset, seed = config.synthtaxa.preset, config.synthtaxa.seed
-        root = Path(config.root) if config.root else default_root(preset or "tiny", seed or 0)
+        root = self.world_root(config)
         if (root / SPEC_FILE).is_file() and preset is None and seed is None:
             return root  # whatever world the folder holds
         return generate(spec_for(preset or "tiny", seed or 0), root)
+
+    @staticmethod
+    def world_root(config: DataConfig) -> Path:
+        """The folder `prepare` reads the world from (and generates it into when it holds no world yet)."""
+        return Path(config.root) if config.root else default_root(config.synthtaxa.preset or "tiny",
+                                                                  config.synthtaxa.seed or 0)
+
+    @classmethod
+    def generated(cls, config: DataConfig) -> bool:
+        """Whether the world is on disk already (reading the dataset would not have to generate it)."""
+        return (cls.world_root(config) / SPEC_FILE).is_file()
 
     def read(self, config: DataConfig, root: Path, annotations: Path, skipped: SkipLog) -> AdapterOutput:
         # SynthTaxa always writes the default columns, whatever a user set for their own CSV

@@ -12,7 +12,7 @@ class only and never ask for its name. A method
   work: strings, the frozen text encoder, condition dropout while training) and `encoder_hidden_states` (its
   trainable modules, inside the training forward so that gradients reach them);
 - gives the negative branch of guidance (`negative_inputs`): `cfg`, the unconditional condition, or `taxonomy`,
-  the top-rank-only condition (DESIGN.md §2);
+  the top-rank-only condition;
 - saves and loads what it trained (`save` / `load`): its modules as safetensors, a UNet LoRA in the diffusers LoRA
   format (`pytorch_lora_weights.safetensors`, loadable by `StableDiffusionPipeline.load_lora_weights`), a fully
   trained UNet as a diffusers `unet/` folder. No pickles.

@@ -1,5 +1,5 @@
 """TaxaDiffusion (Monsefi et al., "Progressively Trained Diffusion Model for Fine-Grained Species Generation",
-arXiv 2506.01923, ICCV 2025), §3, as DESIGN.md §2 summarises it and the authors' code
+arXiv 2506.01923, ICCV 2025), §3, as the paper describes it and the authors' code
 (github.com/aminK8/TaxaDiffusion, commit add8893; paths below under TaxaDiffusion/) implements it.
 
 Conditioning (§3.2): each rank of a lineage becomes its own string (`"class: Actinopterygii"`, ...,
@@ -97,6 +97,7 @@ class TaxonomyConditioner(nn.Module):
 
 
 class TaxaDiffusion(Method):
+    name = "taxadiffusion"  # its registry name (taxabench.methods), also when imported directly
     description = "TaxaDiffusion: per-rank modules summed into the UNet context, trained progressively (paper §3)"
     Options = TaxaDiffusionOptions
     default_guidance = "taxonomy"
@@ -210,6 +211,7 @@ class TaxaDiffusion(Method):
 
 
 class TaxaDiffusionJoint(TaxaDiffusion):
+    name = "taxadiffusion-joint"  # its registry name (taxabench.methods), also when imported directly
     description = "TaxaDiffusion ablation: every rank module and the LoRA trained at once, in one stage"
     ablation_of = "taxadiffusion"
 
@@ -226,6 +228,7 @@ class TaxaDiffusionJoint(TaxaDiffusion):
 
 
 class TaxaDiffusionRandom(TaxaDiffusionJoint):
+    name = "taxadiffusion-random"  # its registry name (taxabench.methods), also when imported directly
     description = "TaxaDiffusion ablation: at each step a random rank k; its module (and the LoRA) train on c^(k)"
 
     def condition_inputs(

@@ -27,8 +27,8 @@ from PIL import Image, UnidentifiedImageError
 
 from taxabench.data.base import SkipLog
 from taxabench.errors import TaxabenchError
+from taxabench.metrics.registry import SAMPLE_LAYOUTS
 from taxabench.metrics.samples import GeneratedImage, SamplesError, SampleSet
-from taxabench.registry import Registry
 from taxabench.taxonomy import Taxon, Taxonomy, taxon_id
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -103,9 +103,7 @@ def _resolve(taxonomy: Taxonomy, query: str) -> Taxon | str:
         return query
 
 
-SAMPLE_LAYOUTS: Registry[SampleLayout] = Registry("sample layout", SampleLayout)
-for _layout in (PerTaxonFolders, SampleTable):
-    SAMPLE_LAYOUTS.register(_layout.name, _layout)
+# SAMPLE_LAYOUTS (taxabench.metrics.registry) names PerTaxonFolders and SampleTable without importing this module
 
 
 def read_external_samples(folder: str | Path, name: str, taxonomy: Taxonomy, layout: str = "auto",

@@ -1,4 +1,4 @@
-"""synthclip: the SynthTaxa reference model for metrics, built by taxabench itself (DESIGN.md §5).
+"""synthclip: the SynthTaxa reference model for metrics, built by taxabench itself.
 
 It plays BioCLIP's role on SynthTaxa (alignment score, zero-shot taxonomic accuracy, features for FD) where no
 pretrained weights exist. It is an open_clip model of a tiny custom architecture, `synthclip-tiny`
@@ -100,10 +100,22 @@ def build_folder(config: ExperimentConfig, data: TaxaData | None = None) -> Path
 
 def resolve_synthclip(config: ExperimentConfig, build: bool = True, show_progress: bool = True) -> ResolvedWeights:
     """synthclip weights: explicit (`eval.weights.synthclip`) → `$TAXABENCH_SYNTHCLIP_WEIGHTS` → the cached build
-    for this data and these settings → a fresh build (`build=True`) or a `WeightsNotFoundError`."""
+    for this data and these settings → a fresh build (`build=True`) or a `WeightsNotFoundError`.
+
+    With `build=False` a SynthTaxa world that is not on disk is not generated just to look for the build (whose
+    key is the data's fingerprint): synthclip is reported as not built."""
     explicit = config.eval.weights.get("synthclip")
     if explicit or os.environ.get(SYNTHCLIP_WEIGHTS.env_var):
         return resolve_weights(SYNTHCLIP_WEIGHTS, explicit.removeprefix("local-dir:") if explicit else None)
+    if not build and config.data.dataset == "synthtaxa":
+        from taxabench.data.synthtaxa import SynthTaxaAdapter
+
+        if not SynthTaxaAdapter.generated(config.data):
+            raise WeightsNotFoundError(
+                f"synthclip is not built: its SynthTaxa world is not generated yet "
+                f"({SynthTaxaAdapter.world_root(config.data)}); a run generates it and builds synthclip, or run "
+                "`taxabench weights build synthclip --config FILE`"
+            )
     folder = build_folder(config)
     if not (folder / BUILD_FILE).is_file():
         if not build:

@@ -29,8 +29,8 @@ class WeightsStatus:
 
 def weights_table(config: ExperimentConfig | None = None) -> list[WeightsStatus]:
     """One row per weights file or folder of the backbone and of every registered extractor; never downloads or
-    builds weights (to key synthclip's build it reads the dataset, which generates a SynthTaxa world that is not on
-    disk yet)."""
+    builds weights or datasets (to key synthclip's build it reads the dataset; a SynthTaxa world that is not on
+    disk yet means synthclip is not built, and the world is not generated to say so)."""
     from taxabench.metrics.extractor_base import configured_weights
     from taxabench.metrics.extractor_lpips_vgg import HEADS_SHA256, VGG16_WEIGHTS, lpips_heads_path
     from taxabench.metrics.registry import EXTRACTORS, METRICS
