@@ -3,12 +3,24 @@
 Everything here reads `metrics/all.csv` rows (schema: `taxabench.metrics.evaluation`) and computes no metric.
 
 **Seeds.** With several training seeds, a (method, point, metric, scope) has one row per seed, each with its
-percentile-bootstrap interval over taxa. They combine by Rubin's rules (as multiple imputations are combined):
-the estimate is the mean over the m seeds; the within-seed variance W is the mean of the squared bootstrap
-standard errors, each taken as the interval's width / (2 z); the between-seed variance B is the sample variance of
-the m estimates; the total variance is T = W + (1 + 1/m) B, and the interval is mean ± t(ν) sqrt(T) with Rubin's
-degrees of freedom ν = (m − 1)(1 + W / ((1 + 1/m) B))². So the interval widens with the taxa bootstrap *and* with
-how much the seeds disagree. `seed_sd` is sqrt(B), the spread across seeds.
+percentile-bootstrap interval over taxa. The seeds are evaluated on the *same* test taxa, so the taxa-sampling error
+is shared by every seed and does not average out over them; only the training-seed error does. `seed_interval`
+therefore gives two intervals for two estimands:
+
+- `ci_low`/`ci_high`: the **mean over training seeds** (the expected score of the method over training runs, on the
+  population of taxa the test taxa are drawn from). With W the mean of the squared within-seed standard errors
+  (each the bootstrap interval's width / (2 z)) and B the sample variance of the m seed estimates, its variance is
+  W + B/m. Each term is scaled by its own quantile, the normal one for W (estimated from many taxa) and Student's t
+  with m − 1 degrees of freedom for B/m (estimated from m seeds): mean ± sqrt(z²·W + t²(m − 1)·B/m). With W = 0
+  this is the t interval on the m seed means; with B = 0, the normal interval on W; in between it is conservative.
+  (A single t quantile at Welch–Satterthwaite's ν = (m − 1)(W + B/m)²/(B/m)² under-covers at m = 2–3: when B is
+  small by chance, ν grows and the quantile shrinks; simulated coverage 0.90–0.93 at nominal 0.95.)
+- `pi_low`/`pi_high`: a **prediction interval for one new training run** scored on these taxa's population:
+  variance W + B + B/m (the new run's seed term, plus the error of the mean it is centred on), built the same way:
+  mean ± sqrt(z²·W + t²(m − 1)·(B + B/m)).
+
+(Before 2026-12, the combined interval was Rubin's multiple-imputation rule W + (1 + 1/m)·B, which is neither: for
+m = 3 its seed term is 4× the mean's.) `seed_sd` is sqrt(B), the spread across seeds.
 
 **Ranks.** A method is called best on a metric only if it is best in every seed (`ranks_hold_across_seeds`) and
 its combined interval clears every other method's.
@@ -17,7 +29,7 @@ its combined interval clears every other method's.
 suggest, because much of each interval is which taxa are hard. `paired_advantage` takes, per seed, the per-taxon
 values of both (the rank scope's values, whose mean is that scope's number), averages the per-taxon differences and
 gives that mean the standard error sd / sqrt(n) (what a bootstrap over taxa of a mean estimates), then combines the
-seeds by `rubin` as above.
+seeds by `seed_interval` as above: the interval is for the mean advantage over training seeds.
 """
 
 from __future__ import annotations
@@ -47,14 +59,28 @@ from taxabench.metrics.evaluation import (
 
 KEY_N_SEEDS = "n_seeds"
 KEY_SEED_SD = "seed_sd"
+KEY_PI_LOW = "pi_low"  # prediction interval for one new training run (combined rows only)
+KEY_PI_HIGH = "pi_high"
 GROUP = [KEY_METHOD, KEY_POINT, KEY_METRIC, KEY_NAME, KEY_SCOPE]
 AXIS_LABELS = {"steps": "optimizer steps", "images_seen": "images seen", "param_steps": "trainable params × steps",
                "train_flops": "training FLOPs (counted)", "wall_seconds": "training wall-clock s"}
 
 
-def rubin(values: Sequence[float], ci_low: Sequence[float], ci_high: Sequence[float],
-          confidence: float) -> tuple[float, float, float, float]:
-    """(mean, interval low, interval high, spread across seeds) of per-seed estimates with bootstrap intervals."""
+@dataclass(frozen=True)
+class SeedInterval:
+    """Per-seed estimates combined: the mean over seeds, its interval, and a prediction interval for one new run."""
+
+    value: float
+    ci_low: float  # interval of the mean over training seeds: variance W + B/m
+    ci_high: float
+    pi_low: float  # prediction interval for one new training run: variance W + B + B/m (NaN with one seed)
+    pi_high: float
+    seed_sd: float  # sqrt(B), the spread of the seed estimates
+
+
+def seed_interval(values: Sequence[float], ci_low: Sequence[float], ci_high: Sequence[float],
+                  confidence: float) -> SeedInterval:
+    """Combine per-seed estimates, each with its bootstrap interval over the (shared) taxa; see the module docstring."""
     from scipy import stats
 
     q = np.asarray(values, dtype=float)
@@ -64,15 +90,14 @@ def rubin(values: Sequence[float], ci_low: Sequence[float], ci_high: Sequence[fl
     within = float(np.mean((widths / (2 * z)) ** 2)) if np.all(np.isfinite(widths)) else math.nan
     mean = float(q.mean())
     if m == 1:
-        return mean, float(ci_low[0]), float(ci_high[0]), 0.0
+        return SeedInterval(mean, float(ci_low[0]), float(ci_high[0]), math.nan, math.nan, 0.0)
     between = float(q.var(ddof=1))
-    total = within + (1 + 1 / m) * between
-    if not math.isfinite(total):
-        return mean, math.nan, math.nan, math.sqrt(between)
-    df = math.inf if between == 0 else (m - 1) * (1 + within / ((1 + 1 / m) * between)) ** 2
-    half = (stats.norm.ppf(0.5 + confidence / 2) if math.isinf(df) else stats.t.ppf(0.5 + confidence / 2, df)) \
-        * math.sqrt(total)
-    return mean, mean - half, mean + half, math.sqrt(between)
+    if not math.isfinite(within + between):
+        return SeedInterval(mean, math.nan, math.nan, math.nan, math.nan, math.sqrt(between))
+    t = stats.t.ppf(0.5 + confidence / 2, m - 1)
+    half = math.sqrt(z ** 2 * within + t ** 2 * between / m)
+    one_run = math.sqrt(z ** 2 * within + t ** 2 * (between + between / m))
+    return SeedInterval(mean, mean - half, mean + half, mean - one_run, mean + one_run, math.sqrt(between))
 
 
 @dataclass(frozen=True)
@@ -117,7 +142,8 @@ def paired_advantage(seeds: Sequence[tuple[Mapping[str, float], Mapping[str, flo
         sizes.append(len(shared))
     if not means:
         return None
-    value, low, high, _ = rubin(means, lows, highs, confidence)
+    combined = seed_interval(means, lows, highs, confidence)
+    value, low, high = combined.value, combined.ci_low, combined.ci_high
     clear = sum(lo > 0 for lo in lows) if value > 0 else sum(hi < 0 for hi in highs)
     return PairedAdvantage(value, low, high, sum(m > 0 for m in means), clear, tuple(means), min(sizes))
 
@@ -127,16 +153,21 @@ def _is_number(value) -> bool:
 
 
 def combine_seeds(table: pd.DataFrame, confidence: float) -> pd.DataFrame:
-    """One row per (method, point, metric, scope): a single seed's row as it is, several seeds by `rubin`."""
+    """One row per (method, point, metric, scope): a single seed's row as it is, several seeds by `seed_interval`
+    (`ci_low`/`ci_high`: the mean over seeds; `pi_low`/`pi_high`: one new training run, NaN for a single seed)."""
     rows = []
     for _, group in table.groupby(GROUP, sort=False, dropna=False):
         first = group.iloc[0].copy()
         finite = group[np.isfinite(group[KEY_VALUE].astype(float))]
         first[KEY_N_SEEDS] = len(group)
         first[KEY_SEED_SD] = 0.0
+        first[KEY_PI_LOW] = first[KEY_PI_HIGH] = math.nan
         if len(group) > 1 and len(finite):
-            mean, low, high, spread = rubin(finite[KEY_VALUE], finite[KEY_CI_LOW], finite[KEY_CI_HIGH], confidence)
-            first[KEY_VALUE], first[KEY_CI_LOW], first[KEY_CI_HIGH], first[KEY_SEED_SD] = mean, low, high, spread
+            combined = seed_interval(finite[KEY_VALUE].to_numpy(), finite[KEY_CI_LOW].to_numpy(),
+                                     finite[KEY_CI_HIGH].to_numpy(), confidence)
+            first[KEY_VALUE], first[KEY_CI_LOW], first[KEY_CI_HIGH] = combined.value, combined.ci_low, combined.ci_high
+            first[KEY_PI_LOW], first[KEY_PI_HIGH], first[KEY_SEED_SD] = combined.pi_low, combined.pi_high, \
+                combined.seed_sd
             for axis in (a for a in AXES if a in group):  # equal across seeds except wall-clock time: its mean
                 first[axis] = group[axis].astype(float).mean()
         rows.append(first)

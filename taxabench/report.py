@@ -28,6 +28,8 @@ from taxabench.budget import AXES, WALL_SECONDS
 from taxabench.curves import (
     AXIS_LABELS,
     KEY_N_SEEDS,
+    KEY_PI_HIGH,
+    KEY_PI_LOW,
     KEY_SEED_SD,
     along_rows,
     best_in_every_seed,
@@ -504,14 +506,20 @@ def seeds_note(table: pd.DataFrame) -> str:
         for metric in metrics:
             row = _row(table, method, metric, "overall")
             if row is not None and _finite(row[KEY_SEED_SD]):
-                cells.append(f"{row[KEY_NAME]} {row[KEY_SEED_SD]:.{DECIMALS.get(metric, 3)}f}")
+                decimals = DECIMALS.get(metric, 3)
+                one_run = (f", one new run [{row[KEY_PI_LOW]:.{decimals}f}, {row[KEY_PI_HIGH]:.{decimals}f}]"
+                           if KEY_PI_LOW in row and _finite(row[KEY_PI_LOW]) else "")
+                cells.append(f"{row[KEY_NAME]} {row[KEY_SEED_SD]:.{decimals}f}{one_run}")
         spread.append(f"- `{method}`: " + ", ".join(cells))
     return "\n".join([
-        f"Each number is the mean over {count} training seeds. Its interval combines the taxa bootstrap of each "
-        "seed with the variation between seeds by Rubin's rules: mean ± t(ν)·sqrt(W + (1 + 1/m)·B), W the mean "
-        "squared bootstrap standard error (interval width / 2z), B the variance of the seed means "
-        "(`taxabench/curves.py`). A method is called best only when it is best in every seed. Spread across seeds "
-        "(standard deviation of the seed means):", "", *spread])
+        f"Each number is the mean over {count} training seeds, evaluated on the same test taxa. Its interval is for "
+        "that mean (the method's expected score over training runs), variance W + B/m: mean ± sqrt(z²·W + "
+        "t²(m − 1)·B/m), W the mean squared bootstrap standard error of the seeds (interval width / 2z; the taxa are "
+        "shared, so this error does not average out over seeds), B the variance of the seed means "
+        "(`taxabench/curves.py`). It does not cover where one more training run would land: that is the "
+        "prediction interval below, variance W + B + B/m. A method is called best only when it is best "
+        "in every seed. Spread across seeds (standard deviation of the seed means) and the prediction interval for "
+        "one new run:", "", *spread])
 
 
 def run_subject(run: RunFolder) -> str | None:
@@ -558,8 +566,9 @@ def paired_section(run: RunFolder) -> str:
         f"`{subject}` (the first of the config's `methods`) against every other sample folder, on the same "
         f"{rank} of the test split: its advantage (positive: `{subject}` is better; the metric's units), the mean "
         f"over {rank} of the per-{rank} difference (the {rank} scope of § Per rank: for FD the per-{rank} FD), paired "
-        f"by {rank} within each seed (standard error sd/√n) and combined over the seeds by Rubin's rules "
-        f"(`taxabench/curves.py`); in brackets its {confidence:.0%} interval, **bold** where it excludes 0; (k/m, c): "
+        f"by {rank} within each seed (standard error sd/√n) and combined over the seeds (`taxabench/curves.py`); in "
+        f"brackets the {confidence:.0%} interval of the mean advantage over training seeds (variance W + B/m), "
+        "**bold** where it excludes 0; (k/m, c): "
         f"`{subject}` is ahead in k of the m seeds, and c seeds' own paired intervals exclude 0 on the side of the "
         "combined value.", "",
         markdown_table(["against", *[_column_name(run.table, metric) or name for metric, name in quantities]], rows)]
