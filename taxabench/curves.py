@@ -29,13 +29,16 @@ its combined interval clears every other method's.
 suggest, because much of each interval is which taxa are hard. `paired_advantage` takes, per seed, the per-taxon
 values of both (the rank scope's values, whose mean is that scope's number), averages the per-taxon differences and
 gives that mean the standard error sd / sqrt(n) (what a bootstrap over taxa of a mean estimates), then combines the
-seeds by `seed_interval` as above: the interval is for the mean advantage over training seeds.
+seeds by `seed_interval` as above: the interval is for the mean advantage over training seeds. Where the taxa come
+in clusters (species of a genus, `cluster_of`), the standard error is the cluster-robust one (CR1: the per-cluster
+sums of the centred differences, squared, summed, × C/(C − 1), over n²), since sibling species' differences are not
+independent; with no two taxa in a cluster it is sd / sqrt(n) again.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,9 +125,10 @@ class PairedAdvantage:
 
 
 def paired_advantage(seeds: Sequence[tuple[Mapping[str, float], Mapping[str, float]]], higher_is_better: bool,
-                     confidence: float) -> PairedAdvantage | None:
+                     confidence: float, cluster_of: Callable[[str], str] | None = None) -> PairedAdvantage | None:
     """a's advantage over b from per-seed (a's per-taxon values, b's per-taxon values), paired by taxon within each
-    seed; None if no seed has two taxa valued by both."""
+    seed; None if no seed has two taxa valued by both. `cluster_of`: a taxon's cluster (its parent, `parent_of`), for
+    cluster-robust standard errors."""
     from scipy import stats
 
     z = stats.norm.ppf(0.5 + confidence / 2)
@@ -135,7 +139,8 @@ def paired_advantage(seeds: Sequence[tuple[Mapping[str, float], Mapping[str, flo
         if len(shared) < 2:
             continue
         differences = sign * (np.array([a[t] for t in shared], float) - np.array([b[t] for t in shared], float))
-        mean, error = float(differences.mean()), float(differences.std(ddof=1) / math.sqrt(len(shared)))
+        mean = float(differences.mean())
+        error = standard_error(differences, None if cluster_of is None else [cluster_of(t) for t in shared])
         means.append(mean)
         lows.append(mean - z * error)
         highs.append(mean + z * error)
@@ -146,6 +151,38 @@ def paired_advantage(seeds: Sequence[tuple[Mapping[str, float], Mapping[str, flo
     value, low, high = combined.value, combined.ci_low, combined.ci_high
     clear = sum(lo > 0 for lo in lows) if value > 0 else sum(hi < 0 for hi in highs)
     return PairedAdvantage(value, low, high, sum(m > 0 for m in means), clear, tuple(means), min(sizes))
+
+
+def standard_error(values: np.ndarray, clusters: Sequence[str] | None = None) -> float:
+    """The standard error of the mean of `values`: sd / sqrt(n), or cluster-robust (CR1) where two or more of them
+    share a cluster."""
+    n = len(values)
+    if clusters is None or len(set(clusters)) in (1, n):
+        return float(values.std(ddof=1) / math.sqrt(n))
+    names = sorted(set(clusters))
+    index = np.array([names.index(c) for c in clusters])
+    sums = np.bincount(index, weights=values - values.mean(), minlength=len(names))
+    k = len(names)
+    return float(math.sqrt(k / (k - 1) * np.sum(sums ** 2)) / n)
+
+
+def parent_of(taxon_id: str) -> str:
+    """A taxon's parent from its id (the lineage path "a/b/c"): the cluster of per-taxon values."""
+    return taxon_id.rsplit("/", 1)[0]
+
+
+def cluster_function(resample_by: str, ranks: Sequence[str], rank: str) -> Callable[[str], str] | None:
+    """`eval.resample_by` as a taxon id's cluster for `paired_advantage`: auto: its parent; a rank name above the
+    evaluated `rank`: its ancestor there (its parent where the ranks were not recorded); the evaluated rank or one
+    below it: None (taxa independent)."""
+    if resample_by == "auto":
+        return parent_of
+    if resample_by == rank or not ranks:
+        return None if resample_by == rank else parent_of
+    if resample_by not in ranks or list(ranks).index(resample_by) >= len(ranks) - 1:
+        return None
+    depth = list(ranks).index(resample_by) + 1
+    return lambda taxon_id: "/".join(taxon_id.split("/")[:depth])
 
 
 def _is_number(value) -> bool:

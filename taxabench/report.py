@@ -33,6 +33,7 @@ from taxabench.curves import (
     KEY_SEED_SD,
     along_rows,
     best_in_every_seed,
+    cluster_function,
     combine_seeds,
     crossings,
     final_rows,
@@ -107,6 +108,8 @@ class RunFolder:
     steps: dict
     metric_models: dict
     warnings: dict[str, list[str]]
+    ranks: tuple[str, ...] = ()  # the evaluated taxa's ranks from the top (evaluation JSON; empty if not recorded)
+    resampled_by: str | None = None  # `eval.resample_by` of the evaluations' intervals (None: before it existed)
 
     @property
     def shown_seed(self) -> int | None:
@@ -124,7 +127,7 @@ class RunFolder:
         config = _yaml(layout.config_file)
         table = upgrade_table(pd.read_csv(csv), csv, config.get("seed", 0), config.get("data", {}).get("eval_split"))
         confidence = config.get("eval", {}).get("confidence", 0.95)
-        warnings, models, choices, seconds, per_taxon = {}, {}, [], {}, {}
+        warnings, models, choices, seconds, per_taxon, ranks, resampled_by = {}, {}, [], {}, {}, (), None
         for path in layout.all_metrics_json():
             content = read_json(path, "re-evaluate it (`taxabench run --force eval/<method>`)")
             if "guidance_of" in content:
@@ -132,6 +135,8 @@ class RunFolder:
             if "method" in content and content.get("point", POINT_FINAL) == POINT_FINAL:  # the test-split evaluation
                 warnings[content["method"]] = content.get("warnings", [])
                 per_taxon.setdefault((content["method"], content.get("seed")), {}).update(_per_taxon(content))
+                ranks = tuple(content.get("data", {}).get("ranks", ranks))
+                resampled_by = content.get("data", {}).get("resample_by", resampled_by)
             if "method" in content:
                 models.update(content.get("extractors", {}))
                 seconds[(content["method"], content.get("seed"), content.get("point"))] = \
@@ -153,6 +158,8 @@ class RunFolder:
             steps=_json(layout.steps_file),
             metric_models=models,
             warnings=warnings,
+            ranks=ranks,
+            resampled_by=resampled_by,
         )
 
 
@@ -522,6 +529,16 @@ def seeds_note(table: pd.DataFrame) -> str:
         "one new run:", "", *spread])
 
 
+def _resampling_words(resample_by: str | None) -> str:
+    """How the evaluations' taxa bootstrap drew its taxa (`taxabench/metrics/aggregate.py`)."""
+    if resample_by is None:
+        return "taxa resampled as independent: evaluated before `eval.resample_by` existed"
+    if resample_by == "auto":
+        return ("two-stage where taxa share a parent: the parents with replacement, then their taxa within them; "
+                "`eval.resample_by: auto`")
+    return f"clustered by {resample_by} for the ranks below it; `eval.resample_by: {resample_by}`"
+
+
 def run_subject(run: RunFolder) -> str | None:
     """The method a run is about: the first of the config's `methods` that was evaluated."""
     evaluated = evaluated_methods(run.table)
@@ -539,6 +556,9 @@ def paired_section(run: RunFolder) -> str:
     quantities = [q for q in run.per_taxon[(subject, seeds[0])] if q[0] in HEADLINE_METRICS]
     quantities.sort(key=lambda q: HEADLINE_METRICS.index(q[0]))
     confidence = run.config.get("eval", {}).get("confidence", 0.95)
+    rank = run.config.get("sample", {}).get("rank", "species")
+    resample_by = run.config.get("eval", {}).get("resample_by", "auto")
+    clusters = cluster_function(resample_by, run.ranks, rank)
     rows, verdicts = [], []
     for other in (m for m in evaluated_methods(run.table) if m != subject):
         cells = []
@@ -547,7 +567,7 @@ def paired_section(run: RunFolder) -> str:
                       run.per_taxon[(other, s)][(metric, name)].values)
                      for s in seeds if (metric, name) in run.per_taxon.get((other, s), {})]
             higher = run.per_taxon[(subject, seeds[0])][(metric, name)].higher_is_better
-            advantage = paired_advantage(pairs, higher, confidence)
+            advantage = paired_advantage(pairs, higher, confidence, clusters)
             if advantage is None:
                 cells.append("—")
                 continue
@@ -561,12 +581,14 @@ def paired_section(run: RunFolder) -> str:
                 side = "ahead of" if advantage.value > 0 else "behind"
                 verdicts.append(f"- `{subject}` is {side} `{other}` on {name}: {verdict}.")
         rows.append([f"`{other}`", *cells])
-    rank = run.config.get("sample", {}).get("rank", "species")
+    error = ("sd/√n" if clusters is None else
+             f"cluster-robust by {'parent taxon' if resample_by == 'auto' else resample_by} (`eval.resample_by: "
+             f"{resample_by}`), since sibling taxa are not independent")
     lines = [
         f"`{subject}` (the first of the config's `methods`) against every other sample folder, on the same "
         f"{rank} of the test split: its advantage (positive: `{subject}` is better; the metric's units), the mean "
         f"over {rank} of the per-{rank} difference (the {rank} scope of § Per rank: for FD the per-{rank} FD), paired "
-        f"by {rank} within each seed (standard error sd/√n) and combined over the seeds (`taxabench/curves.py`); in "
+        f"by {rank} within each seed (standard error {error}) and combined over the seeds (`taxabench/curves.py`); in "
         f"brackets the {confidence:.0%} interval of the mean advantage over training seeds (variance W + B/m), "
         "**bold** where it excludes 0; (k/m, c): "
         f"`{subject}` is ahead in k of the m seeds, and c seeds' own paired intervals exclude 0 on the side of the "
@@ -803,7 +825,8 @@ def render(run: RunFolder, figures: dict[str, str]) -> str:
         f"{sample.get('images_per_taxon', '?')} generated images per {sample.get('rank', 'species')}, "
         f"{sample.get('steps', '?')} {sample.get('scheduler', '')} steps, guidance scale "
         f"{sample.get('guidance_scale', '?')}. Metrics from {extractors}; every number is followed by its "
-        f"{run.config.get('eval', {}).get('confidence', 0.95):.0%} bootstrap interval over taxa.",
+        f"{run.config.get('eval', {}).get('confidence', 0.95):.0%} bootstrap interval over taxa ("
+        f"{_resampling_words(run.resampled_by)}).",
         "",
         "## Main table (species level)",
         "",

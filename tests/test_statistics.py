@@ -1,0 +1,101 @@
+"""Intervals that follow the taxonomy: species come a few per genus, so resampling and standard errors cluster them."""
+
+import math
+
+import numpy as np
+import pytest
+
+from taxabench.config import ConfigError, EvalConfig, ExperimentConfig
+from taxabench.curves import cluster_function, paired_advantage, parent_of, standard_error
+from taxabench.metrics.aggregate import Resampling, _mean_over_taxa
+from taxabench.metrics.evaluation import check_resample_by, resampling_changes_numbers
+
+RANKS = ("family", "genus", "species")
+
+
+def _ids(genera: int, per_genus: int) -> list[str]:
+    return [f"F/g{g}/s{s}" for g in range(genera) for s in range(per_genus)]
+
+
+def test_a_two_stage_resample_draws_genera_then_species_within_them():
+    ids = _ids(5, 3)
+    resampling = Resampling(200, 0.95, 0, "auto", RANKS)
+    counts = resampling.counts(len(ids), "overall", ids)
+    assert counts.shape == (200, 15)
+    per_genus = counts.reshape(200, 5, 3).sum(axis=2)
+    assert np.all(per_genus % 3 == 0)  # each drawn genus brings a resample of its 3 species
+    assert np.array_equal(per_genus.sum(axis=1) // 3, np.full(200, 5))  # 5 genera drawn with replacement
+    assert np.any(counts.sum(axis=1) == 15)
+    # taxa that share no parent, a rank at or below theirs, or no ids: the plain bootstrap, the same draws as before
+    plain = Resampling(200, 0.95, 0, "auto", RANKS).counts(4, "overall", ["F/g0/s0", "F/g1/s0", "F/g2/s0", "F/g3/s0"])
+    assert np.array_equal(plain, Resampling(200, 0.95, 0).counts(4, "overall"))
+    assert np.array_equal(Resampling(200, 0.95, 0, "species", RANKS).counts(15, "overall", ids),
+                          Resampling(200, 0.95, 0).counts(15, "overall"))
+    assert Resampling(1, 0.95, 0, "genus", RANKS).clusters(["F/g0", "F/g1"]) is None  # genus scope by genus: plain
+    assert Resampling(1, 0.95, 0, "family", RANKS).clusters(["F/g0", "F/g1"]).tolist() == [0, 0]
+
+
+def _coverage(resample_by: str, reps: int = 150, genera: int = 30, per_genus: int = 4) -> float:
+    """How often the interval of the mean over species covers the true mean 0 when species of a genus share a
+    genus-level effect (as large as their own)."""
+    rng = np.random.default_rng(0)
+    ids = _ids(genera, per_genus)
+    hits = 0
+    for rep in range(reps):
+        values = np.repeat(rng.normal(0, 1, genera), per_genus) + rng.normal(0, 1, genera * per_genus)
+        scope = _mean_over_taxa("species", values, ids, Resampling(300, 0.95, rep, resample_by, RANKS), 0, 0, {})
+        hits += scope.ci_low <= 0 <= scope.ci_high
+    return hits / reps
+
+
+def test_species_resampling_under_covers_a_genus_effect_and_the_clustered_bootstrap_covers():
+    assert _coverage("species") < 0.85  # species as independent: the old bootstrap
+    assert _coverage("auto") >= 0.9
+    assert _coverage("genus") == _coverage("auto")
+
+
+def test_cluster_robust_standard_error_matches_an_independent_computation():
+    values = np.array([1.0, 2.0, 4.0, 0.5, -1.0, 3.0, 2.5])
+    clusters = ["a", "a", "a", "b", "b", "c", "c"]
+    centred = values - values.mean()
+    sums = [centred[:3].sum(), centred[3:5].sum(), centred[5:].sum()]
+    expected = math.sqrt(3 / 2 * sum(s ** 2 for s in sums)) / 7
+    assert standard_error(values, clusters) == pytest.approx(expected)
+    singletons = [str(i) for i in range(7)]
+    assert standard_error(values, singletons) == pytest.approx(values.std(ddof=1) / math.sqrt(7))
+    assert parent_of("F/g1/s2") == "F/g1"
+    assert cluster_function("auto", RANKS, "species") is parent_of
+    assert cluster_function("species", RANKS, "species") is None
+    assert cluster_function("family", RANKS, "species")("F/g1/s2") == "F"
+
+
+def test_paired_standard_errors_cluster_by_genus():
+    """One seed, per-species differences with a genus-level effect and a true mean advantage of 0."""
+    rng = np.random.default_rng(1)
+    genera, per_genus, reps = 16, 4, 400
+    ids = _ids(genera, per_genus)
+    covered = {"species": 0, "genus": 0}
+    for _ in range(reps):
+        b = dict(zip(ids, rng.normal(0, 1, len(ids))))
+        shift = np.repeat(rng.normal(0, 1, genera), per_genus) + rng.normal(0, 0.5, len(ids))
+        a = {t: b[t] + d for t, d in zip(ids, shift)}
+        for name, cluster_of in (("species", None), ("genus", parent_of)):
+            advantage = paired_advantage([(a, b)], True, 0.95, cluster_of)
+            covered[name] += advantage.ci_low <= 0 <= advantage.ci_high
+    assert covered["species"] / reps < 0.8
+    assert covered["genus"] / reps >= 0.9
+
+
+def test_resample_by_is_configured_checked_against_the_ranks_and_kept_out_of_old_fingerprints():
+    config = ExperimentConfig()
+    assert config.eval.resample_by == "auto"
+    check_resample_by(config, RANKS)
+    with pytest.raises(ConfigError, match=r"eval.resample_by: 'genera' is not auto nor a rank .*genus"):
+        check_resample_by(ExperimentConfig(eval=EvalConfig(resample_by="genera")), RANKS)
+    with pytest.raises(ConfigError, match="eval.resample_by"):
+        EvalConfig(resample_by="").validate("eval")
+    # the repr that step fingerprints hash is the one of folders evaluated before the field existed
+    assert "resample_by" not in repr(EvalConfig(resample_by="genus"))
+    assert resampling_changes_numbers(config, RANKS)
+    assert resampling_changes_numbers(ExperimentConfig(eval=EvalConfig(resample_by="genus")), RANKS)
+    assert not resampling_changes_numbers(ExperimentConfig(eval=EvalConfig(resample_by="species")), RANKS)
