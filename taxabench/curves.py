@@ -111,6 +111,7 @@ class PairedAdvantage:
     ci_low: float
     ci_high: float
     seeds_ahead: int  # seeds in which a's mean per-taxon advantage is positive
+    seeds_behind: int  # ... negative (the others are ties: exactly 0)
     seeds_clear: int  # seeds whose own paired interval excludes 0 on the side of `value`
     seed_values: tuple[float, ...]  # each seed's mean per-taxon advantage
     n_taxa: int  # taxa with a value for both, in the seed with fewest
@@ -118,6 +119,15 @@ class PairedAdvantage:
     @property
     def n_seeds(self) -> int:
         return len(self.seed_values)
+
+    @property
+    def seeds_tied(self) -> int:
+        return self.n_seeds - self.seeds_ahead - self.seeds_behind
+
+    @property
+    def on_its_side_in_every_seed(self) -> bool:
+        """Every seed's advantage is on the side of the combined value (a tie is on neither side)."""
+        return (self.seeds_ahead if self.value > 0 else self.seeds_behind) == self.n_seeds
 
     @property
     def separated(self) -> bool:
@@ -150,7 +160,8 @@ def paired_advantage(seeds: Sequence[tuple[Mapping[str, float], Mapping[str, flo
     combined = seed_interval(means, lows, highs, confidence)
     value, low, high = combined.value, combined.ci_low, combined.ci_high
     clear = sum(lo > 0 for lo in lows) if value > 0 else sum(hi < 0 for hi in highs)
-    return PairedAdvantage(value, low, high, sum(m > 0 for m in means), clear, tuple(means), min(sizes))
+    return PairedAdvantage(value, low, high, sum(m > 0 for m in means), sum(m < 0 for m in means), clear,
+                           tuple(means), min(sizes))
 
 
 def standard_error(values: np.ndarray, clusters: Sequence[str] | None = None) -> float:
@@ -226,7 +237,8 @@ def sweep_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_in_every_seed(per_seed: pd.DataFrame, methods: Sequence[str], metric: str, scope: str = "overall"):
-    """(method best in every seed, or None; the seeds where the best differs) on the final rows."""
+    """(method best in every seed, or None; the seeds where the best differs) on the final rows. A seed in which
+    several methods share the best value has no best: its entry is the tuple of the tied methods."""
     rows = per_seed[(per_seed[KEY_METRIC] == metric) & (per_seed[KEY_SCOPE] == scope)
                     & per_seed[KEY_METHOD].isin(methods)]
     if rows.empty:
@@ -236,10 +248,12 @@ def best_in_every_seed(per_seed: pd.DataFrame, methods: Sequence[str], metric: s
     for seed, group in rows.groupby(KEY_SEED):
         group = group[np.isfinite(group[KEY_VALUE].astype(float))]
         if len(group):
-            best = group.loc[group[KEY_VALUE].idxmax() if higher else group[KEY_VALUE].idxmin()]
-            winners[seed] = best[KEY_METHOD]
+            values = group[KEY_VALUE].astype(float)
+            top = values.max() if higher else values.min()
+            best = tuple(group[np.isclose(values, top, rtol=1e-12, atol=0)][KEY_METHOD])
+            winners[seed] = best[0] if len(best) == 1 else best
     names = set(winners.values())
-    if len(names) == 1:
+    if len(names) == 1 and isinstance(next(iter(names)), str):
         return names.pop(), []
     return None, sorted(winners.items())
 

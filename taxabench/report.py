@@ -306,7 +306,9 @@ def main_table(table: pd.DataFrame, methods: Sequence[str], per_seed: pd.DataFra
         if per_seed is not None and per_seed[KEY_SEED].nunique() > 1:
             steady, differing = best_in_every_seed(per_seed, methods, metric)
             if steady != winner:
-                where = ", ".join(f"seed {seed}: `{m}`" for seed, m in differing)
+                where = ", ".join(f"seed {seed}: `{m}`" if isinstance(m, str)
+                                  else f"seed {seed}: " + " and ".join(f"`{x}`" for x in m) + " tied"
+                                  for seed, m in differing)
                 verdict = f"but the best method differs between seeds ({where}), so no rank is claimed"
             elif separated:
                 verdict += ", and it is best in every seed"
@@ -574,8 +576,9 @@ def paired_section(run: RunFolder) -> str:
             decimals = DECIMALS.get(metric, 3)
             text = (f"{advantage.value:+.{decimals}f} [{advantage.ci_low:+.{decimals}f}, "
                     f"{advantage.ci_high:+.{decimals}f}]")
+            tied = f", {advantage.seeds_tied} tied" if advantage.seeds_tied else ""
             cells.append(f"{f'**{text}**' if advantage.separated else text} ({advantage.seeds_ahead}/"
-                         f"{advantage.n_seeds}, {advantage.seeds_clear})")
+                         f"{advantage.n_seeds}{tied}, {advantage.seeds_clear})")
             verdict = paired_verdict(advantage)
             if verdict:
                 side = "ahead of" if advantage.value > 0 else "behind"
@@ -591,7 +594,8 @@ def paired_section(run: RunFolder) -> str:
         f"by {rank} within each seed (standard error {error}) and combined over the seeds (`taxabench/curves.py`); in "
         f"brackets the {confidence:.0%} interval of the mean advantage over training seeds (variance W + B/m), "
         "**bold** where it excludes 0; (k/m, c): "
-        f"`{subject}` is ahead in k of the m seeds, and c seeds' own paired intervals exclude 0 on the side of the "
+        f"`{subject}` is ahead in k of the m seeds (a seed whose difference is exactly 0 is counted as tied, not ahead "
+        "nor behind), and c seeds' own paired intervals exclude 0 on the side of the "
         "combined value.", "",
         markdown_table(["against", *[_column_name(run.table, metric) or name for metric, name in quantities]], rows)]
     if verdicts:
@@ -606,7 +610,7 @@ def paired_verdict(advantage) -> str:
     """What a paired advantage establishes: a combined interval clear of 0, or a difference clear in every seed
     whose size varies too much between seeds to bound its mean; empty if neither."""
     seeds = advantage.n_seeds
-    consistent = advantage.seeds_ahead in (0, seeds)
+    consistent = advantage.on_its_side_in_every_seed
     if advantage.separated and seeds == 1:
         return "the paired interval excludes 0"
     if advantage.separated:
@@ -640,8 +644,9 @@ def budget_agreement(along: pd.DataFrame, subject: str) -> str:
                 cells.append("—")
                 continue
             sign = 1 if bool(joined.iloc[0][f"{KEY_HIGHER_IS_BETTER}_a"]) else -1
-            ahead = int((sign * (joined[f"{KEY_VALUE}_a"] - joined[f"{KEY_VALUE}_b"]) > 0).sum())
-            cells.append(f"{ahead}/{len(joined)}")
+            difference = sign * (joined[f"{KEY_VALUE}_a"] - joined[f"{KEY_VALUE}_b"])
+            ahead, tied = int((difference > 0).sum()), int((difference == 0).sum())
+            cells.append(f"{ahead}/{len(joined)}" + (f" ({tied} tied)" if tied else ""))
         rows.append([f"`{other}`", *cells])
     return "\n".join([
         f"Along training (§ Along training; validation split, overall): the (seed, budget point) evaluations in "

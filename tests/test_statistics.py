@@ -99,3 +99,28 @@ def test_resample_by_is_configured_checked_against_the_ranks_and_kept_out_of_old
     assert resampling_changes_numbers(config, RANKS)
     assert resampling_changes_numbers(ExperimentConfig(eval=EvalConfig(resample_by="genus")), RANKS)
     assert not resampling_changes_numbers(ExperimentConfig(eval=EvalConfig(resample_by="species")), RANKS)
+
+
+def test_ties_are_reported_as_ties_not_wins():
+    import pandas as pd
+
+    from taxabench.curves import PairedAdvantage, best_in_every_seed
+    from taxabench.report import paired_verdict
+
+    def row(method, seed, value):
+        return {"method": method, "metric": "taxa_accuracy", "scope": "overall", "seed": seed, "value": value,
+                "higher_is_better": True}
+
+    # seed 0: 6.25 vs 6.25 is a tie, not a win for whichever method is listed first
+    table = pd.DataFrame([row("a", 0, 6.25), row("b", 0, 6.25), row("a", 1, 9.0), row("b", 1, 3.0)])
+    assert best_in_every_seed(table, ["a", "b"], "taxa_accuracy") == (None, [(0, ("a", "b")), (1, "a")])
+    assert best_in_every_seed(table[table["seed"] == 1], ["a", "b"], "taxa_accuracy") == ("a", [])
+    # a seed whose per-species values are identical for both is tied: neither ahead nor behind
+    values = {f"F/g0/s{i}": float(i) for i in range(6)}
+    worse = {t: v - 1.0 - 0.1 * (i % 2) for i, (t, v) in enumerate(values.items())}
+    advantage = paired_advantage([(values, worse), (values, worse), (values, dict(values))], True, 0.95)
+    assert (advantage.seeds_ahead, advantage.seeds_behind, advantage.seeds_tied) == (2, 0, 1)
+    assert not advantage.on_its_side_in_every_seed
+    behind = PairedAdvantage(-1.0, -1.5, -0.5, seeds_ahead=0, seeds_behind=2, seeds_clear=2,
+                             seed_values=(-1.0, -2.0, 0.0), n_taxa=10)
+    assert paired_verdict(behind) == "the seed-combined interval excludes 0, though not in every seed"
