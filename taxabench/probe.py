@@ -94,9 +94,17 @@ def per_species_mean(values: np.ndarray, truth: Sequence[int], resampling, salt:
     return estimate, low, high, len(means)
 
 
+def probe_record(method: str, seed: int, protocol: dict, losses: np.ndarray, truth: Sequence[int]) -> bytes:
+    """The probe's JSON: its losses unrounded (float64, as JSON writes a float exactly): sibling species' losses
+    differ by ~1e-5 or less, so any rounding would decide the predictions read back from the file."""
+    import json
+
+    return json.dumps({"probe_of": method, "seed": seed, "protocol": protocol,
+                       "losses": np.asarray(losses, dtype=np.float64).tolist(), "truth": [int(t) for t in truth]}).encode()
+
+
 def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_progress: bool = True):
     """Probe `method`'s final checkpoint; write its rows to `metrics/all.csv` and `metrics/[seed-s/]<method>-probe.json`."""
-    import json
     from dataclasses import replace
 
     from taxabench import budget
@@ -173,7 +181,6 @@ def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_
     key = {KEY_SEED: config.seed, KEY_POINT: POINT_FINAL, KEY_SPLIT: config.data.eval_split,
            **budget.axes(layout.checkpoints(method, seed))}
     path = layout.metrics_json(f"{method}-probe", seed)
-    write_bytes(path, json.dumps({"probe_of": method, "seed": config.seed, "protocol": protocol,
-                                  "losses": losses.round(6).tolist(), "truth": truth}).encode(), "metrics")
+    write_bytes(path, probe_record(method, config.seed, protocol, losses, truth), "metrics")
     write_csv_rows(layout.all_csv, method, measurements, key, only_metrics=SEPARATE_METRICS)
     return measurements

@@ -60,3 +60,17 @@ def test_a_model_that_confuses_two_siblings_is_right_at_genus_and_at_chance_betw
     assert per_species_mean(scores["top1"]["genus"], truth, resampling, "g")[0] == 1.0
     # s1 and s2 tie against each other (half credit), s3 and s4 beat their sibling
     assert per_species_mean(scores["sibling"]["overall"], truth, resampling, "sib")[0] == 0.75
+
+
+def test_the_probe_record_keeps_losses_unrounded():
+    """Sibling species' losses differ by ~1e-5 or less: the stored losses must keep them (rounding to 1e-6 did not)."""
+    import json
+
+    from taxabench.probe import probe_record
+
+    rng = np.random.default_rng(0)
+    base = 0.1 + rng.random((4, 1))
+    losses = (base + rng.normal(0, 4e-7, (4, 3))).astype(np.float32)  # three siblings within ~1e-6 of each other
+    read = np.array(json.loads(probe_record("m", 0, {}, losses, np.array([0, 1, 2, 0])))["losses"])
+    assert np.array_equal(read, losses.astype(np.float64))
+    assert np.array_equal(read.argmin(axis=1), losses.argmin(axis=1))
