@@ -124,3 +124,26 @@ def test_ties_are_reported_as_ties_not_wins():
     behind = PairedAdvantage(-1.0, -1.5, -0.5, seeds_ahead=0, seeds_behind=2, seeds_clear=2,
                              seed_values=(-1.0, -2.0, 0.0), n_taxa=10)
     assert paired_verdict(behind) == "the seed-combined interval excludes 0, though not in every seed"
+
+
+def test_the_bootstrap_interval_of_a_plain_mean_is_scipys_percentile_interval_moved_onto_the_estimate():
+    """`Resampling.interval` on per-image means (one image per taxon, no clusters) is scipy.stats.bootstrap's
+    `percentile` method, shifted by (estimate − bootstrap median), which for a mean is a Monte Carlo-sized shift;
+    it is not scipy's `basic` (reflected) nor `BCa` interval. Both with 20,000 resamples, so they agree to Monte
+    Carlo error."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    x = rng.exponential(size=200)  # skewed, so the percentile interval is not symmetric about the mean
+    resampling = Resampling(20_000, 0.95, 0)
+    replicates = resampling.counts(len(x), "overall") @ x / len(x)
+    low, high = resampling.interval(replicates, float(x.mean()))
+    median = np.median(replicates)
+    assert (low, high) == pytest.approx(tuple(np.quantile(replicates, [0.025, 0.975]) - median + x.mean()))
+    scipy_ci = stats.bootstrap((x,), np.mean, confidence_level=0.95, n_resamples=20_000, method="percentile",
+                               random_state=np.random.default_rng(0)).confidence_interval
+    error = x.std(ddof=1) / math.sqrt(len(x))
+    assert abs(low - scipy_ci.low) < 0.05 * error and abs(high - scipy_ci.high) < 0.05 * error
+    assert abs(median - x.mean()) < 0.02 * error  # the re-centring is negligible for a mean
+    scope = _mean_over_taxa("overall", x, [f"F/g{i}/s0" for i in range(len(x))], resampling, 0, 0, {})
+    assert (scope.ci_low, scope.ci_high) == pytest.approx((low, high))
