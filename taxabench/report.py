@@ -313,6 +313,10 @@ def main_table(table: pd.DataFrame, methods: Sequence[str], per_seed: pd.DataFra
             elif separated:
                 verdict += ", and it is best in every seed"
         lines.append(f"- {name}: best `{winner}`; {verdict}.")
+    if "clip_score" in metrics:
+        lines.append(f"- {_column_name(table, 'clip_score')} is 100 × cosine(image, caption) averaged over the images, "
+                     "not clamped at 0 (torchmetrics' CLIPScore takes max(100 × cosine, 0) per image): an image "
+                     "further from its caption than orthogonal counts below 0, so it can differ from that score.")
     return "\n".join(lines)
 
 

@@ -147,3 +147,16 @@ def test_the_bootstrap_interval_of_a_plain_mean_is_scipys_percentile_interval_mo
     assert abs(median - x.mean()) < 0.02 * error  # the re-centring is negligible for a mean
     scope = _mean_over_taxa("overall", x, [f"F/g{i}/s0" for i in range(len(x))], resampling, 0, 0, {})
     assert (scope.ci_low, scope.ci_high) == pytest.approx((low, high))
+
+
+def test_the_report_states_the_clip_score_convention():
+    import pandas as pd
+
+    from taxabench.report import main_table
+
+    rows = [{"method": m, "metric": "clip_score", "name": "CLIP score (synthclip)", "scope": "overall",
+             "value": v, "ci_low": v - 1, "ci_high": v + 1, "higher_is_better": True, "seed": 0, "n_real": 0,
+             "n_generated": 8, "n_taxa": 4, "extractor": "synthclip", "weights": "w", "protocol": "p"}
+            for m, v in (("a", 12.0), ("b", -3.0))]
+    text = main_table(pd.DataFrame(rows), ["a", "b"])
+    assert "not clamped at 0 (torchmetrics' CLIPScore takes max(100 × cosine, 0) per image)" in text
