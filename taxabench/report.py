@@ -76,6 +76,7 @@ from taxabench.metrics.scopes import SCOPE_UNSEEN
 
 HEADLINE_METRICS = ("fd", "kid", "lpips", "clip_score", "top1")  # the paper's columns, plus species accuracy
 RANK_METRICS = ("top1", "fd", "clip_score")
+PAIRED_METRICS = (*HEADLINE_METRICS, "fd_mean")  # per-taxon values compared in § Paired comparisons
 TAIL_METRICS = ("fd", "clip_score", "top1")
 DECIMALS = {"fd": 2, "kid": 4, "lpips": 4, "lpips_diversity": 4, "clip_score": 2, "top1": 1, "top5": 1}
 CEILING_LABEL = "real images (ceiling)"  # how tables name the `real-images` rows: held-out real images, scored alike
@@ -559,8 +560,8 @@ def paired_section(run: RunFolder) -> str:
     seeds = sorted({seed for method, seed in run.per_taxon if method == subject}, key=lambda s: (s is None, s))
     if subject is None or not seeds:
         return ""
-    quantities = [q for q in run.per_taxon[(subject, seeds[0])] if q[0] in HEADLINE_METRICS]
-    quantities.sort(key=lambda q: HEADLINE_METRICS.index(q[0]))
+    quantities = [q for q in run.per_taxon[(subject, seeds[0])] if q[0] in PAIRED_METRICS]
+    quantities.sort(key=lambda q: PAIRED_METRICS.index(q[0]))
     confidence = run.config.get("eval", {}).get("confidence", 0.95)
     rank = run.config.get("sample", {}).get("rank", "species")
     resample_by = run.config.get("eval", {}).get("resample_by", "auto")
@@ -602,6 +603,12 @@ def paired_section(run: RunFolder) -> str:
         "nor behind), and c seeds' own paired intervals exclude 0 on the side of the "
         "combined value.", "",
         markdown_table(["against", *[_column_name(run.table, metric) or name for metric, name in quantities]], rows)]
+    if any(metric == "fd" for metric, _ in quantities):
+        lines += ["", f"Per-{rank} FD is biased at these sizes: with n real and m generated images of a {rank} in d > n "
+                  "dimensions it is dominated by tr(S_real)/n + tr(S_generated)/m, so a perfect generator does not "
+                  "score 0 and a less diverse one can score better. Read it beside the unbiased per-"
+                  f"{rank} statistics, KID and (`eval.metrics: [..., fd_mean]`) FD's bias-corrected mean term "
+                  "‖Δμ‖², and the all-images FD of the main table."]
     if verdicts:
         lines += ["", *verdicts]
     along = budget_agreement(run.along_per_seed, subject)

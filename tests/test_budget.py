@@ -428,6 +428,7 @@ def test_the_report_compares_the_runs_subject_with_every_method_paired_by_taxon(
     advantage = paired_advantage(pairs, False, 0.95)
     expected = f"{advantage.value:+.2f} [{advantage.ci_low:+.2f}, {advantage.ci_high:+.2f}] (2/2, 2)"
     assert "## Paired comparisons" in text and "`sd-lora` (the first of the config's `methods`)" in text
+    assert "Per-species FD is biased at these sizes" in text  # next to the per-species FD column
     assert f"| `flat-ldm` | {expected} |" in text
     assert not advantage.separated  # two seeds disagreeing on the size: t with one degree of freedom
     sizes = sorted(abs(v) for v in advantage.seed_values)

@@ -34,6 +34,7 @@ def _register_builtins() -> None:
     from taxabench.metrics.metric_copying import Copying
     from taxabench.metrics.metric_fd import FrechetDistance
     from taxabench.metrics.metric_fd_dinov2 import FrechetDistanceDinov2
+    from taxabench.metrics.metric_fd_mean import FdMeanTerm
     from taxabench.metrics.metric_kid import KernelDistance
     from taxabench.metrics.metric_lpips import Lpips
     from taxabench.metrics.metric_mistake_severity import MistakeSeverity
@@ -43,7 +44,7 @@ def _register_builtins() -> None:
     from taxabench.metrics.metric_vendi import VendiRatio
 
     for metric in (FrechetDistance, KernelDistance, Lpips, ClipScore, TaxaAccuracy, MistakeSeverity,
-                   PathConsistency, VendiRatio, Prdc, Copying, FrechetDistanceDinov2, Cmmd):
+                   PathConsistency, VendiRatio, Prdc, Copying, FrechetDistanceDinov2, Cmmd, FdMeanTerm):
         register_metric(metric.key, metric)
     for extractor in (InceptionExtractor, BioClipExtractor, BioClip2Extractor, BioClip25Extractor, SynthClipExtractor,
                       LpipsVggExtractor, Dinov2Extractor, ClipL14At336Extractor):
