@@ -79,8 +79,10 @@ def probe_scores(losses: np.ndarray, truth: Sequence[int], lineages: Sequence[tu
     return {"top1": top1, **scores}
 
 
-def per_species_mean(values: np.ndarray, truth: Sequence[int], resampling, salt: str) -> tuple[float, float, float, int]:
-    """(mean over species of each species' mean, CI low, CI high, species counted), NaN images left out."""
+def per_species_mean(values: np.ndarray, truth: Sequence[int], resampling, salt: str,
+                     species_ids: Sequence[str] | None = None) -> tuple[float, float, float, int]:
+    """(mean over species of each species' mean, CI low, CI high, species counted), NaN images left out.
+    `species_ids[t]`: the id of species t, so the bootstrap clusters species by genus (`eval.resample_by`)."""
     by_species: dict[int, list[float]] = {}
     for value, t in zip(values, truth):
         if np.isfinite(value):
@@ -89,8 +91,9 @@ def per_species_mean(values: np.ndarray, truth: Sequence[int], resampling, salt:
     if len(means) == 0:
         return float("nan"), float("nan"), float("nan"), 0
     estimate = float(means.mean())
-    counts = resampling.counts(len(means), salt)
-    low, high = resampling.interval(counts @ means / len(means), estimate)
+    ids = None if species_ids is None else [species_ids[t] for t in by_species]
+    counts = resampling.counts(len(means), salt, ids)
+    low, high = resampling.interval(counts @ means / counts.sum(axis=1), estimate)
     return estimate, low, high, len(means)
 
 
@@ -165,14 +168,16 @@ def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_
     rare = [data.taxonomy.image_count(t.id) <= data.rare_threshold if t.id in data.taxonomy else False
             for t in species]
     scores = probe_scores(losses, truth, [t.lineage for t in species], list(taxonomy.ranks), rare)
-    resampling = Resampling(config.eval.bootstrap, config.eval.confidence, config.eval.seed)
+    resampling = Resampling(config.eval.bootstrap, config.eval.confidence, config.eval.seed, config.eval.resample_by,
+                            tuple(taxonomy.ranks))
     protocol = {"timesteps": list(probe.timesteps), "noises": probe.noises, "images_per_taxon": probe.images_per_taxon,
                 "conditions": len(labels), "split": config.data.eval_split}
     measurements = []
     for metric, name, by_scope in (("probe_top1", "probe top-1 (diffusion classifier)", scores["top1"]),
                                    ("probe_sibling", "probe sibling accuracy (chance 50%)", scores["sibling"])):
         for scope, values in by_scope.items():
-            value, low, high, n_taxa = per_species_mean(values, truth, resampling, f"{metric}/{scope}")
+            value, low, high, n_taxa = per_species_mean(values, truth, resampling, f"{metric}/{scope}",
+                                                        [t.id for t in species])
             counted = int(np.isfinite(values).sum())
             measurements.append(Measurement(
                 metric, name, ScopeValue(scope, 100 * value, 100 * low, 100 * high, counted, 0, n_taxa,

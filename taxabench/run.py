@@ -159,7 +159,8 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True) ->
             ))
             if config.probe.images_per_taxon:
                 probe_fp = fingerprint("probe", config.probe, config.eval.bootstrap, config.eval.confidence,
-                                       config.eval.seed, config.data.eval_split, train_fps[method], data_fp)
+                                       config.eval.seed, config.data.eval_split, train_fps[method], data_fp,
+                                       *resampled)
                 eval_fps.append(probe_fp)
                 eval_names.append(f"probe/{method}{suffix}")
                 steps.append(Step(

@@ -74,3 +74,19 @@ def test_the_probe_record_keeps_losses_unrounded():
     read = np.array(json.loads(probe_record("m", 0, {}, losses, np.array([0, 1, 2, 0])))["losses"])
     assert np.array_equal(read, losses.astype(np.float64))
     assert np.array_equal(read.argmin(axis=1), losses.argmin(axis=1))
+
+
+def test_the_probe_interval_resamples_genera_then_species():
+    from taxabench.metrics.aggregate import Resampling
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(8), 2)
+    values = np.repeat(np.repeat(rng.normal(size=4), 2), 2) + 0.01 * rng.normal(size=16)  # a genus effect
+    ids = [f"F/g{t // 2}/s{t}" for t in range(8)]
+    by_genus = Resampling(500, 0.95, 0, "auto", ("family", "genus", "species"))
+    plain = per_species_mean(values, truth, Resampling(500, 0.95, 0), "s")
+    clustered = per_species_mean(values, truth, by_genus, "s", ids)
+    assert clustered[0] == plain[0]
+    assert clustered[2] - clustered[1] > 1.2 * (plain[2] - plain[1])  # siblings are not independent evidence
+    unique = per_species_mean(values, truth, by_genus, "s", [f"F/g{t}/s{t}" for t in range(8)])
+    assert unique == plain
