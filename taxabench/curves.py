@@ -19,11 +19,12 @@ therefore gives two intervals for two estimands:
   variance W + B + B/m (the new run's seed term, plus the error of the mean it is centred on), built the same way:
   mean ± sqrt(z²·W + t²(m − 1)·(B + B/m)).
 
-(Before 2026-12, the combined interval was Rubin's multiple-imputation rule W + (1 + 1/m)·B, which is neither: for
-m = 3 its seed term is 4× the mean's.) `seed_sd` is sqrt(B), the spread across seeds.
+(Earlier versions combined seeds by Rubin's multiple-imputation rule, W + (1 + 1/m)·B, which is neither: for m = 3
+its seed term is 4× the mean's, so it over-covers the mean.) `seed_sd` is sqrt(B), the spread across seeds.
 
-**Ranks.** A method is called best on a metric only if it is best in every seed (`ranks_hold_across_seeds`) and
-its combined interval clears every other method's.
+**Ranks.** A method is called best on a metric only if it is best in every seed (`best_in_every_seed`; a seed whose
+best value is shared by several methods has no best: a tie is not a win) and its combined interval clears every
+other method's.
 
 **Paired differences.** Two methods evaluated on the same taxa differ far less than their separate intervals
 suggest, because much of each interval is which taxa are hard. `paired_advantage` takes, per seed, the per-taxon
@@ -93,7 +94,7 @@ def seed_interval(values: Sequence[float], ci_low: Sequence[float], ci_high: Seq
     within = float(np.mean((widths / (2 * z)) ** 2)) if np.all(np.isfinite(widths)) else math.nan
     mean = float(q.mean())
     if m == 1:
-        return SeedInterval(mean, float(ci_low[0]), float(ci_high[0]), math.nan, math.nan, 0.0)
+        return SeedInterval(mean, float(np.asarray(ci_low)[0]), float(np.asarray(ci_high)[0]), math.nan, math.nan, 0.0)
     between = float(q.var(ddof=1))
     if not math.isfinite(within + between):
         return SeedInterval(mean, math.nan, math.nan, math.nan, math.nan, math.sqrt(between))
