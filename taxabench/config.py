@@ -454,6 +454,11 @@ class EvalConfig:
     bootstrap: int = 1000  # resamples over taxa for confidence intervals
     bootstrap_set_metrics: int = 200  # resamples for pooled FD / KID CIs (each recomputes covariances / kernels)
     confidence: float = 0.95
+    # the taxa bootstrap's units (`taxabench/metrics/aggregate.py`): auto = each scope's taxa clustered by their
+    # parent rank (genera, then species within them); a rank name clusters by that rank; the evaluated rank
+    # (species) resamples taxa as independent. Left out of the step fingerprints' repr: `taxabench.run` adds it
+    # where it changes the numbers, so run folders evaluated before it existed with `species` keep their steps
+    resample_by: str = field(default="auto", repr=False)
     seed: int = 0  # bootstrap resamples, KID subsets, LPIPS real subsets, the untrained LPIPS backbone
     batch_size: int = 64
     device: str = "auto"  # auto: the accelerate process's device (CUDA when present)
@@ -469,6 +474,8 @@ class EvalConfig:
                 raise ConfigError(f"{where}.unverified_weights.{name}: a full SHA-256 (64 hex digits), got {digest!r}")
         if not 0.0 < self.confidence < 1.0:
             raise ConfigError(f"{where}.confidence: must be in (0, 1), got {self.confidence}")
+        if not self.resample_by.strip():  # a rank name is checked against the dataset's ranks when it loads
+            raise ConfigError(f"{where}.resample_by: auto or a rank name (genus, species, ...), got ''")
         for key in ("bootstrap", "bootstrap_set_metrics", "kid_subsets", "kid_subset_size", "batch_size",
                     "lpips_max_real", "prdc_k"):
             _positive(getattr(self, key), f"{where}.{key}")

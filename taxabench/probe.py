@@ -79,8 +79,10 @@ def probe_scores(losses: np.ndarray, truth: Sequence[int], lineages: Sequence[tu
     return {"top1": top1, **scores}
 
 
-def per_species_mean(values: np.ndarray, truth: Sequence[int], resampling, salt: str) -> tuple[float, float, float, int]:
-    """(mean over species of each species' mean, CI low, CI high, species counted), NaN images left out."""
+def per_species_mean(values: np.ndarray, truth: Sequence[int], resampling, salt: str,
+                     species_ids: Sequence[str] | None = None) -> tuple[float, float, float, int]:
+    """(mean over species of each species' mean, CI low, CI high, species counted), NaN images left out.
+    `species_ids[t]`: the id of species t, so the bootstrap clusters species by genus (`eval.resample_by`)."""
     by_species: dict[int, list[float]] = {}
     for value, t in zip(values, truth):
         if np.isfinite(value):
@@ -89,14 +91,26 @@ def per_species_mean(values: np.ndarray, truth: Sequence[int], resampling, salt:
     if len(means) == 0:
         return float("nan"), float("nan"), float("nan"), 0
     estimate = float(means.mean())
-    counts = resampling.counts(len(means), salt)
-    low, high = resampling.interval(counts @ means / len(means), estimate)
+    ids = None if species_ids is None else [species_ids[t] for t in by_species]
+    counts = resampling.counts(len(means), salt, ids)
+    low, high = resampling.interval(counts @ means / counts.sum(axis=1), estimate)
     return estimate, low, high, len(means)
+
+
+def probe_record(method: str, seed: int, protocol: dict, losses: np.ndarray, truth: Sequence[int],
+                 measurements: Sequence[dict] = ()) -> bytes:
+    """The probe's JSON: its losses unrounded (float64, as JSON writes a float exactly): sibling species' losses
+    differ by ~1e-5 or less, so any rounding would decide the predictions read back from the file; and
+    `measurements`, the rows of all.csv it vouches for (`taxabench.metrics.evaluation.check_table`)."""
+    import json
+
+    return json.dumps({"probe_of": method, "seed": seed, "protocol": protocol,
+                       "losses": np.asarray(losses, dtype=np.float64).tolist(), "truth": [int(t) for t in truth],
+                       "measurements": list(measurements)}).encode()
 
 
 def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_progress: bool = True):
     """Probe `method`'s final checkpoint; write its rows to `metrics/all.csv` and `metrics/[seed-s/]<method>-probe.json`."""
-    import json
     from dataclasses import replace
 
     from taxabench import budget
@@ -159,14 +173,16 @@ def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_
     rare = [data.taxonomy.image_count(t.id) <= data.rare_threshold if t.id in data.taxonomy else False
             for t in species]
     scores = probe_scores(losses, truth, [t.lineage for t in species], list(taxonomy.ranks), rare)
-    resampling = Resampling(config.eval.bootstrap, config.eval.confidence, config.eval.seed)
+    resampling = Resampling(config.eval.bootstrap, config.eval.confidence, config.eval.seed, config.eval.resample_by,
+                            tuple(taxonomy.ranks))
     protocol = {"timesteps": list(probe.timesteps), "noises": probe.noises, "images_per_taxon": probe.images_per_taxon,
                 "conditions": len(labels), "split": config.data.eval_split}
     measurements = []
     for metric, name, by_scope in (("probe_top1", "probe top-1 (diffusion classifier)", scores["top1"]),
                                    ("probe_sibling", "probe sibling accuracy (chance 50%)", scores["sibling"])):
         for scope, values in by_scope.items():
-            value, low, high, n_taxa = per_species_mean(values, truth, resampling, f"{metric}/{scope}")
+            value, low, high, n_taxa = per_species_mean(values, truth, resampling, f"{metric}/{scope}",
+                                                        [t.id for t in species])
             counted = int(np.isfinite(values).sum())
             measurements.append(Measurement(
                 metric, name, ScopeValue(scope, 100 * value, 100 * low, 100 * high, counted, 0, n_taxa,
@@ -175,10 +191,7 @@ def run_probe(config, method: str, run_dir: Path, seed: int | None = None, show_
     key = {KEY_SEED: config.seed, KEY_POINT: POINT_FINAL, KEY_SPLIT: config.data.eval_split,
            **budget.axes(layout.checkpoints(method, seed))}
     path = layout.metrics_json(f"{method}-probe", seed)
-    write_bytes(path, json.dumps({"probe_of": method, "seed": config.seed, "protocol": protocol,
-                                  "losses": losses.round(6).tolist(), "truth": truth,
-                                  # the rows of all.csv this probe vouches for (`evaluation.check_table`)
-                                  "measurements": [{k: v for k, v in row.items() if k != KEY_METHOD}
-                                                   for row in csv_rows(method, measurements)]}).encode(), "metrics")
+    rows = [{k: v for k, v in row.items() if k != KEY_METHOD} for row in csv_rows(method, measurements)]
+    write_bytes(path, probe_record(method, config.seed, protocol, losses, truth, rows), "metrics")
     write_csv_rows(layout.all_csv, method, measurements, key, only_metrics=SEPARATE_METRICS)
     return measurements

@@ -28,9 +28,12 @@ from taxabench.budget import AXES, WALL_SECONDS
 from taxabench.curves import (
     AXIS_LABELS,
     KEY_N_SEEDS,
+    KEY_PI_HIGH,
+    KEY_PI_LOW,
     KEY_SEED_SD,
     along_rows,
     best_in_every_seed,
+    cluster_function,
     combine_seeds,
     crossings,
     final_rows,
@@ -74,6 +77,7 @@ from taxabench.metrics.scopes import SCOPE_UNSEEN
 
 HEADLINE_METRICS = ("fd", "kid", "lpips", "clip_score", "top1")  # the paper's columns, plus species accuracy
 RANK_METRICS = ("top1", "fd", "clip_score")
+PAIRED_METRICS = (*HEADLINE_METRICS, "fd_mean")  # per-taxon values compared in § Paired comparisons
 TAIL_METRICS = ("fd", "clip_score", "top1")
 DECIMALS = {"fd": 2, "kid": 4, "lpips": 4, "lpips_diversity": 4, "clip_score": 2, "top1": 1, "top5": 1}
 CEILING_LABEL = "real images (ceiling)"  # how tables name the `real-images` rows: held-out real images, scored alike
@@ -106,6 +110,8 @@ class RunFolder:
     steps: dict
     metric_models: dict
     warnings: dict[str, list[str]]
+    ranks: tuple[str, ...] = ()  # the evaluated taxa's ranks from the top (evaluation JSON; empty if not recorded)
+    resampled_by: str | None = None  # `eval.resample_by` of the evaluations' intervals (None: before it existed)
 
     @property
     def shown_seed(self) -> int | None:
@@ -124,6 +130,7 @@ class RunFolder:
         table = upgrade_table(pd.read_csv(csv), csv, config.get("seed", 0), config.get("data", {}).get("eval_split"))
         confidence = config.get("eval", {}).get("confidence", 0.95)
         warnings, models, choices, seconds, per_taxon, sources = {}, {}, [], {}, {}, {}
+        ranks, resampled_by = (), None
         for path in layout.all_metrics_json():
             content = read_json(path, "re-evaluate it (`taxabench run --force eval/<method>`)")
             sources[path] = content
@@ -132,6 +139,8 @@ class RunFolder:
             if "method" in content and content.get("point", POINT_FINAL) == POINT_FINAL:  # the test-split evaluation
                 warnings[content["method"]] = content.get("warnings", [])
                 per_taxon.setdefault((content["method"], content.get("seed")), {}).update(_per_taxon(content))
+                ranks = tuple(content.get("data", {}).get("ranks", ranks))
+                resampled_by = content.get("data", {}).get("resample_by", resampled_by)
             if "method" in content:
                 models.update(content.get("extractors", {}))
                 seconds[(content["method"], content.get("seed"), content.get("point"))] = \
@@ -154,6 +163,8 @@ class RunFolder:
             steps=_json(layout.steps_file),
             metric_models=models,
             warnings=warnings,
+            ranks=ranks,
+            resampled_by=resampled_by,
         )
 
 
@@ -300,11 +311,17 @@ def main_table(table: pd.DataFrame, methods: Sequence[str], per_seed: pd.DataFra
         if per_seed is not None and per_seed[KEY_SEED].nunique() > 1:
             steady, differing = best_in_every_seed(per_seed, methods, metric)
             if steady != winner:
-                where = ", ".join(f"seed {seed}: `{m}`" for seed, m in differing)
+                where = ", ".join(f"seed {seed}: `{m}`" if isinstance(m, str)
+                                  else f"seed {seed}: " + " and ".join(f"`{x}`" for x in m) + " tied"
+                                  for seed, m in differing)
                 verdict = f"but the best method differs between seeds ({where}), so no rank is claimed"
             elif separated:
                 verdict += ", and it is best in every seed"
         lines.append(f"- {name}: best `{winner}`; {verdict}.")
+    if "clip_score" in metrics:
+        lines.append(f"- {_column_name(table, 'clip_score')} is 100 × cosine(image, caption) averaged over the images, "
+                     "not clamped at 0 (torchmetrics' CLIPScore takes max(100 × cosine, 0) per image): an image "
+                     "further from its caption than orthogonal counts below 0, so it can differ from that score.")
     return "\n".join(lines)
 
 
@@ -507,14 +524,30 @@ def seeds_note(table: pd.DataFrame) -> str:
         for metric in metrics:
             row = _row(table, method, metric, "overall")
             if row is not None and _finite(row[KEY_SEED_SD]):
-                cells.append(f"{row[KEY_NAME]} {row[KEY_SEED_SD]:.{DECIMALS.get(metric, 3)}f}")
+                decimals = DECIMALS.get(metric, 3)
+                one_run = (f", one new run [{row[KEY_PI_LOW]:.{decimals}f}, {row[KEY_PI_HIGH]:.{decimals}f}]"
+                           if KEY_PI_LOW in row and _finite(row[KEY_PI_LOW]) else "")
+                cells.append(f"{row[KEY_NAME]} {row[KEY_SEED_SD]:.{decimals}f}{one_run}")
         spread.append(f"- `{method}`: " + ", ".join(cells))
     return "\n".join([
-        f"Each number is the mean over {count} training seeds. Its interval combines the taxa bootstrap of each "
-        "seed with the variation between seeds by Rubin's rules: mean ± t(ν)·sqrt(W + (1 + 1/m)·B), W the mean "
-        "squared bootstrap standard error (interval width / 2z), B the variance of the seed means "
-        "(`taxabench/curves.py`). A method is called best only when it is best in every seed. Spread across seeds "
-        "(standard deviation of the seed means):", "", *spread])
+        f"Each number is the mean over {count} training seeds, evaluated on the same test taxa. Its interval is for "
+        "that mean (the method's expected score over training runs), variance W + B/m: mean ± sqrt(z²·W + "
+        "t²(m − 1)·B/m), W the mean squared bootstrap standard error of the seeds (interval width / 2z; the taxa are "
+        "shared, so this error does not average out over seeds), B the variance of the seed means "
+        "(`taxabench/curves.py`). It does not cover where one more training run would land: that is the "
+        "prediction interval below, variance W + B + B/m. A method is called best only when it is best "
+        "in every seed. Spread across seeds (standard deviation of the seed means) and the prediction interval for "
+        "one new run:", "", *spread])
+
+
+def _resampling_words(resample_by: str | None) -> str:
+    """How the evaluations' taxa bootstrap drew its taxa (`taxabench/metrics/aggregate.py`)."""
+    if resample_by is None:
+        return "taxa resampled as independent: evaluated before `eval.resample_by` existed"
+    if resample_by == "auto":
+        return ("two-stage where taxa share a parent: the parents with replacement, then their taxa within them; "
+                "`eval.resample_by: auto`")
+    return f"clustered by {resample_by} for the ranks below it; `eval.resample_by: {resample_by}`"
 
 
 def run_subject(run: RunFolder) -> str | None:
@@ -531,9 +564,12 @@ def paired_section(run: RunFolder) -> str:
     seeds = sorted({seed for method, seed in run.per_taxon if method == subject}, key=lambda s: (s is None, s))
     if subject is None or not seeds:
         return ""
-    quantities = [q for q in run.per_taxon[(subject, seeds[0])] if q[0] in HEADLINE_METRICS]
-    quantities.sort(key=lambda q: HEADLINE_METRICS.index(q[0]))
+    quantities = [q for q in run.per_taxon[(subject, seeds[0])] if q[0] in PAIRED_METRICS]
+    quantities.sort(key=lambda q: PAIRED_METRICS.index(q[0]))
     confidence = run.config.get("eval", {}).get("confidence", 0.95)
+    rank = run.config.get("sample", {}).get("rank", "species")
+    resample_by = run.config.get("eval", {}).get("resample_by", "auto")
+    clusters = cluster_function(resample_by, run.ranks, rank)
     rows, verdicts = [], []
     for other in (m for m in evaluated_methods(run.table) if m != subject):
         cells = []
@@ -542,30 +578,41 @@ def paired_section(run: RunFolder) -> str:
                       run.per_taxon[(other, s)][(metric, name)].values)
                      for s in seeds if (metric, name) in run.per_taxon.get((other, s), {})]
             higher = run.per_taxon[(subject, seeds[0])][(metric, name)].higher_is_better
-            advantage = paired_advantage(pairs, higher, confidence)
+            advantage = paired_advantage(pairs, higher, confidence, clusters)
             if advantage is None:
                 cells.append("—")
                 continue
             decimals = DECIMALS.get(metric, 3)
             text = (f"{advantage.value:+.{decimals}f} [{advantage.ci_low:+.{decimals}f}, "
                     f"{advantage.ci_high:+.{decimals}f}]")
+            tied = f", {advantage.seeds_tied} tied" if advantage.seeds_tied else ""
             cells.append(f"{f'**{text}**' if advantage.separated else text} ({advantage.seeds_ahead}/"
-                         f"{advantage.n_seeds}, {advantage.seeds_clear})")
+                         f"{advantage.n_seeds}{tied}, {advantage.seeds_clear})")
             verdict = paired_verdict(advantage)
             if verdict:
                 side = "ahead of" if advantage.value > 0 else "behind"
                 verdicts.append(f"- `{subject}` is {side} `{other}` on {name}: {verdict}.")
         rows.append([f"`{other}`", *cells])
-    rank = run.config.get("sample", {}).get("rank", "species")
+    error = ("sd/√n" if clusters is None else
+             f"cluster-robust by {'parent taxon' if resample_by == 'auto' else resample_by} (`eval.resample_by: "
+             f"{resample_by}`), since sibling taxa are not independent")
     lines = [
         f"`{subject}` (the first of the config's `methods`) against every other sample folder, on the same "
         f"{rank} of the test split: its advantage (positive: `{subject}` is better; the metric's units), the mean "
         f"over {rank} of the per-{rank} difference (the {rank} scope of § Per rank: for FD the per-{rank} FD), paired "
-        f"by {rank} within each seed (standard error sd/√n) and combined over the seeds by Rubin's rules "
-        f"(`taxabench/curves.py`); in brackets its {confidence:.0%} interval, **bold** where it excludes 0; (k/m, c): "
-        f"`{subject}` is ahead in k of the m seeds, and c seeds' own paired intervals exclude 0 on the side of the "
+        f"by {rank} within each seed (standard error {error}) and combined over the seeds (`taxabench/curves.py`); in "
+        f"brackets the {confidence:.0%} interval of the mean advantage over training seeds (variance W + B/m), "
+        "**bold** where it excludes 0; (k/m, c): "
+        f"`{subject}` is ahead in k of the m seeds (a seed whose difference is exactly 0 is counted as tied, not ahead "
+        "nor behind), and c seeds' own paired intervals exclude 0 on the side of the "
         "combined value.", "",
         markdown_table(["against", *[_column_name(run.table, metric) or name for metric, name in quantities]], rows)]
+    if any(metric == "fd" for metric, _ in quantities):
+        lines += ["", f"Per-{rank} FD is biased at these sizes: with n real and m generated images of a {rank} in d > n "
+                  "dimensions it is dominated by tr(S_real)/n + tr(S_generated)/m, so a perfect generator does not "
+                  "score 0 and a less diverse one can score better. Read it beside the unbiased per-"
+                  f"{rank} statistics, KID and (`eval.metrics: [..., fd_mean]`) FD's bias-corrected mean term "
+                  "‖Δμ‖², and the all-images FD of the main table."]
     if verdicts:
         lines += ["", *verdicts]
     along = budget_agreement(run.along_per_seed, subject)
@@ -578,7 +625,7 @@ def paired_verdict(advantage) -> str:
     """What a paired advantage establishes: a combined interval clear of 0, or a difference clear in every seed
     whose size varies too much between seeds to bound its mean; empty if neither."""
     seeds = advantage.n_seeds
-    consistent = advantage.seeds_ahead in (0, seeds)
+    consistent = advantage.on_its_side_in_every_seed
     if advantage.separated and seeds == 1:
         return "the paired interval excludes 0"
     if advantage.separated:
@@ -612,8 +659,9 @@ def budget_agreement(along: pd.DataFrame, subject: str) -> str:
                 cells.append("—")
                 continue
             sign = 1 if bool(joined.iloc[0][f"{KEY_HIGHER_IS_BETTER}_a"]) else -1
-            ahead = int((sign * (joined[f"{KEY_VALUE}_a"] - joined[f"{KEY_VALUE}_b"]) > 0).sum())
-            cells.append(f"{ahead}/{len(joined)}")
+            difference = sign * (joined[f"{KEY_VALUE}_a"] - joined[f"{KEY_VALUE}_b"])
+            ahead, tied = int((difference > 0).sum()), int((difference == 0).sum())
+            cells.append(f"{ahead}/{len(joined)}" + (f" ({tied} tied)" if tied else ""))
         rows.append([f"`{other}`", *cells])
     return "\n".join([
         f"Along training (§ Along training; validation split, overall): the (seed, budget point) evaluations in "
@@ -797,7 +845,8 @@ def render(run: RunFolder, figures: dict[str, str]) -> str:
         f"{sample.get('images_per_taxon', '?')} generated images per {sample.get('rank', 'species')}, "
         f"{sample.get('steps', '?')} {sample.get('scheduler', '')} steps, guidance scale "
         f"{sample.get('guidance_scale', '?')}. Metrics from {extractors}; every number is followed by its "
-        f"{run.config.get('eval', {}).get('confidence', 0.95):.0%} bootstrap interval over taxa.",
+        f"{run.config.get('eval', {}).get('confidence', 0.95):.0%} bootstrap interval over taxa ("
+        f"{_resampling_words(run.resampled_by)}).",
         "",
         "## Main table (species level)",
         "",

@@ -100,7 +100,12 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True,
     from taxabench.methods import get_method
     from taxabench.metrics import evaluate, prepare_extractors
     from taxabench.metrics.evaluation import SEPARATE_METRICS as PROBE_METRICS
-    from taxabench.metrics.evaluation import check_eval_names, write_not_applicable
+    from taxabench.metrics.evaluation import (
+        check_eval_names,
+        check_resample_by,
+        resampling_changes_numbers,
+        write_not_applicable,
+    )
     from taxabench.probe import run_probe
     from taxabench.report import write_report
     from taxabench.sample import SETTINGS, damaged_samples, sample_method, stage_grid
@@ -131,6 +136,11 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True,
     def nothing() -> None:
         return None
 
+    check_resample_by(config, data.ranks)
+    # `eval.resample_by` is outside `config.eval`'s repr (so outside every fingerprint that hashes it): it enters the
+    # fingerprints of the steps whose intervals it changes, only where it clusters (a folder evaluated before it
+    # existed resumes with `resample_by: species`; under the default its evaluations must be redone, --force)
+    resampled = [{"resample_by": config.eval.resample_by}] if resampling_changes_numbers(config, data.ranks) else []
     backbone_fp = fingerprint("backbone", config.backbone, config.data.image_size, data_fp)
     steps = [
         Step("backbone", backbone_fp, main_first(lambda: load_backbone(config, data, show_progress=show_progress)),
@@ -166,7 +176,8 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True,
             ))
             if config.probe.images_per_taxon:
                 probe_fp = fingerprint("probe", config.probe, config.eval.bootstrap, config.eval.confidence,
-                                       config.eval.seed, config.data.eval_split, train_fps[method], data_fp)
+                                       config.eval.seed, config.data.eval_split, train_fps[method], data_fp,
+                                       *resampled)
                 eval_fps.append(probe_fp)
                 eval_names.append(f"probe/{method}{suffix}")
                 steps.append(Step(
@@ -180,7 +191,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True,
                 ))
             for label in labels:
                 point_fp = fingerprint("point", label, _drawing(along.sample), along.eval, along.data,
-                                       train_fps[method], data_fp)
+                                       train_fps[method], data_fp, *resampled)
                 eval_fps.append(point_fp)
                 eval_names.append(f"point/{method}{suffix}/{label}")
 
@@ -208,7 +219,9 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True,
                 sweep_config = replace(along, sample=replace(along.sample, guidance=kind, guidance_scale=scale))
                 sweep_fps.append(fingerprint("sweep", _drawing(sweep_config.sample), along.eval, along.data,
                                              train_fps[entry.method], data_fp))
-                eval_fps.append(sweep_fps[-1])
+                # the scale chosen reads the sweep's values, which resampling does not change: the sample step's
+                # fingerprint chains `sweep_fps` without it
+                eval_fps.append(fingerprint(sweep_fps[-1], *resampled) if resampled else sweep_fps[-1])
                 eval_names.append(f"sweep/{name}{suffix}")
 
                 def sweep(entry=entry, name=name, seed=seed, sweep_config=sweep_config) -> None:
@@ -218,7 +231,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True,
                              budget_axes=budget.axes(layout.checkpoints(entry.method, seed)))
 
                 steps.append(Step(
-                    eval_names[-1], sweep_fps[-1], sweep,
+                    eval_names[-1], eval_fps[-1], sweep,
                     clean=lambda name=name, seed=seed, value=seeded.seed: (
                         shutil.rmtree(layout.samples(name, seed, POINT_SWEEP), ignore_errors=True),
                         _remove_metrics(layout, name, seed, value, POINT_SWEEP)),
@@ -245,7 +258,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True,
                 outputs=(layout.samples(entry.name, seed) / "metadata.jsonl",),
                 intact=lambda entry=entry, seed=seed: damaged_samples(layout.samples(entry.name, seed)),
             ))
-            eval_fp = fingerprint("eval", config.eval, config.data, sample_fp, data_fp)
+            eval_fp = fingerprint("eval", config.eval, config.data, sample_fp, data_fp, *resampled)
             eval_fps.append(eval_fp)
             eval_names.append(f"eval/{entry.name}{suffix}")
 
@@ -263,7 +276,7 @@ def plan(config: ExperimentConfig, run_dir: Path, show_progress: bool = True,
             ))
             if not data.unseen or entry.guidance is not None:
                 continue
-            unseen_fp = fingerprint("unseen", config.eval, config.data, sample_fp, data_fp)
+            unseen_fp = fingerprint("unseen", config.eval, config.data, sample_fp, data_fp, *resampled)
             eval_fps.append(unseen_fp)
             eval_names.append(f"unseen/{entry.name}{suffix}")
 

@@ -13,7 +13,7 @@ from faults import Killed, assert_same_table, kill_after_call, kill_after_step
 
 from taxabench.budget import BudgetPoint, resolve_points, to_steps
 from taxabench.config import ConfigError
-from taxabench.curves import best_in_every_seed, combine_seeds, crossings, paired_advantage, rubin
+from taxabench.curves import best_in_every_seed, combine_seeds, crossings, paired_advantage, seed_interval
 from taxabench.methods import Stage
 
 
@@ -29,21 +29,68 @@ def test_budget_units_become_optimizer_steps_and_fall_in_their_stage():
         resolve_points([13], "steps", stages, 8, 100, "m")
 
 
-def test_rubin_combination_matches_an_independent_computation():
+def test_seed_interval_matches_an_independent_computation():
+    """The mean over seeds: variance W + B/m, W scaled by the normal quantile and B/m by t with m − 1 df; one new
+    run: W + B + B/m (the old Rubin rule, W + (1 + 1/m) B, was neither)."""
     from scipy import stats
 
     values, low, high = [10.0, 12.0, 11.0], [9.0, 10.5, 9.0], [11.0, 13.5, 13.0]
-    mean, lo, hi, spread = rubin(values, low, high, 0.95)
-    z = 1.959963984540054
+    combined = seed_interval(values, low, high, 0.95)
+    z, t = stats.norm.ppf(0.975), stats.t.ppf(0.975, df=2)
     within = np.mean([((h - lo_) / (2 * z)) ** 2 for lo_, h in zip(low, high)])
     between = np.var(values, ddof=1)
-    total = within + (1 + 1 / 3) * between
-    df = 2 * (1 + within / ((1 + 1 / 3) * between)) ** 2
-    half = stats.t.ppf(0.975, df) * math.sqrt(total)
-    assert mean == pytest.approx(11.0)
-    assert (lo, hi) == pytest.approx((11.0 - half, 11.0 + half))
-    assert spread == pytest.approx(1.0)
-    assert hi - lo > max(h - lo_ for lo_, h in zip(low, high))  # seed disagreement widens the interval
+    half = math.sqrt(z ** 2 * within + t ** 2 * between / 3)
+    one_run = math.sqrt(z ** 2 * within + t ** 2 * (between + between / 3))
+    assert combined.value == pytest.approx(11.0)
+    assert (combined.ci_low, combined.ci_high) == pytest.approx((11.0 - half, 11.0 + half))
+    assert (combined.pi_low, combined.pi_high) == pytest.approx((11.0 - one_run, 11.0 + one_run))
+    assert combined.seed_sd == pytest.approx(1.0)
+    # no within-seed error: exactly scipy's t interval on the seed means
+    exact = stats.t.interval(0.95, df=2, loc=11.0, scale=stats.sem(values))
+    bare = seed_interval(values, values, values, 0.95)
+    assert (bare.ci_low, bare.ci_high) == pytest.approx(exact)
+    # seeds that agree: the normal interval on W alone
+    level = seed_interval([5.0, 5.0, 5.0], [4.0, 4.0, 4.0], [6.0, 6.0, 6.0], 0.95)
+    assert (level.ci_low, level.ci_high) == pytest.approx((4.0, 6.0))
+    single = seed_interval([5.0], [4.0], [6.5], 0.95)
+    assert (single.ci_low, single.ci_high) == (4.0, 6.5) and math.isnan(single.pi_low)
+
+
+def _seed_species_coverage(interval, reps=1500, m=3, species=32, seed=0):
+    """How often `interval(estimates, lows, highs)` covers the true mean 0 on synthetic seed × species data: species
+    effects shared by the seeds (the same test species), a training-seed effect, per (seed, species) noise; each seed
+    estimate is its mean over species with the normal interval of a bootstrap over species."""
+    rng = np.random.default_rng(seed)
+    z = 1.959963984540054
+    hits = 0
+    for _ in range(reps):
+        y = (rng.normal(0, 1.0, species)[None, :] + rng.normal(0, 0.5, m)[:, None]
+             + rng.normal(0, 0.2, (m, species)))
+        estimate, error = y.mean(axis=1), y.std(axis=1, ddof=1) / math.sqrt(species)
+        low, high = interval(estimate, estimate - z * error, estimate + z * error)
+        hits += low <= 0 <= high
+    return hits / reps
+
+
+def test_the_seed_interval_covers_the_mean_over_seeds_at_its_nominal_rate():
+    from scipy import stats
+
+    def mean_interval(estimates, lows, highs):
+        combined = seed_interval(estimates, lows, highs, 0.95)
+        return combined.ci_low, combined.ci_high
+
+    def rubin(estimates, lows, highs):  # the rule used before: Rubin's multiple-imputation variance and df
+        m, z = len(estimates), stats.norm.ppf(0.975)
+        within, between = np.mean(((highs - lows) / (2 * z)) ** 2), np.var(estimates, ddof=1)
+        total = within + (1 + 1 / m) * between
+        df = (m - 1) * (1 + within / ((1 + 1 / m) * between)) ** 2
+        half = stats.t.ppf(0.975, df) * math.sqrt(total)
+        return estimates.mean() - half, estimates.mean() + half
+
+    for seeds in (3, 5):
+        assert 0.935 <= _seed_species_coverage(mean_interval, m=seeds) <= 0.975
+    # the old rule's seed term is that of one new run, (1 + 1/m)·B instead of B/m: it over-covers the mean
+    assert _seed_species_coverage(rubin, m=5) > 0.99
 
 
 def _row(method, seed, point, value, half, steps, higher=False, metric="fd"):
@@ -61,7 +108,9 @@ def test_seeds_combine_and_a_rank_is_claimed_only_when_it_holds_in_every_seed():
     combined = combine_seeds(table, 0.95)
     a = combined[combined["method"] == "a"].iloc[0]
     assert a["value"] == pytest.approx(12.0) and a["n_seeds"] == 2
-    assert (a["ci_low"], a["ci_high"]) == pytest.approx(rubin([10, 14], [9, 13], [11, 15], 0.95)[1:3])
+    expected = seed_interval([10, 14], [9, 13], [11, 15], 0.95)
+    assert (a["ci_low"], a["ci_high"]) == pytest.approx((expected.ci_low, expected.ci_high))
+    assert (a["pi_low"], a["pi_high"]) == pytest.approx((expected.pi_low, expected.pi_high))
     assert best_in_every_seed(table, ["a", "b"], "fd") == (None, [(0, "a"), (1, "b")])
     steady = pd.DataFrame([_row("a", 0, "final", 10, 1, 10), _row("a", 1, "final", 11, 1, 10),
                            _row("b", 0, "final", 12, 1, 10), _row("b", 1, "final", 13, 1, 10)])
@@ -83,8 +132,8 @@ def test_the_report_shows_seed_means_spreads_and_claims_no_rank_the_seeds_disagr
     pd.DataFrame(rows).to_csv(tmp_path / "metrics" / "all.csv", index=False)
     (tmp_path / "config.yaml").write_text("name: seeds\nseed: 0\nseeds: [0, 1]\n")
     text = write_report(tmp_path, figures=False).read_text()
-    assert "mean over 2 training seeds" in text and "Rubin's rules" in text
-    assert "- `flat-ldm`: FD 2.83" in text  # sd of 10 and 14
+    assert "mean over 2 training seeds" in text and "variance W + B/m" in text and "Rubin" not in text
+    assert "- `flat-ldm`: FD 2.83, one new run [" in text  # sd of 10 and 14
     assert "the best method differs between seeds (seed 0: `flat-ldm`, seed 1: `sd-lora`), so no rank is claimed" in text
     assert "`flat-ldm` overtakes `sd-lora` on FD between 40 and 80 images seen" in text
 
@@ -329,8 +378,9 @@ def test_paired_advantage_matches_an_independent_computation_and_orients_by_the_
         means.append(d.mean())
         lows.append(d.mean() - z * se)
         highs.append(d.mean() + z * se)
-    expected = rubin(means, lows, highs, 0.95)
-    assert (advantage.value, advantage.ci_low, advantage.ci_high) == pytest.approx(expected[:3])
+    combined = seed_interval(means, lows, highs, 0.95)
+    expected = (combined.value, combined.ci_low, combined.ci_high)
+    assert (advantage.value, advantage.ci_low, advantage.ci_high) == pytest.approx(expected)
     assert advantage.seed_values == pytest.approx(means)
     assert (advantage.seeds_ahead, advantage.n_seeds, advantage.n_taxa) == (3, 3, 12)
     assert advantage.seeds_clear == sum(lo > 0 for lo in lows)
@@ -381,6 +431,7 @@ def test_the_report_compares_the_runs_subject_with_every_method_paired_by_taxon(
     advantage = paired_advantage(pairs, False, 0.95)
     expected = f"{advantage.value:+.2f} [{advantage.ci_low:+.2f}, {advantage.ci_high:+.2f}] (2/2, 2)"
     assert "## Paired comparisons" in text and "`sd-lora` (the first of the config's `methods`)" in text
+    assert "Per-species FD is biased at these sizes" in text  # next to the per-species FD column
     assert f"| `flat-ldm` | {expected} |" in text
     assert not advantage.separated  # two seeds disagreeing on the size: t with one degree of freedom
     sizes = sorted(abs(v) for v in advantage.seed_values)

@@ -107,3 +107,29 @@ def test_nearest_similarity_is_the_best_cosine():
     assert nearest_similarity(x, ref) == pytest.approx(expected, rel=1e-12)
     assert nearest_similarity(ref[:4] * 2.5, ref) == pytest.approx(np.ones(4))
     assert list(itertools.islice(nearest_similarity(x[:0], ref), 1)) == []
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_prdc_equals_the_prdc_package(monkeypatch, chunked):
+    """Against Naeem et al.'s own implementation (`pip install prdc`, in the dev extra), on both of our code paths."""
+    import taxabench.metrics.metric_prdc as metric_prdc
+
+    reference = pytest.importorskip("prdc")
+    if chunked:
+        monkeypatch.setattr(metric_prdc, "MAX_MATRIX", 0)
+        monkeypatch.setattr(metric_prdc, "CHUNK", 7)
+    rng = np.random.default_rng(0)
+    real, generated = rng.normal(size=(60, 8)), rng.normal(0.3, 1.2, size=(45, 8))
+    for k in (1, 5):
+        expected = reference.compute_prdc(real_features=real, fake_features=generated, nearest_k=k)
+        assert prdc(real, generated, k) == pytest.approx(expected, rel=1e-12)
+
+
+def test_vendi_equals_the_vendi_score_package():
+    """Against Friedman & Dieng's implementation (`pip install vendi-score`, in the dev extra): `score_X` with its
+    default row normalisation is the cosine kernel used here; both the n x n and the d x d eigenproblems."""
+    vendi = pytest.importorskip("vendi_score.vendi")
+    rng = np.random.default_rng(1)
+    for n, d in ((12, 32), (40, 6)):
+        features = rng.normal(size=(n, d)) + 0.5
+        assert vendi_score(features) == pytest.approx(vendi.score_X(features), rel=1e-9)

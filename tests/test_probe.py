@@ -60,3 +60,33 @@ def test_a_model_that_confuses_two_siblings_is_right_at_genus_and_at_chance_betw
     assert per_species_mean(scores["top1"]["genus"], truth, resampling, "g")[0] == 1.0
     # s1 and s2 tie against each other (half credit), s3 and s4 beat their sibling
     assert per_species_mean(scores["sibling"]["overall"], truth, resampling, "sib")[0] == 0.75
+
+
+def test_the_probe_record_keeps_losses_unrounded():
+    """Sibling species' losses differ by ~1e-5 or less: the stored losses must keep them (rounding to 1e-6 did not)."""
+    import json
+
+    from taxabench.probe import probe_record
+
+    rng = np.random.default_rng(0)
+    base = 0.1 + rng.random((4, 1))
+    losses = (base + rng.normal(0, 4e-7, (4, 3))).astype(np.float32)  # three siblings within ~1e-6 of each other
+    read = np.array(json.loads(probe_record("m", 0, {}, losses, np.array([0, 1, 2, 0])))["losses"])
+    assert np.array_equal(read, losses.astype(np.float64))
+    assert np.array_equal(read.argmin(axis=1), losses.argmin(axis=1))
+
+
+def test_the_probe_interval_resamples_genera_then_species():
+    from taxabench.metrics.aggregate import Resampling
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(8), 2)
+    values = np.repeat(np.repeat(rng.normal(size=4), 2), 2) + 0.01 * rng.normal(size=16)  # a genus effect
+    ids = [f"F/g{t // 2}/s{t}" for t in range(8)]
+    by_genus = Resampling(500, 0.95, 0, "auto", ("family", "genus", "species"))
+    plain = per_species_mean(values, truth, Resampling(500, 0.95, 0), "s")
+    clustered = per_species_mean(values, truth, by_genus, "s", ids)
+    assert clustered[0] == plain[0]
+    assert clustered[2] - clustered[1] > 1.2 * (plain[2] - plain[1])  # siblings are not independent evidence
+    unique = per_species_mean(values, truth, by_genus, "s", [f"F/g{t}/s{t}" for t in range(8)])
+    assert unique == plain

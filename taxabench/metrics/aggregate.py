@@ -17,6 +17,14 @@ computation on everything pooled.
 
 All resampling is seeded from `eval.seed`; CIs are percentile intervals at `eval.confidence`, re-centred so the
 bootstrap median sits on the estimate (see `Resampling.interval`).
+
+**Resampling follows the taxonomy** (`eval.resample_by`). Species come a few per genus and share its traits, so
+they are not independent draws: a bootstrap over species treats four siblings as four independent pieces of evidence
+and its interval is too narrow. Where a scope's taxa share parents, the resample is two-stage (Davison & Hinkley
+1997, §3.8): draw the parent taxa (genera) with replacement, then, for each drawn parent, its children with
+replacement (`Resampling.counts`). `auto` (the default) clusters each scope's taxa by their parent rank where some
+parent has two or more of them; a rank name clusters by that rank the scopes whose taxa are below it; the evaluated
+rank (`species`) is the plain bootstrap over taxa of earlier versions.
 """
 
 from __future__ import annotations
@@ -47,19 +55,55 @@ class ScopeValue:
 
 @dataclass(frozen=True)
 class Resampling:
-    """How many bootstrap resamples, at which confidence, from which seed."""
+    """How many bootstrap resamples, at which confidence, from which seed, clustered by which rank."""
 
     resamples: int
     confidence: float
     seed: int
+    by: str = "auto"  # `eval.resample_by`: auto (each scope's parent rank), or a rank name
+    ranks: tuple[str, ...] = ()  # the dataset's ranks from the top, to place a rank name in a taxon id
 
-    def counts(self, n_units: int, salt: str) -> np.ndarray:
-        """(resamples, n_units) multiplicities of a resample-with-replacement of `n_units` units.
+    def clusters(self, ids: list[str]) -> np.ndarray | None:
+        """Each taxon's cluster (index of its ancestor at the resampling rank), or None for a plain resample: the
+        taxa are at or above that rank, or no two of them share the ancestor. `ids` are lineage paths ("a/b/c")."""
+        if not ids:
+            return None
+        depth = len(ids[0].split("/"))
+        if self.by == "auto":
+            level = depth - 1
+        elif self.by in self.ranks:
+            level = self.ranks.index(self.by) + 1
+        else:
+            raise ValueError(f"eval.resample_by: {self.by!r} is not auto nor one of the ranks {list(self.ranks)}")
+        if not 1 <= level < depth:
+            return None
+        ancestors = ["/".join(taxon.split("/")[:level]) for taxon in ids]
+        names = sorted(set(ancestors))
+        if len(names) == len(ids):
+            return None
+        index = {name: i for i, name in enumerate(names)}
+        return np.array([index[a] for a in ancestors])
+
+    def counts(self, n_units: int, salt: str, ids: list[str] | None = None) -> np.ndarray:
+        """(resamples, n_units) multiplicities of a resample of `n_units` units: with replacement, or, when `ids`
+        (the units' taxon ids) share ancestors at the resampling rank, two-stage: the ancestors with replacement,
+        then each drawn ancestor's units with replacement. A two-stage resample's total count varies: weight by
+        the counts, do not divide by `n_units`.
 
         The generator is seeded from (seed, salt), so each scope's resamples do not depend on evaluation order.
         """
         rng = np.random.default_rng([self.seed, *salt.encode()])
-        return rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=self.resamples)
+        cluster = None if ids is None else self.clusters(ids)
+        if cluster is None:
+            return rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=self.resamples)
+        n_clusters = int(cluster.max()) + 1
+        drawn = rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=self.resamples)
+        counts = np.zeros((self.resamples, n_units), dtype=np.int64)
+        for c in range(n_clusters):
+            members = np.flatnonzero(cluster == c)
+            # k draws of the cluster, each a resample of its members: one multinomial of k × size draws
+            counts[:, members] = rng.multinomial(drawn[:, c] * len(members), np.full(len(members), 1 / len(members)))
+        return counts
 
     def interval(self, replicates: np.ndarray, estimate: float) -> tuple[float, float]:
         """The percentile interval of `replicates`, moved so that their median sits on `estimate`.
@@ -99,7 +143,7 @@ def summarise_per_image(
         counts = np.bincount(sets.gen_unit[valid], minlength=len(sets.units))[units].astype(np.float64)
         if counts.sum() == 0:
             continue
-        replicate_counts = resampling.counts(len(units), scope)
+        replicate_counts = resampling.counts(len(units), scope, [sets.units[u].id for u in units])
         with np.errstate(invalid="ignore", divide="ignore"):
             replicates = (replicate_counts @ sums) / (replicate_counts @ counts)
         estimate = float(sums.sum() / counts.sum())
@@ -154,7 +198,7 @@ def summarise_set_metric(
         # units renumbered 0..k-1 within the scope, so resample counts index them directly
         local = np.full(len(sets.units), -1)
         local[units] = np.arange(len(units))
-        counts = pooled_resampling.counts(len(units), scope)
+        counts = pooled_resampling.counts(len(units), scope, [sets.units[u].id for u in units])
         replicates = bootstrap(real[real_rows], generated[gen_rows], local[sets.real_unit[real_rows]],
                                local[sets.gen_unit[gen_rows]], counts)
         estimate = value(real[real_rows], generated[gen_rows])
@@ -237,8 +281,10 @@ def _mean_over_taxa(scope: str, per_taxon: np.ndarray, ids: list[str], resamplin
                     n_generated: int, skipped: dict[str, str]) -> ScopeValue:
     if len(per_taxon) == 0:
         return ScopeValue(scope, float("nan"), float("nan"), float("nan"), n_real, n_generated, 0, 0, {}, skipped)
-    counts = resampling.counts(len(per_taxon), scope)
-    low, high = resampling.interval(counts @ per_taxon / len(per_taxon), float(per_taxon.mean()))
+    counts = resampling.counts(len(per_taxon), scope, ids)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        replicates = counts @ per_taxon / counts.sum(axis=1)
+    low, high = resampling.interval(replicates, float(per_taxon.mean()))
     return ScopeValue(scope, float(per_taxon.mean()), low, high, n_real, n_generated, len(per_taxon),
                       resampling.resamples, dict(zip(ids, map(float, per_taxon))), skipped)
 

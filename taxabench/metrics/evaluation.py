@@ -153,11 +153,13 @@ class EvalContext:
 
     @property
     def resampling(self) -> Resampling:
-        return Resampling(self.config.eval.bootstrap, self.config.eval.confidence, self.config.eval.seed)
+        return Resampling(self.config.eval.bootstrap, self.config.eval.confidence, self.config.eval.seed,
+                          self.config.eval.resample_by, tuple(self.data.ranks))
 
     @property
     def pooled_resampling(self) -> Resampling:
-        return Resampling(self.config.eval.bootstrap_set_metrics, self.config.eval.confidence, self.config.eval.seed)
+        return Resampling(self.config.eval.bootstrap_set_metrics, self.config.eval.confidence, self.config.eval.seed,
+                          self.config.eval.resample_by, tuple(self.data.ranks))
 
     @property
     def real_images(self) -> ImageSet:
@@ -257,6 +259,21 @@ def prepare_extractors(config: ExperimentConfig) -> dict[str, str]:
     return {name: EXTRACTORS.get(name).load(config).identity for name in names}
 
 
+def check_resample_by(config: ExperimentConfig, ranks, where: str = "eval") -> None:
+    """`eval.resample_by` is auto or one of the dataset's ranks (`ConfigError` otherwise)."""
+    if config.eval.resample_by != "auto" and config.eval.resample_by not in ranks:
+        raise ConfigError(f"{where}.resample_by: {config.eval.resample_by!r} is not auto nor a rank of the dataset "
+                          f"({', '.join(ranks)})")
+
+
+def resampling_changes_numbers(config: ExperimentConfig, ranks) -> bool:
+    """Whether `eval.resample_by` clusters any scope, i.e. differs from the plain bootstrap over taxa that earlier
+    versions used (a rank at or below the evaluated one): step fingerprints include it only then."""
+    by = config.eval.resample_by
+    return by == "auto" or (by in ranks and config.sample.rank in ranks
+                            and list(ranks).index(by) < list(ranks).index(config.sample.rank))
+
+
 def check_eval_names(config: ExperimentConfig, where: str = "eval") -> None:
     """Every metric and extractor `config.eval` names is registered (`ConfigError` naming the key otherwise).
 
@@ -312,6 +329,7 @@ def evaluate(config: ExperimentConfig, method: str, run_dir: str | Path | None =
                              "give the samples another name")
     metrics = [METRICS.get(name)() for name in config.eval.metrics]
     data = load_dataset(config.data)
+    check_resample_by(config, data.ranks)
     unseen = point == POINT_UNSEEN
     if unseen:
         data = data.unseen_view()
@@ -532,6 +550,7 @@ def _json_report(method: str, config: ExperimentConfig, data: TaxaData, context:
         "config_fingerprint": config.fingerprint("data", "eval"),
         "data": {"dataset": data.dataset, "fingerprint": data.fingerprint(), "eval_split": config.data.eval_split,
                  "image_size": config.data.image_size, "resize": config.data.resize, "rank": sets.rank,
+                 "ranks": list(sets.ranks), "resample_by": config.eval.resample_by,
                  "taxa": len(sets.units), "real_images": len(sets.real), "scope": sets.pooled_name,
                  **({"unseen_species": [t.id for t in sets.units]} if sets.pooled_name == SCOPE_UNSEEN else {}),
                  "rare_threshold": data.rare_threshold},

@@ -1,5 +1,9 @@
 """`clip_score`: the BioCLIP score of the paper, cosine(image, caption) x 100 averaged over generated images.
 
+Not clamped at 0: torchmetrics' `CLIPScore` takes max(100 · cosine, 0) per image (as CLIPScore, Hessel et al. 2021,
+takes w · max(cosine, 0)); here an image further from its caption than orthogonal counts below 0, so the mean
+is lower than the clamped one wherever some cosines are negative. The report says so next to the main table.
+
 The caption is `eval.clip_caption`: the bare taxonomic string "Animalia Chordata ... Abudefduf saxatilis", as the
 paper group's BioCLIP-score script builds it (the default for BioCLIP models), or BioCLIP's training sentence
 "a photo of Animalia Chordata ... Abudefduf saxatilis." (`taxonomy.bioclip_caption`; the default for synthclip,

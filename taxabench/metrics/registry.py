@@ -74,6 +74,9 @@ _METRICS = {
                   "Fréchet distance on DINOv2 ViT-L/14 CLS features: FD (dinov2-vitl14), dgm-eval's default space."),
     "cmmd": (_M + "metric_cmmd:Cmmd",
              "CMMD: RBF-kernel MMD (σ=10, x1000) on CLIP ViT-L/14@336 embeddings (eval.cmmd_extractor)."),
+    "fd_mean": (_M + "metric_fd_mean:FdMeanTerm",
+                "FD's mean term ‖Δμ‖², bias-corrected (unbiased at any sample size) on the FD extractor's "
+                "features: per-species comparisons where per-species FD is mostly bias."),
 }
 _EXTRACTORS = {
     "inception": (_M + "extractor_inception:InceptionExtractor",
