@@ -1,4 +1,4 @@
-"""Weights resolution order (DESIGN.md §4): explicit path -> env var -> cache -> (download) -> fail fast."""
+"""Weights resolution order: explicit path -> env var -> cache -> (download) -> fail fast."""
 
 import hashlib
 import time
